@@ -1,0 +1,30 @@
+# Two entry points on a fresh clone; each sets up .venv first if needed.
+#   make seed   train the seed model (100 epochs) and print its test accuracy
+#   make test   lint and run the test suite
+# The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache.
+
+PY := .venv/bin/python
+SHARED_MNIST := $(abspath ../shared/data/mnist)
+export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
+
+.PHONY: seed test bench setup
+
+setup: .venv/.done
+
+# torch first, pinned: the CPU build lies on this machine's disk; a bare
+# `pip install torch` would pull a multi-GB CUDA build.
+.venv/.done: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+seed: setup
+	.venv/bin/seqmnist train --preset seed
+
+test: setup
+	.venv/bin/ruff check src tests bench
+	$(PY) -m pytest -q
+
+bench: setup
+	.venv/bin/seqmnist bench

@@ -1,0 +1,3 @@
+from .errors import SeqmnistError
+
+__all__ = ["SeqmnistError"]

@@ -1,0 +1,116 @@
+"""The ``seqmnist`` command line. Parsing and printing only; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SeqmnistError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory with the four MNIST IDX files (default: $SEQMNIST_DATA, else a download cache)",
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="train a model (the seed's recipe by default)")
+    train.add_argument("--preset", help="named settings: seed (the 2016 recipe, default) or quick")
+    train.add_argument("--epochs", type=int, help="passes over the training set (seed: 100)")
+    train.add_argument("--rows", type=int, help="rows of each image the RNN reads, 1..28 (seed: 28)")
+    train.add_argument("--hidden", type=int, help="hidden units (seed: 200)")
+    train.add_argument("--lr", type=float, help="SGD learning rate (seed: 0.01)")
+    train.add_argument("--batch-size", type=int, help="images per SGD step (seed: 100)")
+    train.add_argument("--seed", type=int, help="seed of the initial weights and the shuffles (seed: 12345)")
+    train.add_argument("--subset", type=int, help="train on the first N training images only")
+    train.add_argument("--engine", help="fast (hand-written BPTT, default) or autograd (the plain definition)")
+    train.add_argument("--device", help="auto (default), cpu or cuda")
+    train.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved settings")
+    add_data_flag(train)
+
+    evaluate = commands.add_parser("evaluate", help="test accuracy and confusion matrix of a trained run")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_data_flag(evaluate)
+    return parser
+
+
+SETTINGS = ("epochs", "rows", "hidden", "lr", "batch_size", "seed", "subset", "engine", "device")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import MNIST
+    from .train import Config, Run, new_run, train
+
+    if args.resume:
+        names = ("preset", *SETTINGS, "out")
+        given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+        if given:
+            raise SeqmnistError(f"--resume uses the settings saved in the run; drop {', '.join(given)}")
+        run = Run(Path(args.resume))
+        config = Config.from_file(run.config)
+    else:
+        config = Config.from_settings(args.preset or "seed", **{name: getattr(args, name) for name in SETTINGS})
+        run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    train(config, MNIST.load(args.data_dir), run, resume=bool(args.resume))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import MNIST
+    from .train import Config, Run, evaluate_test
+
+    run = Run(Path(args.run_dir))
+    config = Config.from_file(run.config)
+    model = run.load_model(config)
+    result = evaluate_test(model, MNIST.load(args.data_dir), config.rows)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"test accuracy {result['test_acc']:.4f} ({config.rows} rows read)")
+    print("confusion matrix (rows: true digit, columns: predicted digit)")
+    print("     " + "".join(f"{d:>6}" for d in range(10)))
+    for digit, counts in enumerate(result["confusion_matrix"]):
+        print(f"{digit:>5}" + "".join(f"{c:>6}" for c in counts))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .train import TrainingInterrupted
+
+    try:
+        return COMMANDS[args.command](args)
+    except SeqmnistError as exc:
+        print(f"seqmnist: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"seqmnist: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print("seqmnist: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

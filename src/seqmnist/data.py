@@ -1,0 +1,231 @@
+"""MNIST: find it, fetch it, verify it, parse it, split it.
+
+Where the four IDX files come from, first match wins:
+  1. an explicit directory (``--data-dir``),
+  2. the environment variable ``SEQMNIST_DATA``,
+  3. a per-user cache (``$XDG_CACHE_HOME/seqmnist/mnist``), downloaded on
+     first use from the mirrors torchvision uses and checked against the
+     published MD5 of each ``.gz``.
+
+Everything read is validated (magic number, element type, dimensions, counts,
+label range); a violation raises :class:`SeqmnistError` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SeqmnistError
+from .files import atomic_path
+
+ENV_VAR = "SEQMNIST_DATA"
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One IDX file: its name, the MD5 of the published .gz, and what it must hold."""
+
+    name: str
+    md5: str
+    shape: tuple[int, ...]
+
+
+RESOURCES = {
+    "train_images": Resource("train-images-idx3-ubyte", "f68b3c2dcbeaaa9fbdd348bbdeb94873", (60000, 28, 28)),
+    "train_labels": Resource("train-labels-idx1-ubyte", "d53e105ee54ea40749a09fcbcd1e9432", (60000,)),
+    "test_images": Resource("t10k-images-idx3-ubyte", "9fb629c4189551a2d022fa330f9573f3", (10000, 28, 28)),
+    "test_labels": Resource("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c", (10000,)),
+}
+
+# The seed's split of the 60,000 training images.
+TRAIN_SIZE = 50_000
+VAL_SIZE = 10_000
+
+IDX_UBYTE = 0x08
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "seqmnist" / "mnist"
+
+
+def parse_idx(raw: bytes, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode an uncompressed IDX byte string that must hold uint8 data of ``shape``.
+
+    Raises SeqmnistError, never anything else, for any malformed input.
+    """
+    if len(raw) < 4:
+        raise SeqmnistError(f"{name}: too short for an IDX file ({len(raw)} bytes)")
+    if raw[0] != 0 or raw[1] != 0:
+        raise SeqmnistError(f"{name}: bad magic number {raw[:4].hex()} (not an IDX file)")
+    if raw[2] != IDX_UBYTE:
+        raise SeqmnistError(f"{name}: element type 0x{raw[2]:02x}, expected unsigned bytes (0x08)")
+    ndim = raw[3]
+    if ndim != len(shape):
+        raise SeqmnistError(f"{name}: {ndim} dimensions, expected {len(shape)}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise SeqmnistError(f"{name}: truncated header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    if dims != shape:
+        raise SeqmnistError(f"{name}: dimensions {dims}, expected {shape}")
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise SeqmnistError(f"{name}: {len(raw) - header} data bytes, expected {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a raw or gzip-compressed file, telling the two apart by content."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SeqmnistError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if raw[:2] != GZIP_MAGIC:
+        if path.suffix == ".gz":
+            raise SeqmnistError(f"{path}: not a gzip file")
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SeqmnistError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+
+
+def find_file(directory: Path, resource: Resource) -> Path:
+    for candidate in (directory / f"{resource.name}.gz", directory / resource.name):
+        if candidate.exists():
+            return candidate
+    raise SeqmnistError(
+        f"{directory / resource.name}[.gz]: missing; point --data-dir or {ENV_VAR} at a "
+        "directory holding the four MNIST IDX files"
+    )
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(resource: Resource, directory: Path, mirrors: tuple[str, ...] = MIRRORS) -> Path:
+    """Fetch ``resource``.gz into ``directory`` from the first mirror that serves a verified copy.
+
+    The file appears under its final name only after its MD5 matched, so an
+    interrupted or corrupt download never leaves a file that could be used.
+    """
+    target = directory / f"{resource.name}.gz"
+    failures = []
+    for mirror in mirrors:
+        url = mirror + target.name
+        try:
+            with atomic_path(target) as tmp:
+                with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                got = md5sum(tmp)
+                if got != resource.md5:
+                    raise SeqmnistError(f"MD5 {got}, expected {resource.md5}")
+            return target
+        except (OSError, urllib.error.URLError, SeqmnistError) as exc:
+            failures.append(f"{url}: {exc}")
+    raise SeqmnistError(
+        f"could not download {target.name} ({'; '.join(failures)}); if offline, point "
+        f"--data-dir or {ENV_VAR} at a directory holding the MNIST IDX files"
+    )
+
+
+def resolve_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
+    """Pick the data directory; the flag is true when it is the download cache."""
+    if data_dir:
+        path, origin = Path(data_dir), "--data-dir"
+    elif os.environ.get(ENV_VAR):
+        path, origin = Path(os.environ[ENV_VAR]), ENV_VAR
+    else:
+        return cache_dir(), True
+    if not path.is_dir():
+        raise SeqmnistError(f"{path}: not a directory (from {origin})")
+    return path, False
+
+
+def load_arrays(directory: Path, may_download: bool, mirrors: tuple[str, ...] = MIRRORS) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key, resource in RESOURCES.items():
+        try:
+            path = find_file(directory, resource)
+        except SeqmnistError:
+            if not may_download:
+                raise
+            path = download(resource, directory, mirrors)
+        arrays[key] = parse_idx(read_bytes(path), str(path), resource.shape)
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if labels.size and labels.max() > 9:
+            bad = int(np.argmax(labels > 9))
+            raise SeqmnistError(
+                f"{find_file(directory, RESOURCES[split + '_labels'])}: label {labels[bad]} at index {bad} "
+                "is outside 0..9"
+            )
+    return arrays
+
+
+@dataclass
+class MNIST:
+    """The seed's split of MNIST: 50,000 train, 10,000 validation, 10,000 test.
+
+    Images are float32 tensors of shape (N, 28, 28) in [0, 1]; labels int64.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: Path
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike | None = None, mirrors: tuple[str, ...] = MIRRORS) -> MNIST:
+        directory, is_cache = resolve_dir(data_dir)
+        arrays = load_arrays(directory, may_download=is_cache, mirrors=mirrors)
+
+        def images(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.float32) / np.float32(255.0))
+
+        def labels(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a.astype(np.int64))
+
+        train_x, train_y = images(arrays["train_images"]), labels(arrays["train_labels"])
+        return cls(
+            train_x=train_x[:TRAIN_SIZE],
+            train_y=train_y[:TRAIN_SIZE],
+            val_x=train_x[TRAIN_SIZE:],
+            val_y=train_y[TRAIN_SIZE:],
+            test_x=images(arrays["test_images"]),
+            test_y=labels(arrays["test_labels"]),
+            source=directory,
+        )
+
+    def to(self, device: torch.device) -> MNIST:
+        tensors = [t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)]
+        return MNIST(*tensors, self.source)
+
+    def subset(self, n: int) -> MNIST:
+        """Keep only the first ``n`` training images (for quick runs); validation and test stay whole."""
+        return MNIST(self.train_x[:n], self.train_y[:n], self.val_x, self.val_y, self.test_x, self.test_y, self.source)

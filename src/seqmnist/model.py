@@ -1,0 +1,65 @@
+"""The seed's model: a bias-free vanilla RNN whose per-row softmaxes are averaged.
+
+    s_t = tanh(x_t U + s_{t-1} W),   s_0 = 0
+    o_t = softmax(s_t V)
+    p   = mean_t o_t                 (over the rows read)
+    prediction = argmax p
+
+The weights keep the seed's orientation (``x_t @ U``), so a saved model can be
+recomputed with NumPy from ``U`` (inputs x hidden), ``W`` (hidden x hidden) and
+``V`` (hidden x classes). This module is the plain autograd definition; the
+fast path in :mod:`seqmnist.engine` must agree with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+INPUT_SIZE = 28
+NUM_CLASSES = 10
+
+
+class VanillaRNN(nn.Module):
+    def __init__(self, hidden_size: int = 200, input_size: int = INPUT_SIZE, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.U = nn.Parameter(torch.empty(input_size, hidden_size))
+        self.W = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.V = nn.Parameter(torch.empty(hidden_size, num_classes))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.W.shape[0]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in self.named_parameters()}
+
+    def reset_parameters(self, seed: int) -> VanillaRNN:
+        """Uniform in +-1/sqrt(fan_in) per matrix, U then W then V from one generator, as the seed."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in (self.U, self.W, self.V):
+                bound = 1.0 / math.sqrt(p.shape[0])
+                p.copy_(torch.rand(p.shape, generator=generator) * (2 * bound) - bound)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The seed's readout: the mean of the per-row softmaxes, (batch, 10)."""
+        return rnn_step_probs(self.U, self.W, self.V, x).mean(0)
+
+
+def rnn_step_probs(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Softmax after every row: x (batch, rows, 28) -> (rows, batch, 10)."""
+    s = x.new_zeros(x.shape[0], W.shape[0])
+    probs = []
+    for t in range(x.shape[1]):
+        s = torch.tanh(x[:, t] @ U + s @ W)
+        probs.append(torch.softmax(s @ V, dim=-1))
+    return torch.stack(probs)
+
+
+def averaged_softmax_nll(mean_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The seed's cost: cross-entropy of the averaged probabilities, averaged over the batch."""
+    return -torch.log(mean_probs.gather(1, labels[:, None])).mean()

@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST copy the tests run on: $SEQMNIST_DATA, else ../shared/data/mnist."""
+    path = Path(os.environ.get("SEQMNIST_DATA") or ROOT.parent / "shared" / "data" / "mnist")
+    assert (path / "train-images-idx3-ubyte.gz").exists(), f"real MNIST not found at {path}; set SEQMNIST_DATA"
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from seqmnist.data import MNIST
+
+    return MNIST.load(mnist_dir)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+    """Run ``python -m seqmnist.cli`` as a real process; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "seqmnist.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Exit code 2, a single line on stderr naming what is wrong, and no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

@@ -1,0 +1,72 @@
+"""The command line as a user meets it: real processes, real files."""
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "--epochs", "0"], ["--epochs must be an integer >= 1 (got 0)"]),
+        (["train", "--lr", "nan"], ["--lr must be a finite number > 0"]),
+        (["train", "--rows", "40"], ["--rows must be an integer in 1..28 (got 40)"]),
+        (["train", "--preset", "bogus"], ["--preset must be one of"]),
+        (["train", "--epochs", "many"], ["argument --epochs", "invalid int value"]),
+        (["train", "--no-such-flag"], ["unrecognized arguments"]),
+        (["frobnicate"], ["invalid choice"]),
+        (["train", "--data-dir", "/no/such/dir", "--epochs", "1"], ["/no/such/dir: not a directory"]),
+        (["evaluate", "/no/such/run"], ["/no/such/run/config.json: file not found"]),
+    ],
+)
+def test_errors_are_one_line_with_exit_2(args, fragments, tmp_path):
+    result = run_cli(*args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_bad_data_dir_from_environment(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", env={"SEQMNIST_DATA": str(tmp_path)})
+    assert_one_line_error(result, "train-images-idx3-ubyte.gz: not a gzip file")
+
+
+def test_train_then_evaluate(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {"SEQMNIST_DATA": str(mnist_dir)}
+    result = run_cli("train", "--preset", "quick", "--epochs", "1", "--subset", "3000", "--out", out, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "epoch   1/1" in result.stdout and "test accuracy" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+
+    result = run_cli("evaluate", out, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    assert evaluated["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
+    assert evaluated["confusion_matrix"] == summary["confusion_matrix"]
+
+    result = run_cli("evaluate", out, env=env)
+    assert f"test accuracy {summary['test_acc']:.4f}" in result.stdout
+
+    again = run_cli("train", "--out", out, "--epochs", "1", env=env)
+    assert_one_line_error(again, "already holds a run")
+    resumed = run_cli("train", "--resume", out, "--lr", "0.5", env=env)
+    assert_one_line_error(resumed, "--resume uses the settings saved in the run; drop --lr")
+
+
+def test_evaluate_rejects_a_model_of_the_wrong_shape(mnist_dir, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"hidden": 200, "rows": 28}))
+    save_file({"U": np.zeros((28, 100), np.float32), "W": np.zeros((100, 100), np.float32),
+               "V": np.zeros((100, 10), np.float32)}, str(run / "model.safetensors"))
+    result = run_cli("evaluate", run, env={"SEQMNIST_DATA": str(mnist_dir)})
+    assert_one_line_error(result, "model.safetensors: tensor U has shape (28, 100), expected (28, 200)")
+    (run / "model.safetensors").write_bytes(b"\x00" * 100)
+    result = run_cli("evaluate", run, env={"SEQMNIST_DATA": str(mnist_dir)})
+    assert_one_line_error(result, "model.safetensors: not a readable safetensors file")

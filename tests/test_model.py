@@ -1,0 +1,102 @@
+"""The model against its equations, and the fast engine against the model."""
+
+import numpy as np
+import pytest
+import torch
+
+from seqmnist import engine
+from seqmnist.model import VanillaRNN, averaged_softmax_nll, rnn_step_probs
+
+
+def numpy_mean_probs(U, W, V, x):
+    """The seed's equations, written out in NumPy: s_t = tanh(x_t U + s_{t-1} W), o_t = softmax(s_t V)."""
+    s = np.zeros((x.shape[0], W.shape[0]))
+    total = 0
+    for t in range(x.shape[1]):
+        s = np.tanh(x[:, t] @ U + s @ W)
+        z = s @ V
+        e = np.exp(z - z.max(1, keepdims=True))
+        total = total + e / e.sum(1, keepdims=True)
+    return total / x.shape[1]
+
+
+def random_case(batch=7, rows=28, hidden=13, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    model = VanillaRNN(hidden).reset_parameters(seed).to(dtype)
+    x = torch.rand(batch, rows, 28, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    return model, x, y
+
+
+def weights(model):
+    return model.U, model.W, model.V
+
+
+def test_init_is_uniform_in_the_seeds_bounds():
+    model = VanillaRNN(200).reset_parameters(12345)
+    assert model.U.shape == (28, 200) and model.W.shape == (200, 200) and model.V.shape == (200, 10)
+    for p in weights(model):
+        bound = 1 / np.sqrt(p.shape[0])
+        assert p.abs().max() <= bound
+        assert p.abs().max() > 0.95 * bound
+        assert abs(p.mean().item()) < 0.1 * bound
+    again = VanillaRNN(200).reset_parameters(12345)
+    other = VanillaRNN(200).reset_parameters(1)
+    assert torch.equal(model.W, again.W) and not torch.equal(model.W, other.W)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 28])
+def test_forward_matches_numpy(rows):
+    model, x, _ = random_case(rows=rows)
+    expected = numpy_mean_probs(*(p.detach().double().numpy() for p in weights(model)), x.double().numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    fast = engine.mean_probs(*weights(model), x, chunk=3)
+    np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_step_probs_are_distributions_per_row():
+    model, x, _ = random_case(batch=5, rows=9)
+    probs = engine.step_probs(*weights(model), x, chunk=2)
+    assert probs.shape == (9, 5, 10)
+    np.testing.assert_allclose(probs.sum(-1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs.mean(0).numpy(), engine.mean_probs(*weights(model), x).numpy(), rtol=1e-6)
+
+
+def test_engine_gradients_match_finite_differences():
+    model, x, y = random_case(batch=3, rows=6, hidden=5, dtype=torch.float64)
+    params = [p.detach().clone().requires_grad_() for p in weights(model)]
+    # gradcheck runs several forward passes before a backward one: a workspace each.
+    assert torch.autograd.gradcheck(lambda U, W, V: engine.seed_loss(engine.Workspace(), x, y, U, W, V), params)
+
+
+def test_reference_gradients_match_finite_differences():
+    model, x, y = random_case(batch=3, rows=6, hidden=5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda U, W, V: averaged_softmax_nll(rnn_step_probs(U, W, V, x).mean(0), y),
+        [p.detach().clone().requires_grad_() for p in weights(model)],
+    )
+
+
+@pytest.mark.parametrize(("batch", "rows", "hidden"), [(100, 28, 200), (37, 28, 64), (16, 3, 200), (1, 1, 8)])
+def test_engine_equals_autograd(batch, rows, hidden):
+    model, x, y = random_case(batch, rows, hidden, seed=batch)
+    ref_loss = averaged_softmax_nll(model(x), y)
+    ref_grads = torch.autograd.grad(ref_loss, list(weights(model)))
+    ws = engine.Workspace()
+    for _ in range(2):  # the second pass reuses the workspace
+        loss = engine.seed_loss(ws, x, y, *weights(model))
+        grads = torch.autograd.grad(loss, list(weights(model)))
+        assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
+        for got, want in zip(grads, ref_grads, strict=True):
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_workspace_misuse_is_caught():
+    model, x, y = random_case()
+    ws = engine.Workspace()
+    first = engine.seed_loss(ws, x, y, *weights(model))
+    engine.seed_loss(ws, x, y, *weights(model))
+    with pytest.raises(RuntimeError, match="workspace"):
+        first.backward()
