@@ -23,7 +23,7 @@ seed: setup
 	.venv/bin/seqmnist train --preset seed
 
 test: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench scripts
 	$(PY) -m pytest -q
 
 bench: setup

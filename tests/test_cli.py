@@ -63,8 +63,14 @@ def test_evaluate_rejects_a_model_of_the_wrong_shape(mnist_dir, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"hidden": 200, "rows": 28}))
-    save_file({"U": np.zeros((28, 100), np.float32), "W": np.zeros((100, 100), np.float32),
-               "V": np.zeros((100, 10), np.float32)}, str(run / "model.safetensors"))
+    save_file(
+        {
+            "U": np.zeros((28, 100), np.float32),
+            "W": np.zeros((100, 100), np.float32),
+            "V": np.zeros((100, 10), np.float32),
+        },
+        str(run / "model.safetensors"),
+    )
     result = run_cli("evaluate", run, env={"SEQMNIST_DATA": str(mnist_dir)})
     assert_one_line_error(result, "model.safetensors: tensor U has shape (28, 100), expected (28, 200)")
     (run / "model.safetensors").write_bytes(b"\x00" * 100)

@@ -49,6 +49,20 @@ def build_parser() -> Parser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     add_data_flag(evaluate)
+
+    reproduce = commands.add_parser("reproduce", help="redo the seed's experiments; figures and report.md")
+    reproduce.add_argument("--out", metavar="DIR", default="reproduction", help="output directory (reproduction)")
+    reproduce.add_argument("--quick", action="store_true", help="a few epochs on a subset: a first look, same files")
+    reproduce.add_argument("--jobs", type=int, default=1, help="sweep members trained in parallel processes (1)")
+    add_data_flag(reproduce)
+
+    plot = commands.add_parser("plot", help="figures of one run: curves, confusion matrix, weights, row by row")
+    plot.add_argument("run_dir", metavar="RUN_DIR")
+    add_data_flag(plot)
+
+    bench = commands.add_parser("bench", help="training speed: multiply peak, plain PyTorch loop, fast path")
+    bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of the main comparison (24)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -92,7 +106,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if not 0 < args.seconds <= 3600:
+        raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
+    result = bench.run(seconds=args.seconds, scaling_seconds=args.seconds / 5)
+    print(json.dumps(result) if args.json else bench.format_table(result))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import reproduce
+
+    reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, data_dir=args.data_dir)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .experiments import plot_run
+
+    for path in plot_run(Path(args.run_dir), data_dir=args.data_dir):
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "reproduce": cmd_reproduce,
+    "plot": cmd_plot,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

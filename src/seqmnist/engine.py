@@ -63,8 +63,7 @@ class Workspace:
             hidden = self.state.shape[2]
             # grad[k] = [dL/da_{k+1} | dL/dz_k], laid out like fused.
             self.grad = torch.empty_like(self.fused)
-            self.tanh_state = torch.empty_like(self.state)  # s_k = 2 u_k - 1
-            self.deriv = torch.empty_like(self.state)  # 1 - s_k^2
+            self.deriv = torch.empty_like(self.state)  # u_k (1 - u_k) = (1 - s_k^2) / 4
             self.grad_rows = list(self.grad)
             self.grad_pre = [g[:, :hidden] for g in self.grad]
             self.deriv_rows = list(self.deriv)
@@ -116,8 +115,7 @@ class _SeedLoss(torch.autograd.Function):
         rows, batch, classes = P.shape
         hidden = W.shape[0]
         ws.ensure_backward()
-        S, G, D = ws.tanh_state, ws.grad, ws.deriv
-        torch.mul(ws.state, 2, out=S).sub_(1)  # u -> s = tanh(a); the state stays, so backward can rerun
+        u, G, D = ws.state, ws.grad, ws.deriv
         # Softmax backward for all rows at once. The loss touches only mean_prob[b, y_b], so
         # dL/dz_t[b, c] = g_b * P_t[b, c] * ([c == y_b] - P_t[b, y_b]) with g_b = -dloss / (B T py_b).
         g = (-dloss / (batch * rows)) / py
@@ -128,15 +126,17 @@ class _SeedLoss(torch.autograd.Function):
         dZ.neg_().scatter_add_(2, index, Py).mul_(g[None, :, None])
         G[0, :, hidden:] = 0  # z_0 does not exist
         G[rows, :, :hidden] = 0  # nor does a_{T+1}
-        torch.mul(S, S, out=D)
-        D.neg_().add_(1)
-        WV_T = torch.cat([W, V], dim=1).T
+        # tanh' = 1 - s^2 = 4 u (1 - u): one pass over the states, the 4 goes into the weights below.
+        torch.addcmul(u, u, u, value=-1, out=D)
+        WV4_T = torch.cat([W, V], dim=1).T * 4
         grad_rows, grad_pre, deriv_rows = ws.grad_rows, ws.grad_pre, ws.deriv_rows
         for k in range(rows - 1, -1, -1):
-            # dL/ds_{k+1} = [dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T; then through tanh.
-            torch.mm(grad_rows[k + 1], WV_T, out=grad_pre[k]).mul_(deriv_rows[k + 1])
-        # Weight gradients: one multiply each over all rows and the whole batch.
-        dWV = S.view(-1, hidden).T @ G.view(-1, hidden + classes)
+            # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 u_{k+1} (1 - u_{k+1}).
+            torch.mm(grad_rows[k + 1], WV4_T, out=grad_pre[k]).mul_(deriv_rows[k + 1])
+        # Weight gradients in one multiply over all rows and the whole batch. With s = 2u - 1,
+        # s^T G = 2 u^T G - colsum(G): the states never need converting back from u to s.
+        G2 = G.view(-1, hidden + classes)
+        dWV = torch.addmm(G2.sum(0), u.view(-1, hidden).T, G2, beta=-1, alpha=2)
         xs = ws.inputs.view(rows * batch, -1)[:, :-1]
         dU = xs.T @ G[:rows, :, :hidden].view(rows * batch, hidden)
         return None, None, None, dU, dWV[:, :hidden], dWV[:, hidden:]

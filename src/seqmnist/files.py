@@ -79,9 +79,7 @@ def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]], with_metadat
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SeqmnistError(f"{path}: not a readable safetensors file ({exc})") from None
     if set(tensors) != set(shapes):
-        raise SeqmnistError(
-            f"{path}: holds tensors {sorted(tensors)}, expected {sorted(shapes)}"
-        )
+        raise SeqmnistError(f"{path}: holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != tuple(shape):
             raise SeqmnistError(

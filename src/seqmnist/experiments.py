@@ -1,0 +1,286 @@
+"""The seed's experiments: the rows sweep and everything drawn from it, set beside the seed's numbers.
+
+``reproduce`` trains one model per number of rows read (K = 2, 4, ..., 28),
+each with the seed's recipe and each an ordinary, resumable run directory
+under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import engine, plots
+from .data import MNIST
+from .errors import SeqmnistError
+from .files import write_json, write_text
+from .train import Config, Run, new_run, train
+
+SWEEP_ROWS = tuple(range(2, 29, 2))
+CONFUSION_ROWS = (2, 6, 10, 14, 20, 28)
+CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
+QUICK = {"epochs": 2, "subset": 2000, "lr": 0.1}  # the whole pipeline in about a minute
+
+
+# --- the seed's published numbers -------------------------------------------------------------
+
+
+def _reference_rows(name: str) -> list[dict]:
+    text = resources.files("seqmnist").joinpath("reference", name).read_text()
+    return list(csv.DictReader(text.splitlines()))
+
+
+def seed_sweep() -> dict[int, dict[str, float]]:
+    return {
+        int(r["n_steps"]): {
+            "train_acc": float(r["final_train_acc"]),
+            "val_acc": float(r["final_val_acc"]),
+            "test_acc": float(r["test_acc"]),
+        }
+        for r in _reference_rows("rows_sweep.csv")
+    }
+
+
+def seed_curves(rows: int) -> list[dict]:
+    return [r for r in _reference_rows("epoch_curves.csv") if int(r["n_steps"]) == rows]
+
+
+def seed_confusion(rows: int) -> np.ndarray:
+    matrix = [
+        [int(r[f"pred_{d}"]) for d in range(10)]
+        for r in _reference_rows("confusion_matrices.csv")
+        if int(r["n_steps"]) == rows
+    ]
+    return np.array(matrix)
+
+
+# --- training the sweep ---------------------------------------------------------------------
+
+
+def member_config(rows: int, quick: bool) -> Config:
+    return Config.from_settings("seed", rows=rows, **(QUICK if quick else {}))
+
+
+def train_member(rows: int, quick: bool, out: Path, data_dir: str | None, threads: int) -> dict:
+    """Train, resume or skip one sweep member; returns its summary. Runs in a worker process."""
+    torch.set_num_threads(threads)
+    config = member_config(rows, quick)
+    run = Run(out / "runs" / f"rows-{rows:02d}")
+    if run.summary.exists():
+        return json.loads(run.summary.read_text())
+    resume = run.config.exists()
+    if resume and Config.from_file(run.config) != config:
+        raise SeqmnistError(f"{run.dir} was trained with other settings (--quick or not?); pick another --out")
+    if not resume:
+        run = new_run(run.dir)
+
+    def log(line: str) -> None:
+        print(f"[rows {rows:>2}] {line}", flush=True)
+
+    return train(config, MNIST.load(data_dir), run, resume=resume, log=log)
+
+
+def train_sweep(out: Path, quick: bool, jobs: int, data_dir: str | None) -> None:
+    """All sweep members, longest first; ``jobs`` processes share the cores between them."""
+    order = sorted(SWEEP_ROWS, reverse=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if jobs == 1:
+        for rows in order:
+            train_member(rows, quick, out, data_dir, torch.get_num_threads())
+        return
+    os.environ["TQDM_DISABLE"] = "1"  # bars of several processes would garble each other
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(train_member, rows, quick, out, data_dir, threads) for rows in order]
+        for future in futures:
+            future.result()
+
+
+# --- collecting and reporting ---------------------------------------------------------------
+
+
+def read_metrics(run: Run) -> list[dict]:
+    with open(run.metrics) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def collect(out: Path) -> dict[int, dict]:
+    results = {}
+    for rows in SWEEP_ROWS:
+        run = Run(out / "runs" / f"rows-{rows:02d}")
+        summary = json.loads(run.summary.read_text())
+        results[rows] = {**summary, "metrics": read_metrics(run), "run": run}
+    return results
+
+
+def draw_figures(out: Path, results: dict[int, dict]) -> dict[str, Path]:
+    figures = out / "figures"
+    last = results[max(results)]
+    model = last["run"].load_model(Config.from_file(last["run"].config))
+    return {
+        "curves": plots.epoch_curves(
+            last["metrics"],
+            figures / "epoch_curves.png",
+            seed=seed_curves(28),
+            title="Accuracy vs epoch, n_steps = 28 (solid: ours, dashed: seed)",
+        ),
+        "sweep": plots.rows_sweep({k: results[k] for k in results}, figures / "rows_sweep.png", seed=seed_sweep()),
+        "confusion": plots.confusion_grid(
+            {k: np.array(results[k]["confusion_matrix"]) for k in CONFUSION_ROWS},
+            figures / "confusion_ours.png",
+            title="Ours: confusion matrices on the MNIST test set",
+        ),
+        "confusion_seed": plots.confusion_grid(
+            {k: seed_confusion(k) for k in CONFUSION_ROWS},
+            figures / "confusion_seed.png",
+            title="Seed (2016): confusion matrices on the MNIST test set",
+        ),
+        "weights": plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"),
+    }
+
+
+def _diff(ours: float, seed: float) -> str:
+    return f"{100 * (ours - seed):+.2f}"
+
+
+def report_markdown(results: dict[int, dict], quick: bool, seconds: float) -> str:
+    seed = seed_sweep()
+    lines = [
+        "# seqmnist: the seed's experiments, reproduced",
+        "",
+        "Seed: Keurulainen, Wang, Juuti, Mallenahalli Shankara Lingappa, *Classifying MNIST Handwritings with "
+        "Vanilla Recurrent Neural Network*, Aalto University, 2016. Their numbers come from the authors' training "
+        "logs; ours from `seqmnist reproduce`"
+        + (" **--quick** (a few epochs on a subset: a pipeline check, not a reproduction)" if quick else "")
+        + f", {seconds / 60:.1f} minutes of training and plotting on this machine. Differences in percentage points.",
+        "",
+        "## Accuracy against rows read (one model per K)",
+        "",
+        "![accuracy vs rows](figures/rows_sweep.png)",
+        "",
+        "| K | seed train | ours train | seed val | ours val | seed test | ours test | test diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in SWEEP_ROWS:
+        o, s = results[k], seed[k]
+        lines.append(
+            f"| {k} | {s['train_acc']:.4f} | {o['train_acc']:.4f} | {s['val_acc']:.4f} | {o['val_acc']:.4f} "
+            f"| {s['test_acc']:.4f} | {o['test_acc']:.4f} | {_diff(o['test_acc'], s['test_acc'])} |"
+        )
+    curves = {int(r["epoch"]): r for r in results[28]["metrics"]}
+    seed_by_epoch = {int(r["epoch"]): r for r in seed_curves(28)}
+    lines += [
+        "",
+        "## Accuracy per epoch, K = 28",
+        "",
+        "![accuracy vs epoch](figures/epoch_curves.png)",
+        "",
+        "| epoch | seed train | ours train | diff | seed val | ours val | diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in CURVE_EPOCHS:
+        if e in curves and e in seed_by_epoch:
+            o, s = curves[e], seed_by_epoch[e]
+            lines.append(
+                f"| {e} | {float(s['train_acc']):.4f} | {o['train_acc']:.4f} | "
+                f"{_diff(o['train_acc'], float(s['train_acc']))} | {float(s['val_acc']):.4f} | {o['val_acc']:.4f} | "
+                f"{_diff(o['val_acc'], float(s['val_acc']))} |"
+            )
+    lines += [
+        "",
+        "## Confusion matrices on the test set",
+        "",
+        "Ours:",
+        "",
+        "![ours](figures/confusion_ours.png)",
+        "",
+        "Seed:",
+        "",
+        "![seed](figures/confusion_seed.png)",
+        "",
+        "| K | seed accuracy | ours | diff | our most frequent confusion (true → predicted: count) |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for k in CONFUSION_ROWS:
+        ours, theirs = np.array(results[k]["confusion_matrix"]), seed_confusion(k)
+        off = ours - np.diag(np.diag(ours))
+        i, j = np.unravel_index(off.argmax(), off.shape)
+        acc_o, acc_s = np.trace(ours) / ours.sum(), np.trace(theirs) / theirs.sum()
+        lines.append(f"| {k} | {acc_s:.4f} | {acc_o:.4f} | {_diff(acc_o, acc_s)} | {i} → {j}: {off[i, j]} |")
+    lines += [
+        "",
+        "## Learned weights, K = 28",
+        "",
+        "![weights](figures/weights.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def reproduce(
+    out: Path, quick: bool = False, jobs: int = 1, data_dir: str | None = None, log: Callable[[str], None] = print
+) -> Path:
+    """Run (or finish) every experiment, then draw the figures and write ``out/report.md``."""
+    if jobs < 1:
+        raise SeqmnistError(f"--jobs must be an integer >= 1 (got {jobs})")
+    started = time.perf_counter()
+    MNIST.load(data_dir)  # fail here, once, on missing or bad data
+    train_sweep(out, quick, jobs, data_dir)
+    results = collect(out)
+    draw_figures(out, results)
+    seconds = time.perf_counter() - started
+    write_text(out / "report.md", report_markdown(results, quick, seconds))
+    write_json(
+        out / "results.json",
+        {
+            "quick": quick,
+            "seconds": seconds,
+            "sweep": {
+                k: {key: r[key] for key in ("train_acc", "val_acc", "test_acc", "confusion_matrix")}
+                for k, r in results.items()
+            },
+            "config": {k: asdict(member_config(k, quick)) for k in SWEEP_ROWS},
+        },
+    )
+    log(f"report: {out / 'report.md'}")
+    return out / "report.md"
+
+
+def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> list[Path]:
+    """The figures of one run: its curves, test confusion matrix, weights, and a few digits row by row."""
+    run = Run(run_dir)
+    config = Config.from_file(run.config)
+    model = run.load_model(config)
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
+    figures = run.dir / "figures"
+    paths = [
+        plots.epoch_curves(
+            read_metrics(run),
+            figures / "epoch_curves.png",
+            seed=seed_curves(config.rows) if config.preset == "seed" else None,
+            title=f"Accuracy vs epoch, {config.rows} rows (dashed: seed)",
+        ),
+        plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"),
+    ]
+    if summary:
+        paths.append(
+            plots.confusion_grid({config.rows: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
+        )
+    data = MNIST.load(data_dir)
+    x = data.test_x[:examples, : config.rows]
+    probs = engine.step_probs(model.U, model.W, model.V, x).numpy()
+    paths.append(
+        plots.row_by_row(
+            data.test_x[:examples].numpy(), probs, data.test_y[:examples].tolist(), figures / "row_by_row.png"
+        )
+    )
+    return paths
