@@ -95,8 +95,22 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(mnist_dir,
     result = run_cli(
         "train", "--epochs", "3", "--subset", "2000", "--lr", "1e9", "--out", out, env={"SEQMNIST_DATA": str(mnist_dir)}
     )
-    assert_one_line_error(result, "training diverged in epoch 1", "try a smaller --lr")
+    assert_one_line_error(result, "training diverged in epoch 1", "nothing saved", "try a smaller --lr")
     assert not (out / "model.safetensors").exists()
+
+
+def test_divergence_after_a_good_epoch_keeps_its_checkpoint(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {"SEQMNIST_DATA": str(mnist_dir)}
+    assert run_cli("train", "--epochs", "1", "--subset", "1000", "--lr", "0.1", "--out", out, env=env).returncode == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": 1e9}))  # blow up in epoch 2
+    (out / "model.safetensors").unlink()
+    good = (out / "checkpoint.safetensors").read_bytes()
+    result = run_cli("train", "--resume", out, env=env)
+    assert_one_line_error(result, "training diverged in epoch 2", "checkpoint.safetensors keeps the last good state")
+    assert (out / "checkpoint.safetensors").read_bytes() == good
+    assert [row["epoch"] for row in metrics(out)] == ["1"]
 
 
 def test_resume_of_a_run_that_never_existed(tmp_path):

@@ -311,7 +311,8 @@ def train(
             if not math.isfinite(position.loss_sum):
                 raise SeqmnistError(
                     f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); "
-                    f"{run.checkpoint} keeps the last good state; try a smaller --lr"
+                    + (f"{run.checkpoint} keeps the last good state" if run.checkpoint.exists() else "nothing saved")
+                    + "; try a smaller --lr"
                 )
             if position.batch == batches:
                 row = {
