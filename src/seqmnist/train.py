@@ -213,9 +213,7 @@ class Run:
             metrics = list(state["metrics"])
         except (KeyError, TypeError, ValueError):
             raise SeqmnistError(f"{self.checkpoint}: missing or malformed training state") from None
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(tensors[name])
+        model.load_state_dict(tensors)
         return position, metrics
 
     def load_model(self, config: Config) -> VanillaRNN:
@@ -223,10 +221,7 @@ class Run:
             hint = "; resume it with: seqmnist train --resume " + str(self.dir) if self.checkpoint.exists() else ""
             raise SeqmnistError(f"{self.model}: no final model (the run did not finish{hint})")
         model = VanillaRNN(config.hidden)
-        tensors = load_tensors(self.model, model.shapes())
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(tensors[name])
+        model.load_state_dict(load_tensors(self.model, model.shapes()))
         return model
 
 
@@ -264,10 +259,7 @@ def train(
     if not resume:
         write_json(run.config, asdict(config))
     device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    if config.subset:
-        data = data.subset(config.subset)
-    data = data.to(device)
+    data = (data.subset(config.subset) if config.subset else data).to(device)
     model = VanillaRNN(config.hidden).reset_parameters(config.seed)
     position, metrics = Position(), []
     if resume and run.checkpoint.exists():
@@ -276,66 +268,86 @@ def train(
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     loss_fn = make_loss(config, model)
-    rows = config.rows
-    n = len(data.train_x)
-    batches = math.ceil(n / config.batch_size)
+    batches = math.ceil(len(data.train_x) / config.batch_size)
 
     with Interrupt() as interrupt:
         while position.epoch <= config.epochs:
             started = time.perf_counter()
-            order = epoch_order(config.seed, position.epoch, n).to(device)
-            loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=device)
-            bar = tqdm(
-                range(position.batch, batches),
-                desc=f"epoch {position.epoch}/{config.epochs}",
-                unit="batch",
-                leave=False,
-                disable=None,
-                initial=position.batch,
-                total=batches,
-            )
-            for b in bar:
-                index = order[b * config.batch_size : (b + 1) * config.batch_size]
-                x, y = data.train_x[index, :rows], data.train_y[index]
-                loss = loss_fn(x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(index)
-                position.seen += len(index)
-                position.batch = b + 1
-                if interrupt.signal is not None:
-                    break
-            bar.close()
-            position.loss_sum = loss_sum.item()
+            train_batches(config, data, loss_fn, optimizer, position, interrupt)
             if not math.isfinite(position.loss_sum):
+                kept = f"{run.checkpoint} keeps the last good state" if run.checkpoint.exists() else "nothing saved"
                 raise SeqmnistError(
                     f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); "
-                    + (f"{run.checkpoint} keeps the last good state" if run.checkpoint.exists() else "nothing saved")
-                    + "; try a smaller --lr"
+                    f"{kept}; try a smaller --lr"
                 )
             if position.batch == batches:
-                row = {
-                    "epoch": position.epoch,
-                    "train_loss": position.loss_sum / position.seen,
-                    "train_acc": accuracy(model, data.train_x, data.train_y, rows),
-                    "val_acc": accuracy(model, data.val_x, data.val_y, rows),
-                    "seconds": time.perf_counter() - started,
-                }
-                metrics.append(row)
-                log(format_epoch(row, config.epochs))
+                metrics.append(epoch_metrics(model, data, config.rows, position, started))
+                log(format_epoch(metrics[-1], config.epochs))
                 run.write_metrics(metrics)
                 position = Position(epoch=position.epoch + 1)
             run.save_checkpoint(model, position, metrics)
             if interrupt.signal is not None:
-                name = signal.Signals(interrupt.signal).name
                 raise TrainingInterrupted(
                     interrupt.signal,
-                    f"{name}: stopped at epoch {position.epoch}, batch {position.batch}/{batches}; checkpoint saved; "
+                    f"{signal.Signals(interrupt.signal).name}: stopped at epoch {position.epoch}, "
+                    f"batch {position.batch}/{batches}; checkpoint saved; "
                     f"continue with: seqmnist train --resume {run.dir}",
                 )
+    return finish(model, data, config, run, metrics, log)
 
-    summary = {"epochs": config.epochs, **evaluate_test(model, data, rows)}
+
+def train_batches(
+    config: Config,
+    data: MNIST,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    position: Position,
+    interrupt: Interrupt,
+) -> None:
+    """SGD over the rest of the current epoch, advancing ``position``; stops early on a signal."""
+    n = len(data.train_x)
+    batches = math.ceil(n / config.batch_size)
+    order = epoch_order(config.seed, position.epoch, n).to(data.train_x.device)
+    # Summed on the device and read once per epoch: no synchronisation per batch.
+    loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=data.train_x.device)
+    bar = tqdm(
+        range(position.batch, batches),
+        desc=f"epoch {position.epoch}/{config.epochs}",
+        unit="batch",
+        leave=False,
+        disable=None,
+        initial=position.batch,
+        total=batches,
+    )
+    for b in bar:
+        index = order[b * config.batch_size : (b + 1) * config.batch_size]
+        loss = loss_fn(data.train_x[index, : config.rows], data.train_y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(index)
+        position.seen += len(index)
+        position.batch = b + 1
+        if interrupt.signal is not None:
+            break
+    bar.close()
+    position.loss_sum = loss_sum.item()
+
+
+def epoch_metrics(model: VanillaRNN, data: MNIST, rows: int, position: Position, started: float) -> dict:
+    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed measured."""
+    return {
+        "epoch": position.epoch,
+        "train_loss": position.loss_sum / position.seen,
+        "train_acc": accuracy(model, data.train_x, data.train_y, rows),
+        "val_acc": accuracy(model, data.val_x, data.val_y, rows),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def finish(model: VanillaRNN, data: MNIST, config: Config, run: Run, metrics: list[dict], log: Callable) -> dict:
+    """Test the model, then write the final model file and the summary."""
+    summary = {"epochs": config.epochs, **evaluate_test(model, data, config.rows)}
     if metrics:
         summary.update({k: metrics[-1][k] for k in ("train_acc", "val_acc")})
     save_tensors(run.model, dict(model.named_parameters()))
