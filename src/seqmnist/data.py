@@ -164,6 +164,15 @@ def resolve_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     return path, False
 
 
+def read_resource(path: Path, resource: Resource) -> np.ndarray:
+    """Read and validate one IDX file; labels must also lie in 0..9."""
+    array = parse_idx(read_bytes(path), str(path), resource.shape)
+    if array.ndim == 1 and array.size and array.max() > 9:
+        bad = int(np.argmax(array > 9))
+        raise SeqmnistError(f"{path}: label {array[bad]} at index {bad} is outside 0..9")
+    return array
+
+
 def load_arrays(directory: Path, may_download: bool, mirrors: tuple[str, ...] = MIRRORS) -> dict[str, np.ndarray]:
     arrays = {}
     for key, resource in RESOURCES.items():
@@ -173,15 +182,7 @@ def load_arrays(directory: Path, may_download: bool, mirrors: tuple[str, ...] = 
             if not may_download:
                 raise
             path = download(resource, directory, mirrors)
-        arrays[key] = parse_idx(read_bytes(path), str(path), resource.shape)
-    for split in ("train", "test"):
-        labels = arrays[f"{split}_labels"]
-        if labels.size and labels.max() > 9:
-            bad = int(np.argmax(labels > 9))
-            raise SeqmnistError(
-                f"{find_file(directory, RESOURCES[split + '_labels'])}: label {labels[bad]} at index {bad} "
-                "is outside 0..9"
-            )
+        arrays[key] = read_resource(path, resource)
     return arrays
 
 

@@ -71,9 +71,8 @@ def member_config(rows: int, quick: bool) -> Config:
     return Config.from_settings("seed", rows=rows, **(QUICK if quick else {}))
 
 
-def train_member(rows: int, quick: bool, out: Path, data_dir: str | None, threads: int) -> dict:
-    """Train, resume or skip one sweep member; returns its summary. Runs in a worker process."""
-    torch.set_num_threads(threads)
+def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
+    """Train, resume or skip one sweep member; returns its summary."""
     config = member_config(rows, quick)
     run = Run(out / "runs" / f"rows-{rows:02d}")
     if run.summary.exists():
@@ -87,20 +86,25 @@ def train_member(rows: int, quick: bool, out: Path, data_dir: str | None, thread
     def log(line: str) -> None:
         print(f"[rows {rows:>2}] {line}", flush=True)
 
-    return train(config, MNIST.load(data_dir), run, resume=resume, log=log)
+    return train(config, data, run, resume=resume, log=log)
 
 
-def train_sweep(out: Path, quick: bool, jobs: int, data_dir: str | None) -> None:
+def _train_member_in_worker(rows: int, quick: bool, out: Path, data_dir: str | None, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    return train_member(rows, quick, out, MNIST.load(data_dir))
+
+
+def train_sweep(out: Path, quick: bool, jobs: int, data: MNIST, data_dir: str | None) -> None:
     """All sweep members, longest first; ``jobs`` processes share the cores between them."""
     order = sorted(SWEEP_ROWS, reverse=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1:
         for rows in order:
-            train_member(rows, quick, out, data_dir, torch.get_num_threads())
+            train_member(rows, quick, out, data)
         return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     os.environ["TQDM_DISABLE"] = "1"  # bars of several processes would garble each other
     with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(train_member, rows, quick, out, data_dir, threads) for rows in order]
+        futures = [pool.submit(_train_member_in_worker, rows, quick, out, data_dir, threads) for rows in order]
         for future in futures:
             future.result()
 
@@ -161,7 +165,10 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float) -> st
         "Vanilla Recurrent Neural Network*, Aalto University, 2016. Their numbers come from the authors' training "
         "logs; ours from `seqmnist reproduce`"
         + (" **--quick** (a few epochs on a subset: a pipeline check, not a reproduction)" if quick else "")
-        + f", {seconds / 60:.1f} minutes of training and plotting on this machine. Differences in percentage points.",
+        + f". This invocation took {seconds / 60:.1f} minutes of wall time (models finished by an earlier "
+        f"invocation are not retrained); the epochs of all {len(results)} models add up to "
+        f"{sum(r['seconds'] for res in results.values() for r in res['metrics']) / 60:.1f} minutes "
+        "(more than the wall time when --jobs trains several at once). Differences in percentage points.",
         "",
         "## Accuracy against rows read (one model per K)",
         "",
@@ -233,8 +240,8 @@ def reproduce(
     if jobs < 1:
         raise SeqmnistError(f"--jobs must be an integer >= 1 (got {jobs})")
     started = time.perf_counter()
-    MNIST.load(data_dir)  # fail here, once, on missing or bad data
-    train_sweep(out, quick, jobs, data_dir)
+    data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
+    train_sweep(out, quick, jobs, data, data_dir)
     results = collect(out)
     draw_figures(out, results)
     seconds = time.perf_counter() - started

@@ -1,0 +1,45 @@
+"""`seqmnist bench`: a short real run, its JSON and its table."""
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from seqmnist.bench import PlainRNN, flops_per_image
+
+
+def test_flop_count_of_one_training_image():
+    # forward x U, s W, s V; backward through W and V, and the gradients of U, W, V
+    d, h, c, t = 28, 200, 10, 28
+    forward = 2 * t * (d * h + h * h + h * c)
+    backward = 2 * t * (h * h + h * c) + 2 * t * (d * h + h * h + h * c)
+    assert flops_per_image(28, 200) == forward + backward == 7_683_200
+
+
+def test_plain_baseline_is_the_seed_model(mnist):
+    import torch
+
+    from seqmnist import engine
+
+    plain = PlainRNN(200)
+    U, W, V = plain.rnn.weight_ih_l0.T, plain.rnn.weight_hh_l0.T, plain.readout.weight.T
+    x = mnist.test_x[:50]
+    with torch.no_grad():
+        assert torch.allclose(plain(x), engine.mean_probs(U, W, V, x), atol=1e-6)
+
+
+def test_bench_json_and_table():
+    result = run_cli("bench", "--json", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("samples_per_s", "baseline_samples_per_s", "speedup", "gflops", "gemm_peak_gflops", "peak_fraction"):
+        assert data[key] > 0, key
+    assert data["speedup"] == pytest.approx(data["samples_per_s"] / data["baseline_samples_per_s"])
+    assert data["gflops"] == pytest.approx(data["samples_per_s"] * 7_683_200 / 1e9)
+    assert data["peak_fraction"] == pytest.approx(data["gflops"] / data["gemm_peak_gflops"])
+    assert 0 < data["peak_fraction"] < 1.5
+    assert [(r["batch"], r["hidden"]) for r in data["scaling"]] == [(100, 200), (256, 200), (1024, 200), (100, 512)]
+
+
+def test_bench_rejects_a_bad_budget():
+    assert_one_line_error(run_cli("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
