@@ -8,7 +8,6 @@ under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 from . import engine, plots
 from .data import MNIST
 from .errors import SeqmnistError
-from .files import write_json, write_text
+from .files import read_json, write_json, write_text
 from .train import Config, Run, new_run, train
 
 SWEEP_ROWS = tuple(range(2, 29, 2))
@@ -76,7 +75,7 @@ def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
     config = member_config(rows, quick)
     run = Run(out / "runs" / f"rows-{rows:02d}")
     if run.summary.exists():
-        return json.loads(run.summary.read_text())
+        return read_json(run.summary)
     resume = run.config.exists()
     if resume and Config.from_file(run.config) != config:
         raise SeqmnistError(f"{run.dir} was trained with other settings (--quick or not?); pick another --out")
@@ -112,17 +111,12 @@ def train_sweep(out: Path, quick: bool, jobs: int, data: MNIST, data_dir: str | 
 # --- collecting and reporting ---------------------------------------------------------------
 
 
-def read_metrics(run: Run) -> list[dict]:
-    with open(run.metrics) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def collect(out: Path) -> dict[int, dict]:
     results = {}
     for rows in SWEEP_ROWS:
         run = Run(out / "runs" / f"rows-{rows:02d}")
-        summary = json.loads(run.summary.read_text())
-        results[rows] = {**summary, "metrics": read_metrics(run), "run": run}
+        summary = read_json(run.summary)
+        results[rows] = {**summary, "metrics": run.read_metrics(), "run": run}
     return results
 
 
@@ -278,11 +272,11 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> l
     run = Run(run_dir)
     config = Config.from_file(run.config)
     model = run.load_model(config)
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else None
+    summary = read_json(run.summary) if run.summary.exists() else None
     figures = run.dir / "figures"
     paths = [
         plots.epoch_curves(
-            read_metrics(run),
+            run.read_metrics(),
             figures / "epoch_curves.png",
             seed=seed_curves(config.rows) if config.preset == "seed" else None,
             title=f"Accuracy vs epoch, {config.rows} rows (dashed: seed)",

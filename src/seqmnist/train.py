@@ -199,6 +199,13 @@ class Run:
         writer.writerows(rows)
         write_text(self.metrics, buffer.getvalue())
 
+    def read_metrics(self) -> list[dict]:
+        try:
+            with open(self.metrics) as f:
+                return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        except (OSError, ValueError, TypeError) as exc:
+            raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
+
     def save_checkpoint(self, model: VanillaRNN, position: Position, metrics: list[dict]) -> None:
         # One file holds weights and loop state together, so they can never disagree.
         state = {"position": asdict(position), "metrics": metrics}
