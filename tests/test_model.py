@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from seqmnist import engine
-from seqmnist.model import VanillaRNN, averaged_softmax_nll, rnn_step_probs
+from seqmnist.model import VanillaRNN, averaged_softmax_nll, rnn_step_probs, seed_code_readout
 
 
 def numpy_mean_probs(U, W, V, x):
@@ -100,3 +100,24 @@ def test_workspace_misuse_is_caught():
     engine.seed_loss(ws, x, y, *weights(model))
     with pytest.raises(RuntimeError, match="workspace"):
         first.backward()
+
+
+def test_blank_rows_give_exactly_uniform_softmaxes():
+    # The seed's ties: an image whose rows read are all blank must tie exactly, so argmax says 0.
+    model, x, _ = random_case(batch=6, rows=5)
+    x[:3] = 0
+    probs = engine.step_probs(*weights(model), x)
+    assert torch.equal(probs[:, :3], torch.full_like(probs[:, :3], 0.1))
+    assert not torch.equal(probs[:, 3:], torch.full_like(probs[:, 3:], 0.1))
+
+
+def test_seed_code_readout_counts_the_last_row_as_uniform():
+    model, x, _ = random_case(batch=7, rows=6)
+    with torch.no_grad():
+        probs = rnn_step_probs(*weights(model), x)
+        seed = seed_code_readout(probs)
+    np.testing.assert_allclose(seed.sum(1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose((seed * 6 - 0.1).numpy(), probs[:5].sum(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(seed.argmax(1), probs[:5].sum(0).argmax(1))
+    # One row read: the seed's code saw nothing but the uniform softmax, so it always said 0.
+    assert torch.equal(seed_code_readout(probs[:1]).argmax(1), torch.zeros(7, dtype=torch.long))

@@ -9,6 +9,9 @@ The weights keep the seed's orientation (``x_t @ U``), so a saved model can be
 recomputed with NumPy from ``U`` (inputs x hidden), ``W`` (hidden x hidden) and
 ``V`` (hidden x classes). This module is the plain autograd definition; the
 fast path in :mod:`seqmnist.engine` must agree with it.
+
+The seed's published accuracies were not measured with this readout: see
+:func:`seed_code_readout`.
 """
 
 from __future__ import annotations
@@ -63,3 +66,20 @@ def rnn_step_probs(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.T
 def averaged_softmax_nll(mean_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The seed's cost: cross-entropy of the averaged probabilities, averaged over the batch."""
     return -torch.log(mean_probs.gather(1, labels[:, None])).mean()
+
+
+def seed_code_readout(step_probs: torch.Tensor) -> torch.Tensor:
+    """The readout the seed's code *measured accuracy with*: the last row's softmax replaced by a uniform one.
+
+    The seed's Theano accuracy function (``layer.py`` in github.com/juliuswang0728/rnn_theano)
+    lists the state variable among its inputs and is called with zeros for it,
+    meant as the initial state. But by then that variable names the state after the
+    last row, so Theano substitutes the zeros there: the last row's softmax becomes
+    softmax(0) = 1/10 for every digit and the prediction rests on the other rows.
+    Training and the confusion matrices used the full readout. This explains the
+    seed's numbers: its K = 28 confusion matrix has 96.41% on its diagonal but its
+    reported test accuracy is 96.07%, and at K = 2 (blank first rows) it reports
+    exactly the share of zeros in each set. ``step_probs`` is (rows, batch, classes).
+    """
+    uniform = torch.full_like(step_probs[0], 1.0 / step_probs.shape[-1])
+    return (step_probs[:-1].sum(0) + uniform) / step_probs.shape[0]

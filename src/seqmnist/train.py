@@ -2,7 +2,7 @@
 
 A run directory holds:
   config.json          every setting of the run
-  metrics.csv          one row per finished epoch
+  metrics.csv          one row per finished epoch (accuracies as this model reads and as the seed's code measured)
   checkpoint.safetensors  weights, optimizer state and loop position (in its metadata)
   model.safetensors    the final U, W, V in the seed's orientation
   summary.json         test accuracy and confusion matrix
@@ -33,9 +33,11 @@ from . import engine
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import load_tensors, read_json, save_tensors, write_json, write_text
-from .model import NUM_CLASSES, VanillaRNN, averaged_softmax_nll
+from .model import NUM_CLASSES, VanillaRNN, averaged_softmax_nll, seed_code_readout
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "seconds")
+# *_as_seed: accuracy as the seed's code measured it (see seqmnist.model.seed_code_readout).
+# Epochs without evaluation (see Config.eval_every) hold NaN accuracies.
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed", "seconds")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Config:
     subset: int | None = None
     engine: str = "fast"
     device: str = "auto"
+    eval_every: int = 1  # accuracy on the training and validation sets every N epochs (always after the last)
 
     def validate(self) -> Config:
         """Reject bad settings before any work starts, naming the flag and its valid range."""
@@ -66,6 +69,7 @@ class Config:
             ("--subset", self.subset is None or (_is_int(self.subset) and self.subset >= 1), "an integer >= 1"),
             ("--engine", self.engine in ENGINES, f"one of {', '.join(ENGINES)}"),
             ("--device", self.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
+            ("--eval-every", _is_int(self.eval_every) and self.eval_every >= 1, "an integer >= 1"),
         ]
         for flag, ok, valid in checks:
             if not ok:
@@ -130,13 +134,19 @@ def make_loss(config: Config, model: VanillaRNN) -> Callable[[torch.Tensor, torc
     return lambda x, y: averaged_softmax_nll(model(x), y)
 
 
-def predict(model: VanillaRNN, x: torch.Tensor, rows: int) -> torch.Tensor:
-    """Predicted digits for images x (N, 28, 28) reading the first ``rows`` rows."""
-    return engine.mean_probs(model.U, model.W, model.V, x[:, :rows]).argmax(1)
+def predict(model: VanillaRNN, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits predicted for images x (N, 28, 28) from their first ``rows`` rows, in one forward pass:
+    the model's predictions, and the ones the seed's code measured accuracy with."""
+    ours, as_seed = [], []
+    for probs in engine.probs_by_chunk(model.U, model.W, model.V, x[:, :rows]):
+        ours.append(probs.mean(0).argmax(1))
+        as_seed.append(seed_code_readout(probs).argmax(1))
+    return torch.cat(ours), torch.cat(as_seed)
 
 
-def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, rows: int) -> float:
-    return (predict(model, x, rows) == y).float().mean().item()
+def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, rows: int) -> tuple[float, float]:
+    """Accuracy of the model, and as the seed's code measured it."""
+    return tuple((predicted == y).float().mean().item() for predicted in predict(model, x, rows))
 
 
 def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
@@ -202,7 +212,11 @@ class Run:
     def read_metrics(self) -> list[dict]:
         try:
             with open(self.metrics) as f:
-                return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                reader = csv.DictReader(f)
+                rows = [{k: float(v) for k, v in row.items()} for row in reader]
+            if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
+                raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
+            return rows
         except (OSError, ValueError, TypeError) as exc:
             raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
 
@@ -233,18 +247,22 @@ class Run:
 
 
 def evaluate_test(model: VanillaRNN, data: MNIST, rows: int) -> dict:
-    predicted = predict(model, data.test_x, rows)
+    ours, as_seed = predict(model, data.test_x, rows)
     return {
-        "test_acc": (predicted == data.test_y).float().mean().item(),
-        "confusion_matrix": confusion_matrix(data.test_y.cpu(), predicted.cpu()),
+        "test_acc": (ours == data.test_y).float().mean().item(),
+        "test_acc_as_seed": (as_seed == data.test_y).float().mean().item(),
+        "confusion_matrix": confusion_matrix(data.test_y.cpu(), ours.cpu()),
     }
 
 
 def format_epoch(row: dict, epochs: int) -> str:
-    return (
-        f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
-        f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
-    )
+    line = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
+    if not math.isnan(row["train_acc"]):
+        line += (
+            f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f} "
+            f"(as the seed measured {row['val_acc_as_seed']:.4f})  "
+        )
+    return line + f"{row['seconds']:.1f}s"
 
 
 def new_run(out: Path) -> Run:
@@ -288,7 +306,8 @@ def train(
                     f"{kept}; try a smaller --lr"
                 )
             if position.batch == batches:
-                metrics.append(epoch_metrics(model, data, config.rows, position, started))
+                evaluate = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
+                metrics.append(epoch_metrics(model, data, config.rows, position, started, evaluate))
                 log(format_epoch(metrics[-1], config.epochs))
                 run.write_metrics(metrics)
                 position = Position(epoch=position.epoch + 1)
@@ -341,13 +360,21 @@ def train_batches(
     position.loss_sum = loss_sum.item()
 
 
-def epoch_metrics(model: VanillaRNN, data: MNIST, rows: int, position: Position, started: float) -> dict:
-    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed measured."""
+def epoch_metrics(
+    model: VanillaRNN, data: MNIST, rows: int, position: Position, started: float, evaluate: bool = True
+) -> dict:
+    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed measured
+    after every epoch (NaN when ``evaluate`` is off)."""
+    nan = (math.nan, math.nan)
+    train_acc = accuracy(model, data.train_x, data.train_y, rows) if evaluate else nan
+    val_acc = accuracy(model, data.val_x, data.val_y, rows) if evaluate else nan
     return {
         "epoch": position.epoch,
         "train_loss": position.loss_sum / position.seen,
-        "train_acc": accuracy(model, data.train_x, data.train_y, rows),
-        "val_acc": accuracy(model, data.val_x, data.val_y, rows),
+        "train_acc": train_acc[0],
+        "val_acc": val_acc[0],
+        "train_acc_as_seed": train_acc[1],
+        "val_acc_as_seed": val_acc[1],
         "seconds": time.perf_counter() - started,
     }
 
@@ -356,8 +383,8 @@ def finish(model: VanillaRNN, data: MNIST, config: Config, run: Run, metrics: li
     """Test the model, then write the final model file and the summary."""
     summary = {"epochs": config.epochs, **evaluate_test(model, data, config.rows)}
     if metrics:
-        summary.update({k: metrics[-1][k] for k in ("train_acc", "val_acc")})
+        summary.update({k: metrics[-1][k] for k in ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")})
     save_tensors(run.model, dict(model.named_parameters()))
     write_json(run.summary, summary)
-    log(f"test accuracy {summary['test_acc']:.4f} ({run.dir})")
+    log(f"test accuracy {summary['test_acc']:.4f} (as the seed measured {summary['test_acc_as_seed']:.4f}) ({run.dir})")
     return summary
