@@ -4,7 +4,10 @@ Models that share data and recipe (the rows sweep, or several seeds) see the
 same batches, so their multiplies can run as one batched multiply over a model
 dimension: (M, 100, 200) x (M, 200, 210) instead of M separate (100, 200) x
 (200, 210). This script implements the engine's forward and backward pass with
-that extra dimension (same tricks as src/seqmnist/engine.py), checks that it
+that extra dimension (the tricks of src/seqmnist/engine.py as they were when
+this was measured: the state u = sigmoid(2a) with a constant input row; the
+engine now keeps r = u - 1/2 so blank rows stay exactly zero, the same work),
+checks that it
 gives each model exactly the gradients the single-model engine gives, and times
 M models stacked against M models one after the other, interleaved. Usage:
 
@@ -26,7 +29,7 @@ def stacked_loss_and_grads(x, y, U, W, V):
     models, hidden, classes = V.shape
     batch, rows, inputs = x.shape
     xs = torch.cat([x.transpose(0, 1), x.new_ones(rows, batch, 1)], dim=2).reshape(rows * batch, inputs + 1)
-    # Input projections with the sigmoid trick's constant row, as in the engine.
+    # Input projections with the sigmoid trick's constant row.
     IW = torch.cat(
         [
             torch.cat([2 * U, torch.zeros(models, inputs, classes)], 2),

@@ -97,6 +97,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("flag: --preset huge", ["train", "--preset", "huge"]),
         ("flag: --engine turbo", ["train", "--engine", "turbo"]),
         ("flag: --device tpu", ["train", "--device", "tpu"]),
+        ("flag: --eval-every 0", ["train", "--eval-every", "0"]),
         ("flag: --epochs ten", ["train", "--epochs", "ten"]),
         ("flag: unknown flag", ["train", "--warp", "9"]),
         ("flag: --jobs 0", ["reproduce", "--jobs", "0", "--out", str(root / "r")]),

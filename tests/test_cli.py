@@ -45,6 +45,7 @@ def test_train_then_evaluate(mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout)
     assert evaluated["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
+    assert evaluated["test_acc_as_seed"] == pytest.approx(summary["test_acc_as_seed"], abs=1e-9)
     assert evaluated["confusion_matrix"] == summary["confusion_matrix"]
 
     result = run_cli("evaluate", out, env=env)

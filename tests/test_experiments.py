@@ -6,7 +6,15 @@ import matplotlib.image
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from seqmnist.experiments import CONFUSION_ROWS, SWEEP_ROWS, seed_confusion, seed_curves, seed_sweep
+from seqmnist.experiments import (
+    ACCURACIES,
+    CONFUSION_ROWS,
+    SWEEP_ROWS,
+    member_config,
+    seed_confusion,
+    seed_curves,
+    seed_sweep,
+)
 
 FIGURES = ("epoch_curves.png", "rows_sweep.png", "confusion_ours.png", "confusion_seed.png", "weights.png")
 
@@ -51,7 +59,15 @@ def test_quick_reproduction_writes_every_file(quick):
     results = json.loads((out / "results.json").read_text())
     assert results["quick"] is True
     assert sorted(int(k) for k in results["sweep"]) == list(SWEEP_ROWS)
-    assert all(0 <= r["test_acc"] <= 1 for r in results["sweep"].values())
+    assert all(0 <= r[key] <= 1 for r in results["sweep"].values() for key in ACCURACIES)
+    assert "nan" not in report.lower()
+
+
+def test_only_the_28_row_member_pays_for_curves():
+    assert member_config(28, quick=False).eval_every == 1
+    assert member_config(12, quick=False).eval_every == 100 == member_config(12, quick=False).epochs
+    assert member_config(12, quick=True).eval_every == member_config(12, quick=True).epochs == 2
+    assert member_config(12, quick=False).rows == 12 and member_config(12, quick=False).lr == 0.01
 
 
 def test_second_run_skips_finished_models(quick, mnist_dir):

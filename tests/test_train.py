@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from seqmnist.errors import SeqmnistError
 from seqmnist.model import VanillaRNN
-from seqmnist.train import METRIC_COLUMNS, Config, Run, new_run, predict, train
+from seqmnist.train import METRIC_COLUMNS, Config, Position, Run, new_run, predict, train
 
 QUICK = {"epochs": 2, "subset": 10000, "lr": 0.1}
 
@@ -108,6 +108,7 @@ def test_existing_run_is_never_overwritten(quick_run):
         ({"subset": 0}, "--subset must be an integer >= 1"),
         ({"engine": "turbo"}, "--engine must be one of fast, autograd"),
         ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
+        ({"eval_every": 0}, "--eval-every must be an integer >= 1 (got 0)"),
     ],
 )
 def test_bad_settings_are_rejected_with_flag_and_range(settings, message):
@@ -147,3 +148,11 @@ def test_metrics_file_of_another_layout_is_refused(tmp_path):
     run.metrics.write_text("epoch,train_loss,train_acc,val_acc,seconds\n1,2.0,0.5,0.5,1.0\n")
     with pytest.raises(SeqmnistError, match="not a readable metrics file .*columns"):
         run.read_metrics()
+
+
+def test_checkpoint_of_an_older_version_is_refused(tmp_path):
+    run, model = Run(tmp_path), VanillaRNN(8).reset_parameters(0)
+    old_row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.5, "val_acc": 0.5, "seconds": 1.0}
+    run.save_checkpoint(model, Position(epoch=2), [old_row])
+    with pytest.raises(SeqmnistError, match="made by an older seqmnist"):
+        run.load_checkpoint(model)

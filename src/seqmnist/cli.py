@@ -41,7 +41,11 @@ def build_parser() -> Parser:
     train.add_argument("--subset", type=int, help="train on the first N training images only")
     train.add_argument("--engine", help="fast (hand-written BPTT, default) or autograd (the plain definition)")
     train.add_argument("--device", help="auto (default), cpu or cuda")
-    train.add_argument("--eval-every", type=int, help="measure training/validation accuracy every N epochs (1)")
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        help="accuracy on the training/validation sets every N epochs, and after the last (1)",
+    )
     train.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run with its saved settings")
     add_data_flag(train)

@@ -134,7 +134,7 @@ class _SeedLoss(torch.autograd.Function):
         G[0, :, hidden:] = 0  # z_0 does not exist
         G[rows, :, :hidden] = 0  # nor does a_{T+1}
         # tanh' = 1 - s^2 = 4 (1/4 - r^2): one pass over the states, the 4 goes into the weights below.
-        torch.addcmul(r.new_tensor(0.25), r, r, value=-1, out=D)
+        torch.addcmul(r.new_tensor(0.25), r[1:], r[1:], value=-1, out=D[1:])  # D[0] is never used
         # Contiguous, not a transposed view: MKL runs the step multiply ~10% faster so.
         WV4_T = (torch.cat([W, V], dim=1) * 4).T.contiguous()
         grad_rows, grad_pre, deriv_rows = ws.grad_rows, ws.grad_pre, ws.deriv_rows
@@ -167,8 +167,3 @@ def probs_by_chunk(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.T
 def step_probs(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
     """Softmax after every row for x (N, rows, inputs): (rows, N, classes)."""
     return torch.cat(list(probs_by_chunk(U, W, V, x, chunk)), dim=1)
-
-
-def mean_probs(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """The seed's readout for x (N, rows, inputs): (N, classes), in memory bounded by ``chunk``."""
-    return torch.cat([probs.mean(0) for probs in probs_by_chunk(U, W, V, x, chunk)])

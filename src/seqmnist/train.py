@@ -213,10 +213,9 @@ class Run:
         try:
             with open(self.metrics) as f:
                 reader = csv.DictReader(f)
-                rows = [{k: float(v) for k, v in row.items()} for row in reader]
-            if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
-                raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
-            return rows
+                if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
+                    raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
+                return [{k: float(v) for k, v in row.items()} for row in reader]
         except (OSError, ValueError, TypeError) as exc:
             raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
 
@@ -234,6 +233,8 @@ class Run:
             metrics = list(state["metrics"])
         except (KeyError, TypeError, ValueError):
             raise SeqmnistError(f"{self.checkpoint}: missing or malformed training state") from None
+        if any(set(row) != set(METRIC_COLUMNS) for row in metrics):
+            raise SeqmnistError(f"{self.checkpoint}: made by an older seqmnist (other metrics); train the run anew")
         model.load_state_dict(tensors)
         return position, metrics
 
@@ -363,8 +364,8 @@ def train_batches(
 def epoch_metrics(
     model: VanillaRNN, data: MNIST, rows: int, position: Position, started: float, evaluate: bool = True
 ) -> dict:
-    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed measured
-    after every epoch (NaN when ``evaluate`` is off)."""
+    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed did after
+    every epoch, in both measures (NaN when ``evaluate`` is off)."""
     nan = (math.nan, math.nan)
     train_acc = accuracy(model, data.train_x, data.train_y, rows) if evaluate else nan
     val_acc = accuracy(model, data.val_x, data.val_y, rows) if evaluate else nan
