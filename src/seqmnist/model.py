@@ -78,8 +78,9 @@ def seed_code_readout(step_probs: torch.Tensor) -> torch.Tensor:
     softmax(0) = 1/10 for every digit and the prediction rests on the other rows.
     Training and the confusion matrices used the full readout. This explains the
     seed's numbers: its K = 28 confusion matrix has 96.41% on its diagonal but its
-    reported test accuracy is 96.07%, and at K = 2 (blank first rows) it reports
-    exactly the share of zeros in each set. ``step_probs`` is (rows, batch, classes).
+    reported test accuracy is 96.07%, and at K = 2 (the first row is blank in
+    almost every image, so the softmaxes tie and argmax says 0) it reports the share
+    of zeros in each set, to within one image. ``step_probs`` is (rows, batch, classes).
     """
     uniform = torch.full_like(step_probs[0], 1.0 / step_probs.shape[-1])
     return (step_probs[:-1].sum(0) + uniform) / step_probs.shape[0]
