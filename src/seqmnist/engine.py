@@ -27,7 +27,8 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
 * Rows of the fused buffers padded to a multiple of 16 floats (210 -> 224
   columns, the padding held at zero): with 840-byte rows MKL wrote the input
   projection of an evaluation chunk (28,000 x 28)(28 x 210) at ~20 GFLOP/s,
-  with 64-byte-aligned rows at ~50; the step multiplies gain a little too.
+  with 64-byte-aligned rows at ~50. Evaluation got 1.3-1.4x faster, a training
+  batch 1.06-1.12x (the step multiplies gain too, despite 7% more columns).
 * Preallocated buffers, in-place steps, per-row views made once: the hot loop
   allocates nothing and slices nothing (slicing in the loop cost ~0.6 ms).
 
