@@ -87,7 +87,7 @@ def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
         if replace(saved, eval_every=1) != replace(config, eval_every=1):
             raise SeqmnistError(f"{run.dir} was trained with other settings (--quick or not?); pick another --out")
         config = saved
-    if not resume:
+    else:
         run = new_run(run.dir)
 
     def log(line: str) -> None:

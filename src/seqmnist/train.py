@@ -144,9 +144,14 @@ def predict(model: VanillaRNN, x: torch.Tensor, rows: int) -> tuple[torch.Tensor
     return torch.cat(ours), torch.cat(as_seed)
 
 
+def share_correct(predicted: torch.Tensor, y: torch.Tensor) -> float:
+    return (predicted == y).float().mean().item()
+
+
 def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, rows: int) -> tuple[float, float]:
     """Accuracy of the model, and as the seed's code measured it."""
-    return tuple((predicted == y).float().mean().item() for predicted in predict(model, x, rows))
+    ours, as_seed = predict(model, x, rows)
+    return share_correct(ours, y), share_correct(as_seed, y)
 
 
 def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
@@ -250,8 +255,8 @@ class Run:
 def evaluate_test(model: VanillaRNN, data: MNIST, rows: int) -> dict:
     ours, as_seed = predict(model, data.test_x, rows)
     return {
-        "test_acc": (ours == data.test_y).float().mean().item(),
-        "test_acc_as_seed": (as_seed == data.test_y).float().mean().item(),
+        "test_acc": share_correct(ours, data.test_y),
+        "test_acc_as_seed": share_correct(as_seed, data.test_y),
         "confusion_matrix": confusion_matrix(data.test_y.cpu(), ours.cpu()),
     }
 
