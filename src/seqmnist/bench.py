@@ -69,10 +69,11 @@ def plain_trainer(hidden: int, lr: float = 0.01) -> Callable[[torch.Tensor, torc
     return step
 
 
-def fast_trainer(hidden: int, lr: float = 0.01) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def fast_trainer(hidden: int, lr: float = 0.01, native: bool = True) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The project's training step; with ``native=False``, on the engine's Python loops."""
     model = VanillaRNN(hidden).reset_parameters(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    ws = engine.Workspace()
+    ws = engine.Workspace(native=native)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         loss = engine.seed_loss(ws, x, y, model.U, model.W, model.V)
@@ -89,6 +90,7 @@ class Comparison:
     hidden: int
     baseline_samples_per_s: float
     samples_per_s: float
+    python_loops_samples_per_s: float | None = None  # the fast path without its compiled loops
 
     @property
     def speedup(self) -> float:
@@ -98,14 +100,17 @@ class Comparison:
         return self.samples_per_s * flops_per_image(rows, self.hidden) / 1e9
 
 
-def compare(batch: int, hidden: int, seconds: float, rounds: int = 5) -> Comparison:
-    """Images/s of the plain loop and of the fast path on the same synthetic batches, interleaved."""
+def compare(batch: int, hidden: int, seconds: float, rounds: int = 5, python_loops: bool = False) -> Comparison:
+    """Images/s of the plain loop and of the fast path (and, with ``python_loops``, of the fast path on
+    its Python loops) on the same synthetic batches, interleaved."""
     g = torch.Generator().manual_seed(0)
     n_batches = 8
     xs = torch.rand(n_batches, batch, 28, INPUT_SIZE, generator=g)
     ys = torch.randint(0, NUM_CLASSES, (n_batches, batch), generator=g)
     trainers = {"plain": plain_trainer(hidden), "fast": fast_trainer(hidden)}
-    # Size each timed slice to about seconds / (2 rounds) from one warm-up pass.
+    if python_loops and engine.native_loops() is not None:
+        trainers["python"] = fast_trainer(hidden, native=False)
+    # Size each timed slice to about seconds / (trainers x rounds) from one warm-up pass.
     per_batch = {}
     for name, step in trainers.items():
         step(xs[0], ys[0])
@@ -113,10 +118,11 @@ def compare(batch: int, hidden: int, seconds: float, rounds: int = 5) -> Compari
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, step in trainers.items():
-            count = max(3, round(seconds / (2 * rounds) / per_batch[name]))
+            count = max(3, round(seconds / (len(trainers) * rounds) / per_batch[name]))
             elapsed = _seconds(lambda s=step, k=count: [s(xs[i % n_batches], ys[i % n_batches]) for i in range(k)])
             rates[name].append(count * batch / elapsed)
-    return Comparison(batch, hidden, statistics.median(rates["plain"]), statistics.median(rates["fast"]))
+    python = statistics.median(rates["python"]) if "python" in rates else None
+    return Comparison(batch, hidden, statistics.median(rates["plain"]), statistics.median(rates["fast"]), python)
 
 
 SCALING = ((256, 200), (1024, 200), (100, 512))
@@ -125,7 +131,7 @@ SCALING = ((256, 200), (1024, 200), (100, 512))
 def run(seconds: float = 24.0, scaling_seconds: float = 5.0) -> dict:
     """The whole benchmark: peak, the seed shape (batch 100, hidden 200), then the scaling shapes."""
     peak = gemm_peak()
-    main = compare(100, 200, seconds)
+    main = compare(100, 200, seconds, python_loops=True)
     scaling = [compare(b, h, scaling_seconds, rounds=3) for b, h in SCALING]
     peak = max(peak, gemm_peak())  # measured again after the load, the better of the two
     gflops = main.gflops()
@@ -141,6 +147,7 @@ def run(seconds: float = 24.0, scaling_seconds: float = 5.0) -> dict:
         "gflops": gflops,
         "baseline_gflops": main.baseline_samples_per_s * flops_per_image() / 1e9,
         "peak_fraction": gflops / peak,
+        "python_loops_samples_per_s": main.python_loops_samples_per_s,
         "threads": torch.get_num_threads(),
         "scaling": [
             {
@@ -166,10 +173,16 @@ def format_table(result: dict) -> str:
         f"{'batch':>5} {'hidden':>6} {'path':>6} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'speedup':>8}",
     ]
     for row in result["scaling"]:
-        for path, rate in (("plain", row["baseline_samples_per_s"]), ("fast", row["samples_per_s"])):
+        paths = [("plain", row["baseline_samples_per_s"]), ("fast", row["samples_per_s"])]
+        python = result["python_loops_samples_per_s"]
+        if python and (row["batch"], row["hidden"]) == (result["batch"], result["hidden"]):
+            paths.insert(1, ("python", python))
+        for path, rate in paths:
             gf = rate * flops_per_image(28, row["hidden"]) / 1e9
-            speedup = f"{row['speedup']:.2f}x" if path == "fast" else ""
+            speedup = "" if path == "plain" else f"{rate / row['baseline_samples_per_s']:.2f}x"
             lines.append(
                 f"{row['batch']:>5} {row['hidden']:>6} {path:>6} {rate:>9.0f} {gf:>8.1f} {gf / peak:>8.0%} {speedup:>8}"
             )
+    lines.append("")
+    lines.append("python: the fast path on its Python loops (what it does where engine.cpp cannot be built)")
     return "\n".join(lines)

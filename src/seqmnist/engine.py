@@ -40,7 +40,49 @@ time (see docs/speed.md). Larger batches amortise both.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+
 import torch
+
+NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
+
+
+@functools.cache
+def native_loops():
+    """The compiled loops of engine.cpp: built on first use (about a minute), then loaded from disk.
+
+    None with SEQMNIST_NATIVE=0, or where they cannot be built (no C++ compiler):
+    the Python loops below do the same work, more slowly.
+    """
+    if os.environ.get("SEQMNIST_NATIVE", "1") == "0":
+        return None
+    from torch.utils import cpp_extension  # imports setuptools: only when needed
+
+    # One directory per source text: checkouts of different versions never rebuild each other's.
+    digest = hashlib.sha256(NATIVE_SOURCE.read_bytes()).hexdigest()[:12]
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{digest}".replace("+", "-")
+    build = Path(cpp_extension.get_default_build_root()) / f"seqmnist-engine-{tag}"
+    build.mkdir(parents=True, exist_ok=True)
+    if not any(build.glob("*.so")):
+        print("seqmnist: compiling the CPU engine (once, about a minute)", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(
+            name="seqmnist_engine",
+            sources=[str(NATIVE_SOURCE)],
+            # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads.
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+        )
+    except Exception as exc:  # no compiler, no ninja, a failed build: the Python loops still work
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        warning = f"seqmnist: warning: the CPU engine did not build ({reason}); using the slower Python loops"
+        print(warning, file=sys.stderr)
+        return None
 
 
 class Workspace:
@@ -50,9 +92,17 @@ class Workspace:
     backward pass; a generation counter turns such misuse into an error.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = True) -> None:
         self.key: tuple | None = None
         self.generation = 0
+        self.use_native = native
+
+    def native(self):
+        """The compiled loops where they apply (float32 on the CPU, unless turned off), else None."""
+        fused = self.fused
+        if self.use_native and fused.device.type == "cpu" and fused.dtype == torch.float32:
+            return native_loops()
+        return None
 
     def ensure(self, rows: int, batch: int, inputs: int, hidden: int, classes: int, like: torch.Tensor) -> None:
         key = (rows, batch, inputs, hidden, classes, like.device, like.dtype)
@@ -68,6 +118,7 @@ class Workspace:
             self.inputs = torch.empty(rows, batch, inputs, **opts)  # time-major
             # [2U | 0]: the input projection also zeroes the logits columns that the steps accumulate into.
             self.input_weights = torch.zeros(inputs, self.width, **opts)
+            self.step_weights = torch.zeros(hidden, self.width, **opts)  # [4W | 2V | 0]
             # Per-row views made once: slicing inside the loop cost ~0.6 ms a batch in Python.
             self.fused_rows = list(self.fused)
             self.fused_pre = [f[:, :hidden] for f in self.fused]
@@ -79,11 +130,19 @@ class Workspace:
         """The backward pass's buffers, allocated on first use so evaluation never pays for them."""
         if self.grad is None:
             hidden = self.state.shape[2]
-            # grad[k] = [dL/da_{k+1} | dL/dz_k | 0], laid out like fused; the padding stays zero.
+            # grad[k] = [dL/da_{k+1} | dL/dz_k | 0], laid out like fused. Never written, so zero for
+            # good: the padding, grad[0]'s logits (z_0 does not exist) and grad[T]'s a_{T+1}.
             self.grad = torch.zeros_like(self.fused)
-            self.deriv = torch.empty_like(self.state)  # 1/4 - r_k^2 = (1 - s_k^2) / 4
+            # 4 [W | V | 0]^T, contiguous rather than a transposed view (MKL runs the step multiply ~10%
+            # faster so), with zero columns up to a multiple of 16 (engine.cpp). The 4 is tanh''s:
+            # 1 - s^2 = 4 (1/4 - r^2).
+            padded = -(-hidden // 16) * 16
+            opts = {"device": self.grad.device, "dtype": self.grad.dtype}
+            self.step_weights_t = torch.zeros(self.width, padded, **opts)
+            self.step_weights_t_rows = self.step_weights_t[:, :hidden]  # for the Python loop
             self.grad_rows = list(self.grad)
             self.grad_pre = [g[:, :hidden] for g in self.grad]
+            self.deriv = torch.empty_like(self.state)  # 1/4 - r_k^2, for the Python loop
             self.deriv_rows = list(self.deriv)
 
 
@@ -95,68 +154,85 @@ def forward_states(ws: Workspace, x: torch.Tensor, U: torch.Tensor, W: torch.Ten
     batch, rows, inputs = x.shape
     hidden, classes = V.shape
     ws.ensure(rows, batch, inputs, hidden, classes, x)
-    F, fused_rows, fused_pre, r, out = ws.fused, ws.fused_rows, ws.fused_pre, ws.state_rows, ws.logits
+    F, r, M, out = ws.fused, ws.state_rows, ws.step_weights, ws.logits
     # All input projections in one multiply, landing straight in the fused buffer.
-    ws.input_weights[:, :hidden] = 2 * U
+    torch.mul(U, 2, out=ws.input_weights[:, :hidden])
     ws.inputs.copy_(x.transpose(0, 1))
     torch.mm(ws.inputs.view(rows * batch, inputs), ws.input_weights, out=F[:rows].view(rows * batch, -1))
     F[rows].zero_()
-    M = _padded(torch.cat([4 * W, 2 * V], dim=1), ws.width)
+    torch.mul(W, 4, out=M[:, :hidden])
+    torch.mul(V, 2, out=M[:, out])
     r[0].zero_()  # s_0 = 0
-    for k in range(rows):
-        fused_rows[k].addmm_(r[k], M)
-        torch.sigmoid(fused_pre[k], out=r[k + 1]).sub_(0.5)
-    F[rows, :, out].addmm_(r[rows], M[:, out])
+    native = ws.native()
+    if native:
+        native.forward_recurrence(F, ws.state, M)
+    else:
+        for k in range(rows):
+            ws.fused_rows[k].addmm_(r[k], M)
+            torch.sigmoid(ws.fused_pre[k], out=r[k + 1]).sub_(0.5)
+        F[rows, :, out].addmm_(r[rows], M[:, out])
     return F[1:, :, out]
 
 
-def _padded(m: torch.Tensor, width: int) -> torch.Tensor:
-    """m with zero columns appended up to ``width``."""
-    return torch.nn.functional.pad(m, (0, width - m.shape[1]))
+def _losses_and_logit_grads(ws: Workspace, y: torch.Tensor) -> torch.Tensor:
+    """Each image's loss, -log of its mean softmax at the label; leaves the gradient of each loss in
+    every logit in ``ws.grad`` (the batch mean's 1 / B and the upstream gradient come later).
+
+    The loss touches only mean_prob[b, y_b], so dloss_b/dz_t[b, c] = -P_t[b, y_b] ([c == y_b] - P_t[b, c])
+    / (T mean_prob[b, y_b]).
+    """
+    out = ws.logits
+    native = ws.native()
+    if native:
+        return native.losses_and_logit_grads(ws.fused, y, ws.grad, out.start, out.stop - out.start)
+    P = torch.softmax(ws.fused[1:, :, out], dim=-1)
+    rows, batch, _ = P.shape
+    py = P.mean(0).gather(1, y[:, None]).squeeze(1)
+    index = y[None, :, None].expand(rows, batch, 1)
+    Py = P.gather(2, index)
+    dZ = ws.grad[1:, :, out]
+    torch.mul(P, Py, out=dZ)
+    dZ.neg_().scatter_add_(2, index, Py).mul_((-1 / rows / py)[None, :, None])
+    return -torch.log(py)
 
 
 class _SeedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ws: Workspace, x: torch.Tensor, y: torch.Tensor, U, W, V):
-        Z = forward_states(ws, x, U, W, V)
-        P = torch.softmax(Z, dim=-1)
-        py = P.mean(0).gather(1, y[:, None]).squeeze(1)
-        ctx.save_for_backward(y, W, V, P, py)
+        forward_states(ws, x, U, W, V)
+        ws.ensure_backward()
+        # The logits' gradients are computed here, while the logits are in cache.
+        losses = _losses_and_logit_grads(ws, y)
+        ctx.save_for_backward(W, V)
         ctx.ws, ctx.generation = ws, ws.generation
-        return -torch.log(py).mean()
+        return losses.mean()
 
     @staticmethod
     def backward(ctx, dloss):
-        y, W, V, P, py = ctx.saved_tensors
+        W, V = ctx.saved_tensors
         ws = ctx.ws
         if ctx.generation != ws.generation:
             raise RuntimeError("engine workspace reused by another forward pass before backward")
-        rows, batch, classes = P.shape
-        hidden = W.shape[0]
-        ws.ensure_backward()
-        r, G, D, out = ws.state, ws.grad, ws.deriv, ws.logits
-        # Softmax backward for all rows at once. The loss touches only mean_prob[b, y_b], so
-        # dL/dz_t[b, c] = g_b * P_t[b, c] * ([c == y_b] - P_t[b, y_b]) with g_b = -dloss / (B T py_b).
-        g = (-dloss / (batch * rows)) / py
-        index = y[None, :, None].expand(rows, batch, 1)
-        Py = P.gather(2, index)
-        dZ = G[1:, :, out]
-        torch.mul(P, Py, out=dZ)
-        dZ.neg_().scatter_add_(2, index, Py).mul_(g[None, :, None])
-        G[0, :, out] = 0  # z_0 does not exist
-        G[rows, :, :hidden] = 0  # nor does a_{T+1}
-        # tanh' = 1 - s^2 = 4 (1/4 - r^2): one pass over the states, the 4 goes into the weights below.
-        torch.addcmul(r.new_tensor(0.25), r[1:], r[1:], value=-1, out=D[1:])  # D[0] is never used
-        # Contiguous, not a transposed view: MKL runs the step multiply ~10% faster so.
-        WV4_T = (_padded(torch.cat([W, V], dim=1), ws.width) * 4).T.contiguous()
-        grad_rows, grad_pre, deriv_rows = ws.grad_rows, ws.grad_pre, ws.deriv_rows
-        for k in range(rows - 1, -1, -1):
-            # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 (1/4 - r_{k+1}^2).
-            torch.mm(grad_rows[k + 1], WV4_T, out=grad_pre[k]).mul_(deriv_rows[k + 1])
-        # Weight gradients in one multiply over all rows and the whole batch: s^T G = 2 r^T G.
-        G2 = G.view(-1, ws.width)[:, : hidden + classes]
-        dWV = torch.mm(r.view(-1, hidden).T, G2).mul_(2)
-        dU = ws.inputs.view(rows * batch, -1).T @ G[:rows, :, :hidden].view(rows * batch, hidden)
+        r, G, WV4_T = ws.state, ws.grad, ws.step_weights_t
+        rows, batch, hidden = r.shape[0] - 1, r.shape[1], r.shape[2]
+        classes = V.shape[1]
+        torch.mul(W.T, 4, out=WV4_T[:hidden, :hidden])
+        torch.mul(V.T, 4, out=WV4_T[ws.logits, :hidden])
+        # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 (1/4 - r_{k+1}^2), for k = T-1..0.
+        # Weight gradients: x^T G[:, :hidden] and s^T G = 2 r^T G, summed over all rows and the batch.
+        native = ws.native()
+        if native:
+            dU, dWV = native.backward_recurrence(G, r, ws.inputs, WV4_T)
+        else:
+            torch.addcmul(r.new_tensor(0.25), r[1:], r[1:], value=-1, out=ws.deriv[1:])  # deriv[0] is never used
+            for k in range(rows - 1, -1, -1):
+                torch.mm(ws.grad_rows[k + 1], ws.step_weights_t_rows, out=ws.grad_pre[k]).mul_(ws.deriv_rows[k + 1])
+            dWV = r.view(-1, hidden).T @ G.view(-1, ws.width)
+            dU = ws.inputs.view(rows * batch, -1).T @ G[:rows, :, :hidden].view(rows * batch, hidden)
+        # Everything is linear in the logits' gradients: the batch mean and dloss scale these only.
+        scale = dloss / batch
+        dWV = dWV[:, : hidden + classes].mul_(2 * scale)
+        dU.mul_(scale)
         return None, None, None, dU, dWV[:, :hidden], dWV[:, hidden:]
 
 
