@@ -78,12 +78,39 @@ def test_reference_gradients_match_finite_differences():
     )
 
 
+def test_the_compiled_loops_build_here():
+    # Without them the fast path still works, on the Python loops, but slower: CI must notice.
+    assert engine.native_loops() is not None, "engine.cpp did not build"
+
+
+def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, capsys):
+    # A real build of a broken source, in a scratch build directory; __wrapped__ bypasses the cache.
+    broken = tmp_path / "engine.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(engine, "NATIVE_SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert engine.native_loops.__wrapped__() is None
+    assert capsys.readouterr().err.splitlines()[-1].startswith("seqmnist: warning: the CPU engine did not build (")
+    monkeypatch.setenv("SEQMNIST_NATIVE", "0")
+    assert engine.native_loops.__wrapped__() is None
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The compiled loops give each thread its own slice of the batch: run on one slice and on two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize(("batch", "rows", "hidden"), [(100, 28, 200), (37, 28, 64), (16, 3, 200), (1, 1, 8)])
-def test_engine_equals_autograd(batch, rows, hidden):
+def test_engine_equals_autograd(batch, rows, hidden, native, threads):
     model, x, y = random_case(batch, rows, hidden, seed=batch)
     ref_loss = averaged_softmax_nll(model(x), y)
     ref_grads = torch.autograd.grad(ref_loss, list(weights(model)))
-    ws = engine.Workspace()
+    ws = engine.Workspace(native=native)
     for _ in range(2):  # the second pass reuses the workspace
         loss = engine.seed_loss(ws, x, y, *weights(model))
         grads = torch.autograd.grad(loss, list(weights(model)))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import SeqmnistError
-from .files import atomic_path
+from .files import atomic_path, user_cache
 
 ENV_VAR = "SEQMNIST_DATA"
 MIRRORS = (
@@ -61,8 +61,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "seqmnist" / "mnist"
+    return user_cache("mnist")
 
 
 def parse_idx(raw: bytes, name: str, shape: tuple[int, ...]) -> np.ndarray:

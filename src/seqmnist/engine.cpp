@@ -1,18 +1,24 @@
-// The engine's two sequential loops, compiled (see engine.py for the math and
-// the buffers). Python drives everything else; these two loops are the part
-// where Python's per-call cost, PyTorch's per-call elementwise kernels and a
-// single-threaded step dominated. Measured at batch 100, hidden 200 on the
-// 2-core CPU (docs/speed.md):
+// The engine's two sequential loops and the loss's gradient, compiled (see
+// engine.py for the math and the buffers). Python drives everything else.
+// At batch 100, hidden 200 on the 2-core CPU these ran 1.25x faster than the
+// same engine's Python loops on two threads, 1.13x on one (docs/speed.md):
 //
-// * Fused elementwise steps: the centred sigmoid and the tanh' scaling are
-//   written here as one pass each over the rows the multiply just wrote,
-//   while they are in cache. PyTorch's sigmoid on those strided rows (200 of
-//   224 floats) took ~65 us a step; this takes a few.
-// * Batch slices, one per thread: the images of a batch are independent
-//   through the recurrence, so each thread runs the whole 28-step loop on
-//   its own slice of rows (its multiplies single-threaded, as inside any
-//   parallel region). No thread waits for another until the loop ends,
-//   where a two-threaded multiply per step forks and joins 56 times a batch.
+// * Fused elementwise passes: the centred sigmoid and the tanh' scaling are
+//   one pass each over the rows a multiply just wrote, while they are in
+//   cache. PyTorch's sigmoid on those strided rows (200 of 224 floats) took
+//   ~65 us a step, single-threaded; this takes a few.
+// * One slice of the batch per thread: images are independent through the
+//   recurrence, so each thread runs all 28 steps on its own rows, with
+//   single-threaded multiplies (as inside any parallel region). Three
+//   fork/joins a batch instead of one per multiply and per large elementwise
+//   operation, and the elementwise passes run on both cores. The multiplies
+//   themselves gain little: two (50 x 200)(200 x 224) at once ran at ~115
+//   GFLOP/s, one (100 x 200)(200 x 224) on two threads at ~110.
+// * The weight gradients summed step by step, per slice, while grad[k] is in
+//   cache: (200 x 50)(50 x 224) runs at ~85 GFLOP/s on one core, where one
+//   (200 x 2,900)(2,900 x 224) multiply after the loop ran at ~110-140 on two.
+// * The loss's gradient in one pass per row of logits, where PyTorch took
+//   nine small operations (~0.5 ms a batch; now ~0.15 ms).
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY AVX2
@@ -83,6 +89,7 @@ void check_buffers(const at::Tensor& steps, const at::Tensor& state) {
 void forward_recurrence(const at::Tensor& fused, const at::Tensor& state, const at::Tensor& M) {
   check_buffers(fused, state);
   const int64_t rows = fused.size(0) - 1, hidden = state.size(2), width = fused.size(2);
+  TORCH_CHECK(M.dim() == 2 && M.size(0) == hidden && M.size(1) == width, "engine weights disagree in shape");
   const at::Tensor readout = M.narrow(1, hidden, width - hidden);
   pybind11::gil_scoped_release no_gil;
   over_batch_slices(fused.size(1), [&](int64_t, int64_t begin, int64_t count) {
@@ -102,15 +109,13 @@ void forward_recurrence(const at::Tensor& fused, const at::Tensor& state, const 
 // and the weight gradients' sums: returns (sum_k x_k^T grad[k][:, :hidden], sum_k r_k^T grad[k]).
 //
 // WV4T has zero columns up to a multiple of 16: MKL writes a contiguous scratch of such rows ~10%
-// faster than the 200 strided columns of grad, and the scaling pass copies them over. The weight
-// gradients are summed step by step, per slice, while grad[k] is in cache: a (200 x 50)(50 x 224)
-// multiply runs at ~85 GFLOP/s on one core, where one (200 x 2,900)(2,900 x 224) multiply after the
-// loop ran at ~110-140 on both; the slices' sums are added at the end.
+// faster than the 200 strided columns of grad, and the scaling pass copies them over. Each slice
+// sums its own weight gradients (see the header); the slices' sums are added at the end.
 std::tuple<at::Tensor, at::Tensor> backward_recurrence(const at::Tensor& grad, const at::Tensor& state,
                                                        const at::Tensor& inputs, const at::Tensor& WV4T) {
   check_buffers(grad, state);
   const int64_t rows = grad.size(0) - 1, hidden = state.size(2), width = grad.size(2), padded = WV4T.size(1);
-  TORCH_CHECK(WV4T.size(0) == width && padded >= hidden, "engine weights disagree in shape with the buffers");
+  TORCH_CHECK(WV4T.size(0) == width && padded >= hidden, "engine weights disagree in shape");
   TORCH_CHECK(inputs.dim() == 3 && inputs.size(0) == rows && inputs.size(1) == grad.size(1) && inputs.is_contiguous(),
               "engine inputs disagree in shape with the buffers");
   std::vector<at::Tensor> dU(slice_count(grad.size(1))), dWV(dU.size());

@@ -2,8 +2,9 @@
 
 Same math as :class:`seqmnist.model.VanillaRNN` with
 :func:`seqmnist.model.averaged_softmax_nll` (tests hold the two to 1e-5), laid
-out for the multiply library. Only the recurrence is sequential; everything
-else is one large multiply or one elementwise pass over all rows at once.
+out for the multiply library. Only the recurrence is sequential; the input
+projection is one large multiply, the weight gradients are sums over all rows
+and the whole batch.
 
 Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
 
@@ -31,22 +32,31 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   batch 1.06-1.12x (the step multiplies gain too, despite 7% more columns).
 * Preallocated buffers, in-place steps, per-row views made once: the hot loop
   allocates nothing and slices nothing (slicing in the loop cost ~0.6 ms).
+* The two 28-step loops and the loss's gradient in C++ (``engine.cpp``,
+  compiled on first use): fused elementwise passes, one slice of the batch per
+  thread, weight gradients summed step by step while in cache; its header says
+  what each bought. Together 1.25x over the same engine on its Python loops,
+  which remain for GPUs, float64 (gradcheck) and machines without a compiler.
 
-What is left: at batch 100 the two 28-step loops of (100 x 200)(200 x 210)
-multiplies run at ~2/3 of the large-multiply peak, and the per-step sigmoid,
-the elementwise passes and Python's per-call cost take about a third of the
-time (see docs/speed.md). Larger batches amortise both.
+What is left (see docs/speed.md): the step multiplies, (50 x 200)(200 x 224)
+per thread at batch 100, run at ~75-90% of one core's share of the
+large-multiply peak; Python (the per-batch glue, autograd, the optimiser) and
+the threads' waits for each other take about a quarter of the time. Larger
+batches amortise both.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import torch
+
+from .files import user_cache
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
 
@@ -60,21 +70,29 @@ def native_loops():
     """
     if os.environ.get("SEQMNIST_NATIVE", "1") == "0":
         return None
-    from torch.utils import cpp_extension  # imports setuptools: only when needed
-
-    # One directory per source text: checkouts of different versions never rebuild each other's.
+    # AVX2 where PyTorch's own kernels use it (or better): never an instruction this CPU lacks,
+    # even when the cache is shared with other machines.
+    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    # One directory per source text, instruction set, Python and PyTorch: builds never clash.
     digest = hashlib.sha256(NATIVE_SOURCE.read_bytes()).hexdigest()[:12]
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{digest}".replace("+", "-")
-    build = Path(cpp_extension.get_default_build_root()) / f"seqmnist-engine-{tag}"
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{'avx2' if avx2 else 'base'}"
+    build = user_cache("engine") / f"{tag.replace('+', '-')}-{digest}"
+    built = build / "seqmnist_engine.so"
+    if built.exists():  # the directory's name pins what it was built from: no need to ask ninja (~0.5 s)
+        try:
+            return _import_module(built)
+        except ImportError:
+            pass  # a build cut short: rebuild it below
     build.mkdir(parents=True, exist_ok=True)
-    if not any(build.glob("*.so")):
-        print("seqmnist: compiling the CPU engine (once, about a minute)", file=sys.stderr, flush=True)
+    print("seqmnist: compiling the CPU engine (once, about a minute)", file=sys.stderr, flush=True)
+    from torch.utils import cpp_extension  # imports setuptools: only when building
+
     try:
         return cpp_extension.load(
             name="seqmnist_engine",
             sources=[str(NATIVE_SOURCE)],
             # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads.
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_cflags=["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if avx2 else [])],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build),
         )
@@ -83,6 +101,13 @@ def native_loops():
         warning = f"seqmnist: warning: the CPU engine did not build ({reason}); using the slower Python loops"
         print(warning, file=sys.stderr)
         return None
+
+
+def _import_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Workspace:
@@ -97,7 +122,7 @@ class Workspace:
         self.generation = 0
         self.use_native = native
 
-    def native(self):
+    def native_loops(self):
         """The compiled loops where they apply (float32 on the CPU, unless turned off), else None."""
         fused = self.fused
         if self.use_native and fused.device.type == "cpu" and fused.dtype == torch.float32:
@@ -163,7 +188,7 @@ def forward_states(ws: Workspace, x: torch.Tensor, U: torch.Tensor, W: torch.Ten
     torch.mul(W, 4, out=M[:, :hidden])
     torch.mul(V, 2, out=M[:, out])
     r[0].zero_()  # s_0 = 0
-    native = ws.native()
+    native = ws.native_loops()
     if native:
         native.forward_recurrence(F, ws.state, M)
     else:
@@ -182,7 +207,7 @@ def _losses_and_logit_grads(ws: Workspace, y: torch.Tensor) -> torch.Tensor:
     / (T mean_prob[b, y_b]).
     """
     out = ws.logits
-    native = ws.native()
+    native = ws.native_loops()
     if native:
         return native.losses_and_logit_grads(ws.fused, y, ws.grad, out.start, out.stop - out.start)
     P = torch.softmax(ws.fused[1:, :, out], dim=-1)
@@ -220,7 +245,7 @@ class _SeedLoss(torch.autograd.Function):
         torch.mul(V.T, 4, out=WV4_T[ws.logits, :hidden])
         # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 (1/4 - r_{k+1}^2), for k = T-1..0.
         # Weight gradients: x^T G[:, :hidden] and s^T G = 2 r^T G, summed over all rows and the batch.
-        native = ws.native()
+        native = ws.native_loops()
         if native:
             dU, dWV = native.backward_recurrence(G, r, ws.inputs, WV4_T)
         else:

@@ -1,4 +1,4 @@
-"""Run files on disk: atomic writes, JSON, and checked safetensors.
+"""Files on disk: atomic writes, JSON, checked safetensors, and the per-user cache.
 
 Every file a run leaves is written to a temporary sibling and renamed into
 place, so a process killed at any instant (even by SIGKILL) leaves either the
@@ -20,6 +20,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import SeqmnistError
+
+
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/seqmnist/NAME`` (``~/.cache`` by default): downloads and builds kept across runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "seqmnist" / name
 
 
 @contextlib.contextmanager
