@@ -35,7 +35,7 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
 * The two 28-step loops and the loss's gradient in C++ (``engine.cpp``,
   compiled on first use): fused elementwise passes, one slice of the batch per
   thread, weight gradients summed step by step while in cache; its header says
-  what each bought. Together 1.25x over the same engine on its Python loops,
+  what each bought. Together 1.2-1.3x over the same engine on its Python loops,
   which remain for GPUs, float64 (gradcheck) and machines without a compiler.
 
 What is left (see docs/speed.md): the step multiplies, (50 x 200)(200 x 224)
