@@ -84,15 +84,35 @@ def test_the_compiled_loops_build_here():
 
 
 def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, capsys):
-    # A real build of a broken source, in a scratch build directory; __wrapped__ bypasses the cache.
+    # A real build of a broken source, in a scratch cache; __wrapped__ bypasses the in-process cache.
     broken = tmp_path / "engine.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(engine, "NATIVE_SOURCE", broken)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert engine.native_loops.__wrapped__() is None
-    assert capsys.readouterr().err.splitlines()[-1].startswith("seqmnist: warning: the CPU engine did not build (")
+    notice, warning = capsys.readouterr().err.splitlines()
+    assert notice == "seqmnist: compiling the CPU engine (once, about a minute)"
+    assert warning.startswith("seqmnist: warning: the CPU engine did not build (")
+    assert "error" in warning and warning.endswith("to retry); using the slower Python loops")
+    # The failure is remembered: the next process says so in one line instead of building again.
+    assert engine.native_loops.__wrapped__() is None
+    assert capsys.readouterr().err.splitlines() == [warning]
+    # An unwritable cache falls back too, rather than ending in a traceback.
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-dir")
+    assert engine.native_loops.__wrapped__() is None
+    assert capsys.readouterr().err.startswith("seqmnist: warning: ")
     monkeypatch.setenv("SEQMNIST_NATIVE", "0")
     assert engine.native_loops.__wrapped__() is None
+    assert capsys.readouterr().err == ""
+
+
+def test_the_compiled_loops_honour_inference_mode(threads):
+    # Each thread of a parallel region has its own PyTorch settings; the loops pass the caller's on.
+    model, x, _ = random_case(batch=200, rows=5, hidden=16)
+    with torch.inference_mode():
+        probs = engine.step_probs(*weights(model), x)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs.mean(0).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
@@ -105,7 +125,9 @@ def threads(request):
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
-@pytest.mark.parametrize(("batch", "rows", "hidden"), [(100, 28, 200), (37, 28, 64), (16, 3, 200), (1, 1, 8)])
+@pytest.mark.parametrize(
+    ("batch", "rows", "hidden"), [(100, 28, 200), (97, 28, 64), (37, 28, 64), (16, 3, 200), (1, 1, 8)]
+)
 def test_engine_equals_autograd(batch, rows, hidden, native, threads):
     model, x, y = random_case(batch, rows, hidden, seed=batch)
     ref_loss = averaged_softmax_nll(model(x), y)

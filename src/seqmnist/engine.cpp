@@ -28,6 +28,7 @@
 #endif
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
@@ -40,6 +41,8 @@ using Vec = at::vec::Vectorized<float>;
 
 // A slice smaller than this gives the multiply too few rows to run well.
 constexpr int64_t kMinSliceRows = 32;
+// The loss pass's work per thread, at least: fewer images are not worth a thread.
+constexpr int64_t kImagesPerTask = 32;
 
 // r = sigmoid(x) - 1/2 for n floats: the state of the sigmoid trick.
 void centred_sigmoid(const float* x, float* r, int64_t n) {
@@ -61,11 +64,13 @@ int64_t slice_count(int64_t batch) {
   return std::clamp<int64_t>(batch / kMinSliceRows, 1, at::get_num_threads());
 }
 
-// Runs body(slice, first, count) on slice_count(batch) disjoint slices of the batch, one per thread.
+// Runs body(slice, first, count) on `slices` disjoint slices of the batch, one per thread. The
+// workers get the caller's PyTorch settings (grad mode, inference mode, ...), which are per thread.
 template <class Body>
-void over_batch_slices(int64_t batch, const Body& body) {
-  const int64_t slices = slice_count(batch);
+void over_batch_slices(int64_t batch, int64_t slices, const Body& body) {
+  const at::ThreadLocalState caller;
   at::parallel_for(0, slices, 1, [&](int64_t first, int64_t last) {
+    const at::ThreadLocalStateGuard same_settings(caller);
     for (int64_t s = first; s < last; ++s) {
       const int64_t begin = batch * s / slices;
       body(s, begin, batch * (s + 1) / slices - begin);
@@ -92,7 +97,7 @@ void forward_recurrence(const at::Tensor& fused, const at::Tensor& state, const 
   TORCH_CHECK(M.dim() == 2 && M.size(0) == hidden && M.size(1) == width, "engine weights disagree in shape");
   const at::Tensor readout = M.narrow(1, hidden, width - hidden);
   pybind11::gil_scoped_release no_gil;
-  over_batch_slices(fused.size(1), [&](int64_t, int64_t begin, int64_t count) {
+  over_batch_slices(fused.size(1), slice_count(fused.size(1)), [&](int64_t, int64_t begin, int64_t count) {
     const at::Tensor F = fused.narrow(1, begin, count), S = state.narrow(1, begin, count);
     for (int64_t k = 0; k < rows; ++k) {
       at::Tensor f = F.select(0, k);
@@ -118,10 +123,11 @@ std::tuple<at::Tensor, at::Tensor> backward_recurrence(const at::Tensor& grad, c
   TORCH_CHECK(WV4T.size(0) == width && padded >= hidden, "engine weights disagree in shape");
   TORCH_CHECK(inputs.dim() == 3 && inputs.size(0) == rows && inputs.size(1) == grad.size(1) && inputs.is_contiguous(),
               "engine inputs disagree in shape with the buffers");
-  std::vector<at::Tensor> dU(slice_count(grad.size(1))), dWV(dU.size());
+  const int64_t slices = slice_count(grad.size(1));
+  std::vector<at::Tensor> dU(slices), dWV(slices);
   {
     pybind11::gil_scoped_release no_gil;
-    over_batch_slices(grad.size(1), [&](int64_t slice, int64_t begin, int64_t count) {
+    over_batch_slices(grad.size(1), slices, [&](int64_t slice, int64_t begin, int64_t count) {
       const at::Tensor G = grad.narrow(1, begin, count), S = state.narrow(1, begin, count);
       const at::Tensor X = inputs.narrow(1, begin, count);
       at::Tensor scratch = at::empty({count, padded}, grad.options());
@@ -154,8 +160,9 @@ at::Tensor losses_and_logit_grads(const at::Tensor& fused, const at::Tensor& lab
                                   int64_t first, int64_t classes) {
   check_buffers(fused, grad);
   TORCH_CHECK(fused.sizes() == grad.sizes() && first + classes <= fused.size(2), "engine buffers disagree in shape");
-  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.is_contiguous() && labels.numel() == fused.size(1),
-              "labels must be one int64 per image");
+  TORCH_CHECK(labels.device().is_cpu() && labels.scalar_type() == at::kLong && labels.dim() == 1 &&
+                  labels.is_contiguous() && labels.numel() == fused.size(1),
+              "labels must be one int64 per image, on the CPU");
   const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2);
   const int64_t* y = labels.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < batch; ++b) TORCH_CHECK(y[b] >= 0 && y[b] < classes, "label out of range");
@@ -164,7 +171,7 @@ at::Tensor losses_and_logit_grads(const at::Tensor& fused, const at::Tensor& lab
   float* G = grad.data_ptr<float>();
   float* loss = losses.data_ptr<float>();
   pybind11::gil_scoped_release no_gil;
-  at::parallel_for(0, batch, kMinSliceRows, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, kImagesPerTask, [&](int64_t begin, int64_t end) {
     std::vector<float> mean_y(end - begin, 0.f);
     for (int64_t t = 1; t <= rows; ++t) {
       for (int64_t b = begin; b < end; ++b) {

@@ -30,12 +30,12 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   projection of an evaluation chunk (28,000 x 28)(28 x 210) at ~20 GFLOP/s,
   with 64-byte-aligned rows at ~50. Evaluation got 1.3-1.4x faster, a training
   batch 1.06-1.12x (the step multiplies gain too, despite 7% more columns).
-* Preallocated buffers, in-place steps, per-row views made once: the hot loop
-  allocates nothing and slices nothing (slicing in the loop cost ~0.6 ms).
+* Preallocated buffers, in-place steps, per-row views made once: the Python
+  loops allocate nothing and slice nothing (slicing in them cost ~0.6 ms).
 * The two 28-step loops and the loss's gradient in C++ (``engine.cpp``,
   compiled on first use): fused elementwise passes, one slice of the batch per
   thread, weight gradients summed step by step while in cache; its header says
-  what each bought. Together 1.2-1.3x over the same engine on its Python loops,
+  what each bought. Together 1.1-1.3x over the same engine on its Python loops,
   which remain for GPUs, float64 (gradcheck) and machines without a compiler.
 
 What is left (see docs/speed.md): the step multiplies, (50 x 200)(200 x 224)
@@ -50,13 +50,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
+import platform
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from .files import user_cache
+from .files import user_cache, write_text
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
 
@@ -65,42 +69,72 @@ NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
 def native_loops():
     """The compiled loops of engine.cpp: built on first use (about a minute), then loaded from disk.
 
-    None with SEQMNIST_NATIVE=0, or where they cannot be built (no C++ compiler):
-    the Python loops below do the same work, more slowly.
+    None with SEQMNIST_NATIVE=0, or where they cannot be built (no C++ compiler), with one line
+    on stderr: the Python loops below do the same work, more slowly.
     """
     if os.environ.get("SEQMNIST_NATIVE", "1") == "0":
         return None
-    # AVX2 where PyTorch's own kernels use it (or better): never an instruction this CPU lacks,
-    # even when the cache is shared with other machines.
-    avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    # One directory per source text, instruction set, Python and PyTorch: builds never clash.
-    digest = hashlib.sha256(NATIVE_SOURCE.read_bytes()).hexdigest()[:12]
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{'avx2' if avx2 else 'base'}"
-    build = user_cache("engine") / f"{tag.replace('+', '-')}-{digest}"
-    built = build / "seqmnist_engine.so"
+    try:
+        return _load_or_build()
+    except Exception as exc:  # no compiler, no ninja, no writable cache: the Python loops still work
+        print(f"seqmnist: warning: {exc}; using the slower Python loops", file=sys.stderr)
+        return None
+
+
+# AVX2 where PyTorch's own kernels use it (or better): never an instruction this CPU lacks, even
+# when the cache is shared with other machines. -fopenmp: at::parallel_for runs on PyTorch's threads.
+_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+_CFLAGS = ["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if _AVX2 else [])]
+
+
+def _load_or_build():
+    """Import the built module; else build it in a private directory and move it into place, so that
+    a build killed at any instant, or two processes building at once, leave no half-written file."""
+    # One directory per source text, flags, machine, Python and PyTorch: builds never clash.
+    what = NATIVE_SOURCE.read_bytes() + " ".join([*_CFLAGS, platform.machine()]).encode()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
+    built, failed = build / "seqmnist_engine.so", build / "failed.txt"
     if built.exists():  # the directory's name pins what it was built from: no need to ask ninja (~0.5 s)
-        try:
-            return _import_module(built)
-        except ImportError:
-            pass  # a build cut short: rebuild it below
+        return _import_module(built)
+    if failed.exists():
+        raise _did_not_build(failed.read_text().strip(), build)
     build.mkdir(parents=True, exist_ok=True)
     print("seqmnist: compiling the CPU engine (once, about a minute)", file=sys.stderr, flush=True)
     from torch.utils import cpp_extension  # imports setuptools: only when building
 
+    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=build))
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its compiler-version banner is noise here
     try:
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name="seqmnist_engine",
             sources=[str(NATIVE_SOURCE)],
-            # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads.
-            extra_cflags=["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if avx2 else [])],
+            extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
-            build_directory=str(build),
+            build_directory=str(scratch),
         )
-    except Exception as exc:  # no compiler, no ninja, a failed build: the Python loops still work
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        warning = f"seqmnist: warning: the CPU engine did not build ({reason}); using the slower Python loops"
-        print(warning, file=sys.stderr)
-        return None
+        os.replace(scratch / built.name, built)
+        return module
+    except Exception as exc:
+        reason = _build_error(str(exc))
+        write_text(failed, reason + "\n")
+        raise _did_not_build(reason, build) from exc
+    finally:
+        logger.setLevel(level)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _did_not_build(reason: str, build: Path) -> RuntimeError:
+    return RuntimeError(f"the CPU engine did not build ({reason}; delete {build} to retry)")
+
+
+def _build_error(log: str) -> str:
+    """The line of a failed build's log that says why: the first error, else the last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip() and not line.startswith("ninja:")]
+    errors = [line for line in lines if "error:" in line.lower() or "not found" in line.lower()]
+    return ((errors or lines or ["unknown reason"])[0 if errors else -1])[:160]
 
 
 def _import_module(path: Path):
@@ -108,6 +142,11 @@ def _import_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _padded(columns: int) -> int:
+    """Rounded up to a multiple of 16 floats (64 bytes): MKL writes such rows faster."""
+    return -(-columns // 16) * 16
 
 
 class Workspace:
@@ -122,7 +161,7 @@ class Workspace:
         self.generation = 0
         self.use_native = native
 
-    def native_loops(self):
+    def loops(self):
         """The compiled loops where they apply (float32 on the CPU, unless turned off), else None."""
         fused = self.fused
         if self.use_native and fused.device.type == "cpu" and fused.dtype == torch.float32:
@@ -134,7 +173,7 @@ class Workspace:
         if key != self.key:
             self.key = key
             opts = {"device": like.device, "dtype": like.dtype}
-            self.width = -(-(hidden + classes) // 16) * 16  # padded, see the module docstring
+            self.width = _padded(hidden + classes)  # see the module docstring
             self.logits = slice(hidden, hidden + classes)
             # fused[k] = [2 a_{k+1} | z_k | 0]: pre-activation of row k+1 (doubled), logits of row k, padding.
             self.fused = torch.empty(rows + 1, batch, self.width, **opts)
@@ -159,11 +198,10 @@ class Workspace:
             # good: the padding, grad[0]'s logits (z_0 does not exist) and grad[T]'s a_{T+1}.
             self.grad = torch.zeros_like(self.fused)
             # 4 [W | V | 0]^T, contiguous rather than a transposed view (MKL runs the step multiply ~10%
-            # faster so), with zero columns up to a multiple of 16 (engine.cpp). The 4 is tanh''s:
-            # 1 - s^2 = 4 (1/4 - r^2).
-            padded = -(-hidden // 16) * 16
+            # faster so), with zero columns up to a multiple of 16 (engine.cpp). The 4 comes from the
+            # derivative of tanh: 1 - s^2 = 4 (1/4 - r^2).
             opts = {"device": self.grad.device, "dtype": self.grad.dtype}
-            self.step_weights_t = torch.zeros(self.width, padded, **opts)
+            self.step_weights_t = torch.zeros(self.width, _padded(hidden), **opts)
             self.step_weights_t_rows = self.step_weights_t[:, :hidden]  # for the Python loop
             self.grad_rows = list(self.grad)
             self.grad_pre = [g[:, :hidden] for g in self.grad]
@@ -188,7 +226,7 @@ def forward_states(ws: Workspace, x: torch.Tensor, U: torch.Tensor, W: torch.Ten
     torch.mul(W, 4, out=M[:, :hidden])
     torch.mul(V, 2, out=M[:, out])
     r[0].zero_()  # s_0 = 0
-    native = ws.native_loops()
+    native = ws.loops()
     if native:
         native.forward_recurrence(F, ws.state, M)
     else:
@@ -207,9 +245,9 @@ def _losses_and_logit_grads(ws: Workspace, y: torch.Tensor) -> torch.Tensor:
     / (T mean_prob[b, y_b]).
     """
     out = ws.logits
-    native = ws.native_loops()
+    native = ws.loops()
     if native:
-        return native.losses_and_logit_grads(ws.fused, y, ws.grad, out.start, out.stop - out.start)
+        return native.losses_and_logit_grads(ws.fused, y.contiguous(), ws.grad, out.start, out.stop - out.start)
     P = torch.softmax(ws.fused[1:, :, out], dim=-1)
     rows, batch, _ = P.shape
     py = P.mean(0).gather(1, y[:, None]).squeeze(1)
@@ -245,7 +283,7 @@ class _SeedLoss(torch.autograd.Function):
         torch.mul(V.T, 4, out=WV4_T[ws.logits, :hidden])
         # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 (1/4 - r_{k+1}^2), for k = T-1..0.
         # Weight gradients: x^T G[:, :hidden] and s^T G = 2 r^T G, summed over all rows and the batch.
-        native = ws.native_loops()
+        native = ws.loops()
         if native:
             dU, dWV = native.backward_recurrence(G, r, ws.inputs, WV4_T)
         else:
