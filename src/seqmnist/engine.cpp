@@ -1,7 +1,7 @@
 // The engine's two sequential loops and the loss's gradient, compiled (see
 // engine.py for the math and the buffers). Python drives everything else.
-// At batch 100, hidden 200 on the 2-core CPU these ran 1.25x faster than the
-// same engine's Python loops on two threads, 1.13x on one (docs/speed.md):
+// At batch 100, hidden 200 on the 2-core CPU these ran 1.25-1.3x faster than
+// the same engine's Python loops on two threads, 1.13x on one (docs/speed.md):
 //
 // * Fused elementwise passes: the centred sigmoid and the tanh' scaling are
 //   one pass each over the rows a multiply just wrote, while they are in
