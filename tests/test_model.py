@@ -126,7 +126,7 @@ def threads(request):
 
 @pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize(
-    ("batch", "rows", "hidden"), [(100, 28, 200), (97, 28, 64), (37, 28, 64), (16, 3, 200), (1, 1, 8)]
+    ("batch", "rows", "hidden"), [(100, 28, 200), (97, 28, 64), (37, 28, 64), (16, 3, 200), (40, 4, 65), (1, 1, 8)]
 )
 def test_engine_equals_autograd(batch, rows, hidden, native, threads):
     model, x, y = random_case(batch, rows, hidden, seed=batch)

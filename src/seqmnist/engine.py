@@ -2,9 +2,9 @@
 
 Same math as :class:`seqmnist.model.VanillaRNN` with
 :func:`seqmnist.model.averaged_softmax_nll` (tests hold the two to 1e-5), laid
-out for the multiply library. Only the recurrence is sequential; the input
-projection is one large multiply, the weight gradients are sums over all rows
-and the whole batch.
+out for the multiply library: one multiply per step and direction, each
+yielding everything that step needs; the weight gradients are sums over all
+rows and the whole batch.
 
 Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
 
@@ -14,7 +14,10 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   far below peak (~0.8 ms), disappears for ~5% more work in a multiply that runs
   near peak. In the backward pass the same fusion turns the readout gradient
   and its weight gradient into extra columns of multiplies that happen anyway
-  (~1.4 ms saved).
+  (~1.4 ms saved). The input row joins the same way: step k multiplies
+  ``[r_k | x_k]`` by ``[[4W | 2V], [2U | 0]]`` (228 x 210), and the weight
+  gradient's multiply yields dU in its last 28 rows (engine.cpp's header says
+  what that bought).
 * tanh through sigmoid. PyTorch's CPU tanh is not vectorised well (~50 us for
   one 100 x 200 step, ~1.4 ms a batch); sigmoid is (~25 us). With
   tanh(a) = 2 sigmoid(2a) - 1 the loop keeps r = s / 2 = sigmoid(2a) - 1/2 as
@@ -25,23 +28,25 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   uniform softmaxes, as in the seed, so ties break the seed's way (to digit 0).
   The backward pass works from r too: tanh' = 1 - s^2 = 4 (1/4 - r^2) is one
   pass over the states (the 4 goes into the weights), and s^T G = 2 r^T G.
-* Rows of the fused buffers padded to a multiple of 16 floats (210 -> 224
+* Rows of the buffers padded to a multiple of 16 floats (210 -> 224
   columns, the padding held at zero): with 840-byte rows MKL wrote the input
-  projection of an evaluation chunk (28,000 x 28)(28 x 210) at ~20 GFLOP/s,
-  with 64-byte-aligned rows at ~50. Evaluation got 1.3-1.4x faster, a training
-  batch 1.06-1.12x (the step multiplies gain too, despite 7% more columns).
+  projection of an evaluation chunk (28,000 x 28)(28 x 210), then a separate
+  multiply, at ~20 GFLOP/s, with 64-byte-aligned rows at ~50. Evaluation got
+  1.3-1.4x faster, a training batch 1.06-1.12x (the step multiplies gain too,
+  despite 7% more columns).
 * Preallocated buffers, in-place steps, per-row views made once: the Python
   loops allocate nothing and slice nothing (slicing in them cost ~0.6 ms).
-* The two 28-step loops and the loss's gradient in C++ (``engine.cpp``,
-  compiled on first use): fused elementwise passes, one slice of the batch per
-  thread, weight gradients summed step by step while in cache; its header says
-  what each bought. Together 1.1-1.3x over the same engine on its Python loops,
-  which remain for GPUs, float64 (gradcheck) and machines without a compiler.
+* The two 28-step loops and the loss in C++ (``engine.cpp``, compiled on
+  first use): fused elementwise passes, one slice of the batch per thread,
+  BLAS called directly, weight gradients summed step by step, each step's
+  product kept in cache; its header says what each bought. Together
+  1.4-1.6x over the same engine on its Python loops, which remain for GPUs,
+  float64 (gradcheck) and machines without a compiler.
 
-What is left (see docs/speed.md): the step multiplies, (50 x 200)(200 x 224)
-per thread at batch 100, run at ~75-90% of one core's share of the
-large-multiply peak; Python (the per-batch glue, autograd, the optimiser) and
-the threads' waits for each other take about a quarter of the time. Larger
+What is left (see docs/speed.md): the step multiplies, (50 x 228)(228 x 224)
+and two of like size per thread at batch 100, which MKL runs at ~75-90% of
+one core's share of the large-multiply peak; Python (autograd, the
+optimiser: ~0.5 ms a batch) and the threads' waits for each other. Larger
 batches amortise both.
 """
 
@@ -175,25 +180,27 @@ class Workspace:
             opts = {"device": like.device, "dtype": like.dtype}
             self.width = _padded(hidden + classes)  # see the module docstring
             self.logits = slice(hidden, hidden + classes)
+            self.reads = hidden + inputs  # what one step multiplies: [r_k | x_k]
             # fused[k] = [2 a_{k+1} | z_k | 0]: pre-activation of row k+1 (doubled), logits of row k, padding.
             self.fused = torch.empty(rows + 1, batch, self.width, **opts)
-            # state[k] = r_k = sigmoid(2 a_k) - 1/2 = s_k / 2, the state of the sigmoid trick.
-            self.state = torch.empty(rows + 1, batch, hidden, **opts)
-            self.inputs = torch.empty(rows, batch, inputs, **opts)  # time-major
-            # [2U | 0]: the input projection also zeroes the logits columns that the steps accumulate into.
-            self.input_weights = torch.zeros(inputs, self.width, **opts)
-            self.step_weights = torch.zeros(hidden, self.width, **opts)  # [4W | 2V | 0]
+            # state[k] = [r_k | x_k | 0]: r_k = sigmoid(2 a_k) - 1/2 = s_k / 2, the state of the sigmoid
+            # trick, beside the input row that step k reads with it. Zero for good where never written:
+            # r_0 = 0, x_T = 0 (the last step only reads out) and the padding.
+            self.state = torch.zeros(rows + 1, batch, _padded(self.reads), **opts)
+            # [[4W | 2V | 0], [2U | 0 | 0]]: one multiply per step gives 2 a_{k+1} and z_k.
+            self.step_weights = torch.zeros(self.reads, self.width, **opts)
             # Per-row views made once: slicing inside the loop cost ~0.6 ms a batch in Python.
             self.fused_rows = list(self.fused)
             self.fused_pre = [f[:, :hidden] for f in self.fused]
-            self.state_rows = list(self.state)
+            self.state_reads = [s[:, : self.reads] for s in self.state]
+            self.state_rows = [s[:, :hidden] for s in self.state]
             self.grad = None
         self.generation += 1
 
     def ensure_backward(self) -> None:
         """The backward pass's buffers, allocated on first use so evaluation never pays for them."""
         if self.grad is None:
-            hidden = self.state.shape[2]
+            hidden = self.logits.start
             # grad[k] = [dL/da_{k+1} | dL/dz_k | 0], laid out like fused. Never written, so zero for
             # good: the padding, grad[0]'s logits (z_0 does not exist) and grad[T]'s a_{T+1}.
             self.grad = torch.zeros_like(self.fused)
@@ -202,52 +209,57 @@ class Workspace:
             # derivative of tanh: 1 - s^2 = 4 (1/4 - r^2).
             opts = {"device": self.grad.device, "dtype": self.grad.dtype}
             self.step_weights_t = torch.zeros(self.width, _padded(hidden), **opts)
-            self.step_weights_t_rows = self.step_weights_t[:, :hidden]  # for the Python loop
-            self.grad_rows = list(self.grad)
-            self.grad_pre = [g[:, :hidden] for g in self.grad]
-            self.deriv = torch.empty_like(self.state)  # 1/4 - r_k^2, for the Python loop
-            self.deriv_rows = list(self.deriv)
+            if self.loops() is None:
+                self.step_weights_t_rows = self.step_weights_t[:, :hidden]
+                self.grad_rows = list(self.grad)
+                self.grad_pre = [g[:, :hidden] for g in self.grad]
+                self.deriv = torch.empty((*self.state.shape[:2], hidden), **opts)  # 1/4 - r_k^2
+                self.deriv_rows = list(self.deriv)
 
 
 def forward_states(ws: Workspace, x: torch.Tensor, U: torch.Tensor, W: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Run the recurrence over x (batch, rows, inputs); return per-row logits (rows, batch, classes).
 
-    Leaves r_k = s_k / 2 for k = 0..T in ``ws.state`` for the backward pass.
+    Leaves r_k = s_k / 2 for k = 0..T in ``ws.state``.
     """
+    _forward(ws, x, U, W, V)
+    return ws.fused[1:, :, ws.logits]
+
+
+def _forward(ws: Workspace, x: torch.Tensor, U, W, V, y: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The recurrence; with labels y (training), also each image's loss, returned, and the gradient of
+    each loss in every logit, left in ``ws.grad`` (the batch mean's 1 / B and the upstream gradient
+    come later)."""
     batch, rows, inputs = x.shape
     hidden, classes = V.shape
     ws.ensure(rows, batch, inputs, hidden, classes, x)
-    F, r, M, out = ws.fused, ws.state_rows, ws.step_weights, ws.logits
-    # All input projections in one multiply, landing straight in the fused buffer.
-    torch.mul(U, 2, out=ws.input_weights[:, :hidden])
-    ws.inputs.copy_(x.transpose(0, 1))
-    torch.mm(ws.inputs.view(rows * batch, inputs), ws.input_weights, out=F[:rows].view(rows * batch, -1))
-    F[rows].zero_()
-    torch.mul(W, 4, out=M[:, :hidden])
-    torch.mul(V, 2, out=M[:, out])
-    r[0].zero_()  # s_0 = 0
+    if y is not None:
+        ws.ensure_backward()
+    F, M, out = ws.fused, ws.step_weights, ws.logits
     native = ws.loops()
-    if native:
-        native.forward_recurrence(F, ws.state, M)
-    else:
-        for k in range(rows):
-            ws.fused_rows[k].addmm_(r[k], M)
-            torch.sigmoid(ws.fused_pre[k], out=r[k + 1]).sub_(0.5)
-        F[rows, :, out].addmm_(r[rows], M[:, out])
-    return F[1:, :, out]
+    if native:  # fills M itself
+        labels, grad = (None, None) if y is None else (y.contiguous(), ws.grad)
+        operands = (t.contiguous() for t in (x, U, W, V))
+        return native.forward_recurrence(F, ws.state, *operands, M, labels, grad)
+    torch.mul(W, 4, out=M[:hidden, :hidden])
+    torch.mul(V, 2, out=M[:hidden, out])
+    torch.mul(U, 2, out=M[hidden:, :hidden])
+    ws.state[:rows, :, hidden : ws.reads].copy_(x.transpose(0, 1))
+    for k in range(rows):
+        torch.mm(ws.state_reads[k], M, out=ws.fused_rows[k])
+        torch.sigmoid(ws.fused_pre[k], out=ws.state_rows[k + 1]).sub_(0.5)
+    F[rows].zero_()
+    F[rows, :, out].addmm_(ws.state_rows[rows], M[:hidden, out])
+    return None if y is None else _losses_and_logit_grads(ws, y)
 
 
 def _losses_and_logit_grads(ws: Workspace, y: torch.Tensor) -> torch.Tensor:
-    """Each image's loss, -log of its mean softmax at the label; leaves the gradient of each loss in
-    every logit in ``ws.grad`` (the batch mean's 1 / B and the upstream gradient come later).
+    """The loss part of :func:`_forward` for the Python loops (engine.cpp's image_losses does the same).
 
     The loss touches only mean_prob[b, y_b], so dloss_b/dz_t[b, c] = -P_t[b, y_b] ([c == y_b] - P_t[b, c])
     / (T mean_prob[b, y_b]).
     """
     out = ws.logits
-    native = ws.loops()
-    if native:
-        return native.losses_and_logit_grads(ws.fused, y.contiguous(), ws.grad, out.start, out.stop - out.start)
     P = torch.softmax(ws.fused[1:, :, out], dim=-1)
     rows, batch, _ = P.shape
     py = P.mean(0).gather(1, y[:, None]).squeeze(1)
@@ -262,41 +274,37 @@ def _losses_and_logit_grads(ws: Workspace, y: torch.Tensor) -> torch.Tensor:
 class _SeedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ws: Workspace, x: torch.Tensor, y: torch.Tensor, U, W, V):
-        forward_states(ws, x, U, W, V)
-        ws.ensure_backward()
-        # The logits' gradients are computed here, while the logits are in cache.
-        losses = _losses_and_logit_grads(ws, y)
-        ctx.save_for_backward(W, V)
+        losses = _forward(ws, x, U, W, V, y)
+        ctx.save_for_backward(U, W, V)
         ctx.ws, ctx.generation = ws, ws.generation
         return losses.mean()
 
     @staticmethod
     def backward(ctx, dloss):
-        W, V = ctx.saved_tensors
+        U, W, V = ctx.saved_tensors
         ws = ctx.ws
         if ctx.generation != ws.generation:
             raise RuntimeError("engine workspace reused by another forward pass before backward")
-        r, G, WV4_T = ws.state, ws.grad, ws.step_weights_t
-        rows, batch, hidden = r.shape[0] - 1, r.shape[1], r.shape[2]
-        classes = V.shape[1]
-        torch.mul(W.T, 4, out=WV4_T[:hidden, :hidden])
-        torch.mul(V.T, 4, out=WV4_T[ws.logits, :hidden])
+        G, WV4_T, out = ws.grad, ws.step_weights_t, ws.logits
+        rows, batch, hidden = G.shape[0] - 1, G.shape[1], out.start
         # dL/da_{k+1} = ([dL/da_{k+2} | dL/dz_{k+1}] [W | V]^T) * 4 (1/4 - r_{k+1}^2), for k = T-1..0.
-        # Weight gradients: x^T G[:, :hidden] and s^T G = 2 r^T G, summed over all rows and the batch.
+        # Weight gradients: [r_k | x_k]^T G[k], summed over all rows and the batch, gives s^T G / 2
+        # (s = 2 r) in its first rows and x^T G[:, :hidden] in its last. Everything is linear in the
+        # logits' gradients: the batch mean and dloss scale these only.
         native = ws.loops()
-        if native:
-            dU, dWV = native.backward_recurrence(G, r, ws.inputs, WV4_T)
-        else:
-            torch.addcmul(r.new_tensor(0.25), r[1:], r[1:], value=-1, out=ws.deriv[1:])  # deriv[0] is never used
-            for k in range(rows - 1, -1, -1):
-                torch.mm(ws.grad_rows[k + 1], ws.step_weights_t_rows, out=ws.grad_pre[k]).mul_(ws.deriv_rows[k + 1])
-            dWV = r.view(-1, hidden).T @ G.view(-1, ws.width)
-            dU = ws.inputs.view(rows * batch, -1).T @ G[:rows, :, :hidden].view(rows * batch, hidden)
-        # Everything is linear in the logits' gradients: the batch mean and dloss scale these only.
+        if native:  # fills WV4_T itself
+            weights = (t.contiguous() for t in (U, W, V))
+            return None, None, None, *native.backward_recurrence(G, ws.state, *weights, WV4_T, dloss.item() / batch)
+        torch.mul(W.T, 4, out=WV4_T[:hidden, :hidden])
+        torch.mul(V.T, 4, out=WV4_T[out, :hidden])
+        r = ws.state[..., :hidden]
+        torch.addcmul(r.new_tensor(0.25), r[1:], r[1:], value=-1, out=ws.deriv[1:])  # deriv[0] is never used
+        for k in range(rows - 1, -1, -1):
+            torch.mm(ws.grad_rows[k + 1], ws.step_weights_t_rows, out=ws.grad_pre[k]).mul_(ws.deriv_rows[k + 1])
+        sums = ws.state.view(-1, ws.state.shape[2])[:, : ws.reads].T @ G.view(-1, ws.width)
         scale = dloss / batch
-        dWV = dWV[:, : hidden + classes].mul_(2 * scale)
-        dU.mul_(scale)
-        return None, None, None, dU, dWV[:, :hidden], dWV[:, hidden:]
+        dWV = sums[:hidden, : out.stop] * (2 * scale)
+        return None, None, None, sums[hidden:, :hidden] * scale, dWV[:, :hidden], dWV[:, out]
 
 
 def seed_loss(
