@@ -107,7 +107,7 @@ def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, c
 
 
 def test_the_compiled_loops_honour_inference_mode(threads):
-    # Each thread of a parallel region has its own PyTorch settings; the loops pass the caller's on.
+    # Each thread of a parallel region has its own PyTorch settings: the workers must not need the caller's.
     model, x, _ = random_case(batch=200, rows=5, hidden=16)
     with torch.inference_mode():
         probs = engine.step_probs(*weights(model), x)

@@ -182,6 +182,7 @@ class Workspace:
             self.logits = slice(hidden, hidden + classes)
             self.reads = hidden + inputs  # what one step multiplies: [r_k | x_k]
             # fused[k] = [2 a_{k+1} | z_k | 0]: pre-activation of row k+1 (doubled), logits of row k, padding.
+            # The compiled loops write only the logits here: they keep each step's product in cache.
             self.fused = torch.empty(rows + 1, batch, self.width, **opts)
             # state[k] = [r_k | x_k | 0]: r_k = sigmoid(2 a_k) - 1/2 = s_k / 2, the state of the sigmoid
             # trick, beside the input row that step k reads with it. Zero for good where never written:
@@ -202,7 +203,8 @@ class Workspace:
         if self.grad is None:
             hidden = self.logits.start
             # grad[k] = [dL/da_{k+1} | dL/dz_k | 0], laid out like fused. Never written, so zero for
-            # good: the padding, grad[0]'s logits (z_0 does not exist) and grad[T]'s a_{T+1}.
+            # good: the padding, grad[0]'s logits (z_0 does not exist) and grad[T]'s a_{T+1}. The
+            # compiled loops use only the logits' gradients here, like fused's logits.
             self.grad = torch.zeros_like(self.fused)
             # 4 [W | V | 0]^T, contiguous rather than a transposed view (MKL runs the step multiply ~10%
             # faster so), with zero columns up to a multiple of 16 (engine.cpp). The 4 comes from the
