@@ -115,9 +115,10 @@ def test_the_compiled_loops_honour_inference_mode(threads):
         np.testing.assert_allclose(probs.mean(0).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
 def threads(request):
-    """The compiled loops give each thread its own slice of the batch: run on one slice and on two."""
+    """The compiled loops give each thread its own slice of the batch: run on one, two and three slices
+    (three split a batch of 100 unevenly)."""
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param
@@ -140,6 +141,24 @@ def test_engine_equals_autograd(batch, rows, hidden, native, threads):
         for got, want in zip(grads, ref_grads, strict=True):
             assert got.shape == want.shape
             assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_compiled_loops_read_only_what_they_write(threads):
+    # They keep each step's product in cache and write only the logits, and the logits' gradients, to
+    # the whole-batch buffers: whatever else those hold must not matter.
+    model, x, y = random_case(batch=70, rows=6, hidden=40)
+    ws = engine.Workspace()
+
+    def loss_and_grads():
+        loss = engine.seed_loss(ws, x, y, *weights(model))
+        return [loss.detach(), *torch.autograd.grad(loss, list(weights(model)))]
+
+    want = loss_and_grads()
+    ws.fused.fill_(float("nan"))
+    ws.grad[..., : ws.logits.start].fill_(float("nan"))
+    ws.grad[..., ws.logits.stop :].fill_(float("nan"))
+    for got, expected in zip(loss_and_grads(), want, strict=True):
+        assert torch.equal(got, expected)
 
 
 def test_workspace_misuse_is_caught():

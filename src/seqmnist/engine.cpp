@@ -20,10 +20,10 @@
 //   With the two loops in C++ (calling MKL through ATen), these made a batch
 //   1.25-1.3x faster than the Python loops on two threads, 1.13x on one.
 // * BLAS called directly with raw pointers: each of the ~170 multiplies a
-//   batch skips ATen's dispatch and the tensor views around it; the
-//   batch-mean scaling and the slices' sums are done on the way (no extra
-//   passes, no thread-pool hand-offs for small sums). With the loss moved
-//   into the forward slices: 1.09-1.11x on two threads, 1.07x on one.
+//   batch skips ATen's dispatch and the tensor views around it; the slices'
+//   sums are added and scaled in one serial pass (ATen's handed them to the
+//   thread pool, ~50 us a batch). With the loss moved into the forward
+//   slices: 1.09-1.11x on two threads, 1.07x on one.
 // * Each step reads [r_k | x_k] (engine.Workspace): the input projection
 //   joins the step's multiply, and dU joins the weight-gradient multiply,
 //   instead of a (2,800 x 28)(28 x 224) multiply (~0.3-0.45 ms, MKL runs an
@@ -53,10 +53,11 @@
 #include <cmath>
 #include <optional>
 
-// BLAS's own multiply, which PyTorch's CPU library carries and exports (MKL in the x86 wheels).
-// Called directly, each of the ~170 small multiplies of a batch skips ATen's dispatch and the
-// tensor views around it. Where PyTorch exports no sgemm_, this module fails to load and
-// engine.py falls back to its Python loops, with one line saying so.
+// BLAS's own multiply, which PyTorch's CPU library carries and exports (MKL in the x86 wheels),
+// declared as PyTorch itself declares and calls it (32-bit integers). Called directly, each of the
+// ~170 small multiplies of a batch skips ATen's dispatch and the tensor views around it. Where
+// PyTorch exports no sgemm_, this module fails to load and engine.py falls back to its Python
+// loops, with one line saying so.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc);
@@ -98,7 +99,8 @@ int64_t slice_count(int64_t batch) {
 }
 
 // Runs body(slice, first, count) on `slices` disjoint slices of the batch, one per thread.
-// The bodies call BLAS and nothing of ATen, so they need none of the caller's PyTorch settings.
+// The bodies call BLAS on raw pointers and no ATen operation, so they need none of the caller's
+// PyTorch settings (grad mode, inference mode), which are per thread.
 template <class Body>
 void over_batch_slices(int64_t batch, int64_t slices, const Body& body) {
   at::parallel_for(0, slices, 1, [&](int64_t first, int64_t last) {
@@ -222,9 +224,11 @@ void check_weights(const at::Tensor& U, const at::Tensor& W, const at::Tensor& V
 
 }  // namespace
 
-// For k = 0..T-1: fused[k] = [r_k | x_k] M, then r_{k+1} = sigmoid(fused[k][:, :hidden]) - 1/2; then
-// the last row's logits (fused[T][:, :hidden] is not written: nothing reads a_{T+1}). r_0 = 0 and
-// x_T = 0 in state (engine.Workspace). Each slice copies its images' input rows into its states.
+// For k = 0..T-1: [2 a_{k+1} | z_k] = [r_k | x_k] M, then r_{k+1} = sigmoid(2 a_{k+1}) - 1/2; then
+// the last row's logits. Each step's product goes to a buffer of the slice's own; only z_k reaches
+// fused (its logits columns; the last row also gets its zero padding), the rest of fused is left
+// as it was. r_0 = 0 and x_T = 0 in state (engine.Workspace). Each slice copies its images' input
+// rows into its states.
 // With labels (training), each slice goes on to its images' losses and the logits' gradients
 // (image_losses, into grad), while its logits are in cache; returns the losses.
 std::optional<at::Tensor> forward_recurrence(const at::Tensor& fused, const at::Tensor& state, const at::Tensor& x,

@@ -15,7 +15,7 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   near peak. In the backward pass the same fusion turns the readout gradient
   and its weight gradient into extra columns of multiplies that happen anyway
   (~1.4 ms saved). The input row joins the same way: step k multiplies
-  ``[r_k | x_k]`` by ``[[4W | 2V], [2U | 0]]`` (228 x 210), and the weight
+  ``[r_k | x_k]`` by ``[[4W | 2V], [2U | 0]]`` (228 x 210, padded to 224), and the weight
   gradient's multiply yields dU in its last 28 rows (engine.cpp's header says
   what that bought).
 * tanh through sigmoid. PyTorch's CPU tanh is not vectorised well (~50 us for
@@ -28,10 +28,11 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   uniform softmaxes, as in the seed, so ties break the seed's way (to digit 0).
   The backward pass works from r too: tanh' = 1 - s^2 = 4 (1/4 - r^2) is one
   pass over the states (the 4 goes into the weights), and s^T G = 2 r^T G.
-* Rows of the buffers padded to a multiple of 16 floats (210 -> 224
-  columns, the padding held at zero): with 840-byte rows MKL wrote the input
-  projection of an evaluation chunk (28,000 x 28)(28 x 210), then a separate
-  multiply, at ~20 GFLOP/s, with 64-byte-aligned rows at ~50. Evaluation got
+* Rows of the buffers and weights padded to a multiple of 16 floats (210 ->
+  224 columns, 228 -> 240 for the states), the padding of the states, the
+  weights and grad held at zero: when the input projection was a separate
+  multiply, MKL wrote an evaluation chunk's (28,000 x 28)(28 x 210) at ~20
+  GFLOP/s with 840-byte rows, at ~50 with 64-byte-aligned ones. Evaluation got
   1.3-1.4x faster, a training batch 1.06-1.12x (the step multiplies gain too,
   despite 7% more columns).
 * Preallocated buffers, in-place steps, per-row views made once: the Python
