@@ -41,7 +41,7 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200:
   first use): fused elementwise passes, one slice of the batch per thread,
   BLAS called directly, weight gradients summed step by step, each step's
   product kept in cache; its header says what each bought. Together
-  1.4-1.6x over the same engine on its Python loops, which remain for GPUs,
+  1.6-1.7x over the same engine on its Python loops, which remain for GPUs,
   float64 (gradcheck) and machines without a compiler.
 
 What is left (see docs/speed.md): the step multiplies, (50 x 228)(228 x 224)
