@@ -23,7 +23,7 @@ def test_plain_baseline_is_the_seed_model(mnist):
 
     plain = PlainRNN(200)
     U, W, V = plain.rnn.weight_ih_l0.T, plain.rnn.weight_hh_l0.T, plain.readout.weight.T
-    x = mnist.test_x[:50]
+    x = mnist.test_x[:50].float() / 255
     with torch.no_grad():
         assert torch.allclose(plain(x), engine.step_probs(U, W, V, x).mean(0), atol=1e-6)
 

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
         (["train", "--epochs", "0"], ["--epochs must be an integer >= 1 (got 0)"]),
         (["train", "--lr", "nan"], ["--lr must be a finite number > 0"]),
         (["train", "--rows", "40"], ["--rows must be an integer in 1..28 (got 40)"]),
-        (["train", "--preset", "bogus"], ["--preset must be one of"]),
+        (["train", "--preset", "bogus"], ["argument --preset: invalid choice: 'bogus'"]),
         (["train", "--epochs", "many"], ["argument --epochs", "invalid int value"]),
         (["train", "--no-such-flag"], ["unrecognized arguments"]),
         (["frobnicate"], ["invalid choice"]),
@@ -52,9 +52,21 @@ def test_train_then_evaluate(mnist_dir, tmp_path):
     assert f"test accuracy {summary['test_acc']:.4f}" in result.stdout
 
     again = run_cli("train", "--out", out, "--epochs", "1", env=env)
-    assert_one_line_error(again, "already holds a run")
+    assert_one_line_error(again, "is a finished run (1 epochs, test accuracy", "--resume", "--epochs N (N > 1)")
     resumed = run_cli("train", "--resume", out, "--lr", "0.5", env=env)
     assert_one_line_error(resumed, "--resume uses the settings saved in the run; drop --lr")
+    finished = run_cli("train", "--resume", out, env=env)
+    assert_one_line_error(finished, "is a finished run", "to train it further: seqmnist train --resume")
+    assert json.loads((out / "summary.json").read_text()) == summary  # untouched
+
+    # A finished run trains on to more epochs, recorded in its config.
+    extended = run_cli("train", "--resume", out, "--epochs", "2", env=env)
+    assert extended.returncode == 0, extended.stderr
+    assert "epoch   2/2" in extended.stdout and "epoch   1/" not in extended.stdout
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert_one_line_error(run_cli("train", "--resume", out, "--epochs", "1", env=env), "already trained 2 epochs")
 
 
 def test_evaluate_rejects_a_model_of_the_wrong_shape(mnist_dir, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ def test_real_data_has_the_seeds_split(mnist):
     assert mnist.train_x.shape == (50000, 28, 28)
     assert mnist.val_x.shape == (10000, 28, 28)
     assert mnist.test_x.shape == (10000, 28, 28)
-    assert mnist.train_x.dtype.is_floating_point and mnist.train_x.min() == 0 and mnist.train_x.max() == 1
+    assert mnist.train_x.dtype == torch.uint8 and mnist.train_x.min() == 0 and mnist.train_x.max() == 255
     assert mnist.train_y[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first training labels
     assert mnist.test_y[:5].tolist() == [7, 2, 1, 0, 4]
     assert sorted(mnist.val_y.unique().tolist()) == list(range(10))

@@ -1,20 +1,14 @@
 """`seqmnist reproduce --quick` and `seqmnist plot`: the whole pipeline, every file written and well-formed."""
 
 import json
+from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from seqmnist.experiments import (
-    ACCURACIES,
-    CONFUSION_ROWS,
-    SWEEP_ROWS,
-    member_config,
-    seed_confusion,
-    seed_curves,
-    seed_sweep,
-)
+from seqmnist.experiments import ACCURACIES, agreement, member_config
+from seqmnist.seed import CONFUSION_ROWS, SWEEP_ROWS, seed_confusion, seed_curves, seed_sweep
 
 FIGURES = ("epoch_curves.png", "rows_sweep.png", "confusion_ours.png", "confusion_seed.png", "weights.png")
 
@@ -34,7 +28,10 @@ def test_seed_reference_numbers_are_packaged():
 @pytest.fixture(scope="module")
 def quick(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
-    result = run_cli("reproduce", "--quick", "--out", out, env={"SEQMNIST_DATA": str(mnist_dir)})
+    models = Path(__file__).resolve().parents[2] / "shared" / "seed" / "models"
+    result = run_cli(
+        "reproduce", "--quick", "--out", out, "--seed-models", models, env={"SEQMNIST_DATA": str(mnist_dir)}
+    )
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -63,11 +60,36 @@ def test_quick_reproduction_writes_every_file(quick):
     assert "nan" not in report.lower()
 
 
-def test_only_the_28_row_member_pays_for_curves():
-    assert member_config(28, quick=False).eval_every == 1
-    assert member_config(12, quick=False).eval_every == 100 == member_config(12, quick=False).epochs
-    assert member_config(12, quick=True).eval_every == member_config(12, quick=True).epochs == 2
-    assert member_config(12, quick=False).rows == 12 and member_config(12, quick=False).lr == 0.01
+def test_every_member_is_the_seed_recipe_evaluated_every_epoch():
+    for rows in (12, 28):
+        config = member_config(rows, quick=False)
+        assert config.eval_every == 1 and config.rows == rows and config.lr == 0.01 and config.epochs == 100
+        assert config.rng == "seed" and config.input_scale == 256
+    assert member_config(12, quick=True).epochs == 2
+
+
+def test_agreement_counts_epochs_within_a_tenth_of_a_point():
+    seed = seed_curves(28)[:5]
+    ours = [
+        {"epoch": r["epoch"], "train_acc_as_seed": r["train_acc"] + d, "val_acc_as_seed": r["val_acc"]}
+        for r, d in zip(seed, (0, 0.0009, 0.002, 0, -0.0011), strict=True)
+    ]
+    result = agreement(ours, 28)
+    assert result["train_acc"] == {"epochs": 5, "within": 3, "first_off": 3}
+    assert result["val_acc"] == {"epochs": 5, "within": 5, "first_off": None}
+
+
+def test_report_has_the_agreement_and_the_seed_models(quick):
+    out, _ = quick
+    report = (out / "report.md").read_text()
+    assert "## How long the replay follows the seed's logs" in report
+    assert "## The seed's own trained models" in report
+    for k, log in ((6, "0.2042"), (14, "0.7688"), (28, "0.9607")):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {k} | `rnn_step{k}.model`"))
+        assert row.count(log) == 2 and row.endswith("| yes |"), row  # the log, and ours of their model: equal
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed_models"]["28"]["test_acc_as_seed"] == pytest.approx(0.9607, abs=1e-6)
+    assert set(results["agreement"]["28"]) == {"train_acc", "val_acc"}
 
 
 def test_second_run_skips_finished_models(quick, mnist_dir):
@@ -84,7 +106,7 @@ def test_full_run_refuses_a_quick_directory(quick, mnist_dir):
     (out / "runs" / "rows-28" / "summary.json").rename(out / "summary.bak")
     try:
         result = run_cli("reproduce", "--out", out, env={"SEQMNIST_DATA": str(mnist_dir)})
-        assert_one_line_error(result, "rows-28 was trained with other settings")
+        assert_one_line_error(result, "was trained with other settings")
     finally:
         (out / "summary.bak").rename(out / "runs" / "rows-28" / "summary.json")
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
 from seqmnist.model import VanillaRNN
-from seqmnist.train import METRIC_COLUMNS, Config, Position, Run, new_run, predict, train
+from seqmnist.runs import METRIC_COLUMNS, Position, Run, TrainingState, new_run
+from seqmnist.train import predict, sequencer, train
 
 QUICK = {"epochs": 2, "subset": 10000, "lr": 0.1}
 
@@ -60,7 +62,8 @@ def test_saved_model_recomputes_with_numpy(quick_run, mnist):
     out, config, summary = quick_run
     weights = {k: v.astype(np.float64) for k, v in load_file(out / "model.safetensors").items()}
     assert {k: v.shape for k, v in weights.items()} == {"U": (28, 200), "W": (200, 200), "V": (200, 10)}
-    predicted = numpy_predict(weights, mnist.test_x.numpy().astype(np.float64), config.rows)
+    images = mnist.test_x.numpy().astype(np.float64) / config.input_scale
+    predicted = numpy_predict(weights, images, config.rows)
     accuracy = (predicted == mnist.test_y.numpy()).mean()
     assert accuracy == pytest.approx(summary["test_acc"], abs=3e-4)  # float32 vs float64: a few images at most
 
@@ -89,7 +92,7 @@ def test_fast_engine_trains_like_autograd(mnist, tmp_path):
 def test_existing_run_is_never_overwritten(quick_run):
     out, _, _ = quick_run
     before = (out / "model.safetensors").read_bytes()
-    with pytest.raises(SeqmnistError, match="already holds a run"):
+    with pytest.raises(SeqmnistError, match="is a finished run .* --resume .* --epochs N"):
         new_run(out)
     assert (out / "model.safetensors").read_bytes() == before
 
@@ -105,7 +108,7 @@ def test_existing_run_is_never_overwritten(quick_run):
         ({"lr": float("inf")}, "--lr must be a finite number > 0"),
         ({"rows": 29}, "--rows must be an integer in 1..28 (got 29)"),
         ({"rows": 0}, "--rows must be an integer in 1..28"),
-        ({"subset": 0}, "--subset must be an integer >= 1"),
+        ({"subset": 0}, "--subset must be an integer in 1..50000"),
         ({"engine": "turbo"}, "--engine must be one of fast, autograd"),
         ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
         ({"eval_every": 0}, "--eval-every must be an integer >= 1 (got 0)"),
@@ -117,6 +120,19 @@ def test_bad_settings_are_rejected_with_flag_and_range(settings, message):
     assert message in str(info.value)
 
 
+def test_subset_larger_than_the_training_set_is_refused():
+    with pytest.raises(SeqmnistError, match=r"--subset must be an integer in 1..50000 .*got 999999"):
+        Config.from_settings("seed", subset=999999)
+
+
+def test_batches_are_whole_as_the_seeds():
+    # The seed ran int(n / mini_batch) batches: a last partial batch is left out.
+    assert Config.from_settings("seed", subset=250).batches == 2
+    assert Config.from_settings("seed").batches == 500
+    with pytest.raises(SeqmnistError, match="--batch-size 300 is larger than the 250 training images"):
+        Config.from_settings("seed", subset=250, batch_size=300)
+
+
 def test_unknown_preset():
     with pytest.raises(SeqmnistError, match="--preset must be one of seed, quick"):
         Config.from_settings("fastest")
@@ -126,7 +142,7 @@ def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
     # Reading 2 rows, the seed's code measured only the first, blank in almost every MNIST image:
     # those images tie exactly and count as digit 0, which is why the seed reports 0.0980 on the test set.
     model = VanillaRNN(200).reset_parameters(3)
-    ours, as_seed = predict(model, mnist.test_x, rows=2)
+    ours, as_seed = predict(model, sequencer(Config(rows=2)).encode(mnist.test_x))
     blank = mnist.test_x[:, 0].amax(1) == 0
     assert blank.float().mean() > 0.99
     assert (as_seed[blank] == 0).all()
@@ -150,9 +166,40 @@ def test_metrics_file_of_another_layout_is_refused(tmp_path):
         run.read_metrics()
 
 
-def test_checkpoint_of_an_older_version_is_refused(tmp_path):
+def test_checkpoint_of_an_unknown_format_is_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     run, model = Run(tmp_path), VanillaRNN(8).reset_parameters(0)
-    old_row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.5, "val_acc": 0.5, "seconds": 1.0}
-    run.save_checkpoint(model, Position(epoch=2), [old_row])
-    with pytest.raises(SeqmnistError, match="made by an older seqmnist"):
-        run.load_checkpoint(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run.save_checkpoint(model, optimizer, TrainingState(Position(epoch=2)))
+    assert run.load_checkpoint(model, optimizer).position.epoch == 2
+    # The previous layout: bare weight names, no format in the header.
+    save_file({n: p.detach() for n, p in model.named_parameters()}, str(run.checkpoint), metadata={"state": "{}"})
+    with pytest.raises(SeqmnistError, match="checkpoint format 'an older seqmnist' is not 'seqmnist-checkpoint/2'"):
+        run.load_checkpoint(model, optimizer)
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_golden_seed_run(mnist, tmp_path, one_thread):
+    # Pins the seed path itself: its initial weights, shuffles, input scale, loss and engine arithmetic.
+    # A change to any of them changes these numbers (two runs compared with each other would not notice).
+    # Byte-identical on one thread of this machine's kind (docs/reliability.md says when reruns agree).
+    import hashlib
+
+    summary = train(Config.from_settings("seed", epochs=1, subset=2000), mnist, new_run(tmp_path / "g"), log=quiet)
+    row = Run(tmp_path / "g").read_metrics()[0]
+    assert row["train_loss"] == 2.293238655090332
+    assert (row["train_acc_as_seed"], row["val_acc_as_seed"]) == (0.16050000488758087, 0.16140000522136688)
+    assert summary["test_acc"] == 0.15559999644756317
+    digest = hashlib.sha256((tmp_path / "g" / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == "d30295732bb1830609abdd53574b43deabad00f0d1f2537207be071785abc78a"

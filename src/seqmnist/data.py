@@ -189,7 +189,8 @@ def load_arrays(directory: Path, may_download: bool, mirrors: tuple[str, ...] = 
 class MNIST:
     """The seed's split of MNIST: 50,000 train, 10,000 validation, 10,000 test.
 
-    Images are float32 tensors of shape (N, 28, 28) in [0, 1]; labels int64.
+    Images are the file's bytes, uint8 tensors of shape (N, 28, 28); labels int64.
+    How they become the model's input (scale, order, steps) is :mod:`seqmnist.sequence`'s job.
     """
 
     train_x: torch.Tensor
@@ -204,23 +205,28 @@ class MNIST:
     def load(cls, data_dir: str | os.PathLike | None = None, mirrors: tuple[str, ...] = MIRRORS) -> MNIST:
         directory, is_cache = resolve_dir(data_dir)
         arrays = load_arrays(directory, may_download=is_cache, mirrors=mirrors)
+        return cls.from_arrays(arrays, directory)
 
-        def images(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a.astype(np.float32) / np.float32(255.0))
-
-        def labels(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a.astype(np.int64))
-
-        train_x, train_y = images(arrays["train_images"]), labels(arrays["train_labels"])
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: Path) -> MNIST:
+        """The split from the four arrays :func:`load_arrays` returns (also what a cluster ships)."""
+        train_x, train_y = torch.from_numpy(arrays["train_images"].copy()), _labels(arrays["train_labels"])
         return cls(
             train_x=train_x[:TRAIN_SIZE],
             train_y=train_y[:TRAIN_SIZE],
             val_x=train_x[TRAIN_SIZE:],
             val_y=train_y[TRAIN_SIZE:],
-            test_x=images(arrays["test_images"]),
-            test_y=labels(arrays["test_labels"]),
-            source=directory,
+            test_x=torch.from_numpy(arrays["test_images"].copy()),
+            test_y=_labels(arrays["test_labels"]),
+            source=Path(source),
         )
+
+    def labelled_sets(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        return [
+            ("train", self.train_x, self.train_y),
+            ("val", self.val_x, self.val_y),
+            ("test", self.test_x, self.test_y),
+        ]
 
     def to(self, device: torch.device) -> MNIST:
         tensors = [t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)]
@@ -229,3 +235,7 @@ class MNIST:
     def subset(self, n: int) -> MNIST:
         """Keep only the first ``n`` training images (for quick runs); validation and test stay whole."""
         return MNIST(self.train_x[:n], self.train_y[:n], self.val_x, self.val_y, self.test_x, self.test_y, self.source)
+
+
+def _labels(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.int64))

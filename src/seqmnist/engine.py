@@ -319,11 +319,13 @@ def seed_loss(
 
 def probs_by_chunk(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, chunk: int = 1000):
     """Per-row softmaxes (rows, chunk, classes) for successive chunks of x, forward only: memory stays
-    bounded by ``chunk`` whatever the size of x."""
+    bounded by ``chunk`` whatever the size of x. Gradients are off while each chunk is computed, not
+    while the caller holds the generator."""
     ws = Workspace()
-    with torch.no_grad():
-        for i in range(0, len(x), chunk):
-            yield torch.softmax(forward_states(ws, x[i : i + chunk], U, W, V), dim=-1)
+    for i in range(0, len(x), chunk):
+        with torch.no_grad():
+            probs = torch.softmax(forward_states(ws, x[i : i + chunk], U, W, V), dim=-1)
+        yield probs
 
 
 def step_probs(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:

@@ -7,71 +7,40 @@ under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import engine, plots
+from . import plots
+from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import read_json, write_json, write_text
-from .train import Config, Run, new_run, train
+from .model import VanillaRNN
+from .runs import Run, new_run
+from .seed import CONFUSION_ROWS, SWEEP_ROWS, read_theano_model, seed_confusion, seed_curves, seed_sweep
+from .train import evaluate_test, sequencer, step_probs, train
 
-SWEEP_ROWS = tuple(range(2, 29, 2))
-CONFUSION_ROWS = (2, 6, 10, 14, 20, 28)
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")
 QUICK = {"epochs": 2, "subset": 2000, "lr": 0.1}  # the whole pipeline in about a minute
-
-
-# --- the seed's published numbers -------------------------------------------------------------
-
-
-def _reference_rows(name: str) -> list[dict]:
-    text = resources.files("seqmnist").joinpath("reference", name).read_text()
-    return list(csv.DictReader(text.splitlines()))
-
-
-def seed_sweep() -> dict[int, dict[str, float]]:
-    return {
-        int(r["n_steps"]): {
-            "train_acc": float(r["final_train_acc"]),
-            "val_acc": float(r["final_val_acc"]),
-            "test_acc": float(r["test_acc"]),
-        }
-        for r in _reference_rows("rows_sweep.csv")
-    }
-
-
-def seed_curves(rows: int) -> list[dict]:
-    return [r for r in _reference_rows("epoch_curves.csv") if int(r["n_steps"]) == rows]
-
-
-def seed_confusion(rows: int) -> np.ndarray:
-    matrix = [
-        [int(r[f"pred_{d}"]) for d in range(10)]
-        for r in _reference_rows("confusion_matrices.csv")
-        if int(r["n_steps"]) == rows
-    ]
-    return np.array(matrix)
+AGREEMENT = 0.001  # the replay "stays on" the seed's curve while within 0.1 points of it
 
 
 # --- training the sweep ---------------------------------------------------------------------
 
 
 def member_config(rows: int, quick: bool) -> Config:
-    """The seed's recipe for K rows. Only K = 28 has its accuracy curves drawn, so only it pays for
-    evaluating every epoch (a quarter of an epoch's time); the others are evaluated once, at the end."""
-    config = Config.from_settings("seed", rows=rows, **(QUICK if quick else {}))
-    return replace(config, eval_every=1 if rows == max(SWEEP_ROWS) else config.epochs)
+    """The seed's recipe for K rows, evaluated after every epoch as the seed was (its logged curves
+    are the yardstick of the replay for every K)."""
+    return Config.from_settings("seed", rows=rows, **(QUICK if quick else {}))
 
 
 def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
@@ -83,10 +52,8 @@ def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
     resume = run.config.exists()
     if resume:
         saved = Config.from_file(run.config)
-        # How often it is evaluated does not change a model; any other setting does.
-        if replace(saved, eval_every=1) != replace(config, eval_every=1):
+        if saved != config:
             raise SeqmnistError(f"{run.dir} was trained with other settings (--quick or not?); pick another --out")
-        config = saved
     else:
         run = new_run(run.dir)
 
@@ -131,7 +98,7 @@ def collect(out: Path) -> dict[int, dict]:
 def draw_figures(out: Path, results: dict[int, dict]) -> dict[str, Path]:
     figures = out / "figures"
     last = results[max(results)]
-    model = last["run"].load_model(Config.from_file(last["run"].config))
+    model = last["run"].load_model(Config.from_file(last["run"].config))  # for the weights figure
     return {
         "curves": plots.epoch_curves(
             last["metrics"],
@@ -166,6 +133,19 @@ def _diff(ours: float, seed: float) -> str:
     return f"{100 * (ours - seed):+.2f}"
 
 
+def agreement(metrics: list[dict], rows: int) -> dict[str, dict]:
+    """For training and validation accuracy (as the seed measured): how many of the seed's logged
+    epochs ours lies within 0.1 points of, and the first epoch where it does not (None: never)."""
+    ours = {int(r["epoch"]): r for r in metrics}
+    seed = seed_curves(rows)
+    result = {}
+    for key in ("train_acc", "val_acc"):
+        gaps = [(r["epoch"], abs(ours[r["epoch"]][f"{key}_as_seed"] - r[key])) for r in seed if r["epoch"] in ours]
+        off = [epoch for epoch, gap in gaps if not gap <= AGREEMENT + 1e-9]
+        result[key] = {"epochs": len(gaps), "within": len(gaps) - len(off), "first_off": off[0] if off else None}
+    return result
+
+
 def measure_note() -> list[str]:
     """Why the report shows two accuracies, with the size of the gap in the seed's own numbers."""
     seed = seed_sweep()
@@ -186,7 +166,7 @@ def measure_note() -> list[str]:
     ]
 
 
-def report_markdown(results: dict[int, dict], quick: bool, seconds: float) -> str:
+def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_models: dict | None = None) -> str:
     seed = seed_sweep()
     lines = [
         "# seqmnist: the seed's experiments, reproduced",
@@ -200,7 +180,15 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float) -> st
         f"{sum(r['seconds'] for res in results.values() for r in res['metrics']) / 60:.1f} minutes "
         "(more than the wall time when --jobs trains several at once). Differences in percentage points.",
         "",
+        "**The replay.** The seed preset draws everything the seed's run drew at random as it did: NumPy's legacy "
+        "stream seeded with 12345, the weights U, V, W in that order, then every epoch a permutation applied to "
+        "the previous epoch's order; its inputs are bytes / 256, as the `mnist.pkl.gz` it read. What still "
+        "differs is the arithmetic (Theano on a 2016 GPU against our CPU engine, both float32), so the "
+        "trajectories part once rounding differences grow.",
+        "",
         *measure_note(),
+        *agreement_section(results),
+        *seed_models_section(seed_models),
         "## Accuracy against rows read (one model per K)",
         "",
         "![accuracy vs rows](figures/rows_sweep.png)",
@@ -275,25 +263,118 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float) -> st
     return "\n".join(lines)
 
 
+def agreement_section(results: dict[int, dict]) -> list[str]:
+    """Per K: how long the replay stays within 0.1 points of the seed's logged curves."""
+    lines = [
+        "## How long the replay follows the seed's logs",
+        "",
+        "Per K, the epochs (of those both logged) at which our accuracy as the seed measured lies within 0.1 "
+        "points of the seed's logged value, and the first epoch where it does not ('-': never leaves).",
+        "",
+        "| K | train: epochs within | train: first epoch off | val: epochs within | val: first epoch off |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for k in SWEEP_ROWS:
+        a = agreement(results[k]["metrics"], k)
+        cells = [
+            f"{a[key]['within']}/{a[key]['epochs']} | {a[key]['first_off'] or '-'}" for key in ("train_acc", "val_acc")
+        ]
+        lines.append(f"| {k} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
+def seed_models_section(evaluated: dict | None) -> list[str]:
+    if not evaluated:
+        return []
+    lines = [
+        "## The seed's own trained models",
+        "",
+        "Each model file of the seed's code found in `--seed-models`, imported and evaluated on the MNIST test "
+        "set here, beside the seed's logged test accuracy and the diagonal of its confusion matrix.",
+        "",
+        "| K | file | seed's log | as the seed measured, here | seed's confusion diagonal | every row read, here "
+        "| confusion matrix identical |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    sweep = seed_sweep()
+    for k, r in sorted(evaluated.items()):
+        reference = seed_confusion(k)
+        diagonal = f"{np.trace(reference) / reference.sum():.4f}" if reference.size else "-"
+        same = ("yes" if np.array_equal(reference, r["confusion_matrix"]) else "**no**") if reference.size else "-"
+        lines.append(
+            f"| {k} | `{r['file']}` | {sweep[k]['test_acc']:.4f} | {r['test_acc_as_seed']:.4f} | {diagonal} "
+            f"| {r['test_acc']:.4f} | {same} |"
+        )
+    return [*lines, ""]
+
+
+def evaluate_seed_models(directory: Path, data: MNIST) -> dict[int, dict]:
+    """The seed's rnn_stepK.model files in ``directory``, each evaluated on the test set."""
+    if not directory.is_dir():
+        raise SeqmnistError(f"{directory}: not a directory (--seed-models)")
+    found = {}
+    for k in SWEEP_ROWS:
+        path = directory / f"rnn_step{k}.model"
+        if path.exists():
+            config = Config.from_settings("seed", rows=k)
+            model = theano_model(path)
+            found[k] = {"file": path.name, **evaluate_test(model, data, config)}
+    if not found:
+        raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
+    return found
+
+
+def theano_model(path: Path) -> VanillaRNN:
+    arrays = read_theano_model(path)
+    model = VanillaRNN(arrays["W"].shape[0])
+    model.load_state_dict({name: torch.from_numpy(a) for name, a in arrays.items()})
+    return model
+
+
+def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None) -> dict:
+    """A run directory holding a model file of the seed's code: config.json (the seed's recipe for
+    ``rows``), model.safetensors, import.json (where it came from) and summary.json (its test)."""
+    config = Config.from_settings("seed", rows=rows)
+    model = theano_model(path)
+    config = replace(config, hidden=model.hidden_size).validate()
+    run = new_run(out)
+    data = MNIST.load(data_dir)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    write_json(run.config, config.to_dict())
+    write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
+    run.save_model(model)
+    summary = {"epochs": config.epochs, **evaluate_test(model, data, config), "imported_from": str(path.resolve())}
+    run.write_summary(summary)
+    return summary
+
+
 def reproduce(
-    out: Path, quick: bool = False, jobs: int = 1, data_dir: str | None = None, log: Callable[[str], None] = print
+    out: Path,
+    quick: bool = False,
+    jobs: int = 1,
+    data_dir: str | None = None,
+    seed_models: Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Run (or finish) every experiment, then draw the figures and write ``out/report.md``."""
     if jobs < 1:
         raise SeqmnistError(f"--jobs must be an integer >= 1 (got {jobs})")
     started = time.perf_counter()
     data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
+    evaluated = evaluate_seed_models(seed_models, data) if seed_models else None  # bad files fail before training
     train_sweep(out, quick, jobs, data, data_dir)
     results = collect(out)
     draw_figures(out, results)
     seconds = time.perf_counter() - started
-    write_text(out / "report.md", report_markdown(results, quick, seconds))
+    write_text(out / "report.md", report_markdown(results, quick, seconds, evaluated))
     write_json(
         out / "results.json",
         {
             "quick": quick,
             "seconds": seconds,
             "sweep": {k: {key: r[key] for key in (*ACCURACIES, "confusion_matrix")} for k, r in results.items()},
+            "agreement": {k: agreement(r["metrics"], k) for k, r in results.items()},
+            "seed_models": evaluated,
             "config": {k: asdict(member_config(k, quick)) for k in SWEEP_ROWS},
         },
     )
@@ -302,28 +383,31 @@ def reproduce(
 
 
 def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> list[Path]:
-    """The figures of one run: its curves, test confusion matrix, weights, and a few digits row by row."""
+    """The figures of one run: its curves (when it has them), test confusion matrix, weights, and a few
+    digits row by row."""
     run = Run(run_dir)
     config = Config.from_file(run.config)
     model = run.load_model(config)
     summary = read_json(run.summary) if run.summary.exists() else None
     figures = run.dir / "figures"
-    paths = [
-        plots.epoch_curves(
-            run.read_metrics(),
-            figures / "epoch_curves.png",
-            seed=seed_curves(config.rows) if config.preset == "seed" else None,
-            title=f"Accuracy vs epoch, {config.rows} rows",
-        ),
-        plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"),
-    ]
+    paths = []
+    if run.metrics.exists():
+        paths.append(
+            plots.epoch_curves(
+                run.read_metrics(),
+                figures / "epoch_curves.png",
+                seed=seed_curves(config.rows) if config.preset == "seed" else None,
+                title=f"Accuracy vs epoch, {config.rows} rows",
+            )
+        )
+    paths.append(plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"))
     if summary:
         paths.append(
             plots.confusion_grid({config.rows: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
         )
     data = MNIST.load(data_dir)
-    x = data.test_x[:examples, : config.rows]
-    probs = engine.step_probs(model.U, model.W, model.V, x).numpy()
+    x = sequencer(config).encode(data.test_x[:examples])
+    probs = torch.cat(list(step_probs(model, x)), dim=1).numpy()
     paths.append(
         plots.row_by_row(
             data.test_x[:examples].numpy(), probs, data.test_y[:examples].tolist(), figures / "row_by_row.png"

@@ -2,12 +2,15 @@
 
 Every file a run leaves is written to a temporary sibling and renamed into
 place, so a process killed at any instant (even by SIGKILL) leaves either the
-old file or the new one, never half of one.
+old file or the new one, never half of one. Files get the permissions any
+other tool would give them (0666 less the umask), so a teammate on a shared
+machine can read a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -28,12 +31,21 @@ def user_cache(name: str) -> Path:
     return Path(base) / "seqmnist" / name
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is read once and put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600
     os.close(fd)
     tmp = Path(name)
     try:
@@ -50,8 +62,20 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def to_json(obj: Any, indent: str = "") -> str:
+    """JSON indented like ``json.dumps(indent=2)``, but a list of plain values stays on one line,
+    so a confusion matrix reads as one line per true digit."""
+    inner = indent + "  "
+    if isinstance(obj, Mapping) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {to_json(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in obj):
+        return "[\n" + ",\n".join(inner + to_json(v, inner) for v in obj) + f"\n{indent}]"
+    return json.dumps(obj)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, to_json(obj) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -70,11 +94,8 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict
         save_file(cpu, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]], with_metadata: bool = False):
-    """Load a safetensors file and insist on exactly the expected names, shapes and float32.
-
-    Returns the tensors, or (tensors, metadata) with ``with_metadata``.
-    """
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a safetensors file and its metadata; any failure is one SeqmnistError."""
     path = Path(path)
     if not path.is_file():
         raise SeqmnistError(f"{path}: file not found")
@@ -84,6 +105,11 @@ def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]], with_metadat
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SeqmnistError(f"{path}: not a readable safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Insist on exactly the expected names, shapes and float32."""
     if set(tensors) != set(shapes):
         raise SeqmnistError(f"{path}: holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for name, shape in shapes.items():
@@ -93,4 +119,10 @@ def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]], with_metadat
             )
         if tensors[name].dtype != torch.float32:
             raise SeqmnistError(f"{path}: tensor {name} is {tensors[name].dtype}, expected float32")
-    return (tensors, metadata) if with_metadata else tensors
+
+
+def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file holding exactly the tensors ``shapes`` names, float32."""
+    tensors, _ = read_tensors(path)
+    check_tensors(path, tensors, shapes)
+    return tensors

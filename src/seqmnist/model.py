@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,12 +41,21 @@ class VanillaRNN(nn.Module):
         return {name: tuple(p.shape) for name, p in self.named_parameters()}
 
     def reset_parameters(self, seed: int) -> VanillaRNN:
-        """Uniform in +-1/sqrt(fan_in) per matrix, U then W then V from one generator, as the seed."""
+        """Uniform in +-1/sqrt(fan_in) per matrix, U then W then V from one torch.Generator."""
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in (self.U, self.W, self.V):
                 bound = 1.0 / math.sqrt(p.shape[0])
                 p.copy_(torch.rand(p.shape, generator=generator) * (2 * bound) - bound)
+        return self
+
+    def draw_as_the_seed(self, stream: np.random.RandomState) -> VanillaRNN:
+        """The seed's own draws (layer.py): uniform in +-sqrt(1/fan_in), U then V then W, from NumPy's
+        legacy stream, float64 cast to float32. After np.random.seed(12345) these are its weights."""
+        with torch.no_grad():
+            for p in (self.U, self.V, self.W):
+                bound = np.sqrt(1.0 / p.shape[0])
+                p.copy_(torch.from_numpy(stream.uniform(-bound, bound, tuple(p.shape)).astype(np.float32)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,119 +1,36 @@
-"""Training: settings, the loop, evaluation, checkpoints and run files.
-
-A run directory holds:
-  config.json          every setting of the run
-  metrics.csv          one row per finished epoch (accuracies as this model reads and as the seed's code measured)
-  checkpoint.safetensors  weights, optimizer state and loop position (in its metadata)
-  model.safetensors    the final U, W, V in the seed's orientation
-  summary.json         test accuracy and confusion matrix
+"""Training: the loop, evaluation and the run's files as it goes.
 
 Every file is replaced atomically, so a run killed at any instant can be
-resumed from its last checkpoint. The order of the training images in epoch e
-depends only on (seed, e), so a resumed run sees exactly the batches an
-uninterrupted one would have seen.
+resumed from its last checkpoint; the order of the training images in every
+epoch is a function of the run's settings alone (replayed from the start on
+resume), so a resumed run sees exactly the batches an uninterrupted one would
+have seen.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import itertools
 import math
 import signal
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import engine
+from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
-from .files import load_tensors, read_json, save_tensors, write_json, write_text
-from .model import NUM_CLASSES, VanillaRNN, averaged_softmax_nll, seed_code_readout
+from .files import write_json
+from .model import NUM_CLASSES, VanillaRNN, averaged_softmax_nll, rnn_step_probs, seed_code_readout
+from .runs import Position, Run, TrainingState
+from .seed import seed_log
+from .sequence import Sequencer
 
-# *_as_seed: accuracy as the seed's code measured it (see seqmnist.model.seed_code_readout).
-# Epochs without evaluation (see Config.eval_every) hold NaN accuracies.
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed", "seconds")
-
-
-@dataclass
-class Config:
-    """Every setting of a run; the defaults are the seed's recipe."""
-
-    preset: str = "seed"
-    epochs: int = 100
-    rows: int = 28
-    hidden: int = 200
-    lr: float = 0.01
-    batch_size: int = 100
-    seed: int = 12345
-    subset: int | None = None
-    engine: str = "fast"
-    device: str = "auto"
-    eval_every: int = 1  # accuracy on the training and validation sets every N epochs (always after the last)
-
-    def validate(self) -> Config:
-        """Reject bad settings before any work starts, naming the flag and its valid range."""
-        checks = [
-            ("--preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
-            ("--epochs", _is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
-            ("--rows", _is_int(self.rows) and 1 <= self.rows <= 28, "an integer in 1..28"),
-            ("--hidden", _is_int(self.hidden) and 1 <= self.hidden <= 65536, "an integer in 1..65536"),
-            ("--lr", _is_number(self.lr) and 0 < self.lr < math.inf, "a finite number > 0"),
-            ("--batch-size", _is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
-            ("--seed", _is_int(self.seed) and 0 <= self.seed < 2**63, "an integer in 0..2^63-1"),
-            ("--subset", self.subset is None or (_is_int(self.subset) and self.subset >= 1), "an integer >= 1"),
-            ("--engine", self.engine in ENGINES, f"one of {', '.join(ENGINES)}"),
-            ("--device", self.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda"),
-            ("--eval-every", _is_int(self.eval_every) and self.eval_every >= 1, "an integer >= 1"),
-        ]
-        for flag, ok, valid in checks:
-            if not ok:
-                value = getattr(self, flag[2:].replace("-", "_"))
-                raise SeqmnistError(f"{flag} must be {valid} (got {value!r})")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise SeqmnistError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-        return self
-
-    @classmethod
-    def from_settings(cls, preset: str = "seed", **overrides: object) -> Config:
-        """The preset's settings, then every override that is not None."""
-        if preset not in PRESETS:
-            raise SeqmnistError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
-        settings = {**PRESETS[preset], "preset": preset}
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**settings).validate()
-
-    @classmethod
-    def from_file(cls, path: Path) -> Config:
-        data = read_json(path)
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not set(data) <= names:
-            raise SeqmnistError(f"{path}: not a seqmnist run configuration")
-        try:
-            return cls(**data).validate()
-        except SeqmnistError as exc:
-            raise SeqmnistError(f"{path}: {exc}") from None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-# Presets are named sets of settings; flags given on the command line win over them.
-PRESETS: dict[str, dict[str, object]] = {
-    "seed": {},  # the 2016 presentation's recipe: the Config defaults
-    "quick": {"epochs": 3, "subset": 10000, "lr": 0.1},  # a first look in seconds
-}
-ENGINES = ("fast", "autograd")
+Log = Callable[[str], None]
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,25 +39,63 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The shuffle of epoch ``epoch``: a function of (seed, epoch) alone, so resuming needs no RNG state."""
-    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+def sequencer(config: Config) -> Sequencer:
+    return Sequencer(task="rows", rows=config.rows, input_scale=config.input_scale)
 
 
-def make_loss(config: Config, model: VanillaRNN) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if config.engine == "fast":
-        ws = engine.Workspace()
-        return lambda x, y: engine.seed_loss(ws, x, y, model.U, model.W, model.V)
-    return lambda x, y: averaged_softmax_nll(model(x), y)
+# --- where the randomness comes from ------------------------------------------------------------
 
 
-def predict(model: VanillaRNN, x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits predicted for images x (N, 28, 28) from their first ``rows`` rows, in one forward pass:
-    the model's predictions, and the ones the seed's code measured accuracy with."""
+def initial_model(config: Config) -> tuple[VanillaRNN, Iterator[np.ndarray]]:
+    """The model's initial weights and the orders of the training images, epoch 1 onwards (config.rng)."""
+    model = VanillaRNN(config.hidden)
+    n = config.train_images
+    if config.rng == "seed":
+        stream = np.random.RandomState(config.seed)  # np.random.seed(seed), as layer.py
+        return model.draw_as_the_seed(stream), _cumulative_orders(stream, n)
+    return model.reset_parameters(config.seed), (_fresh_order(config.seed, e, n) for e in itertools.count(1))
+
+
+def _cumulative_orders(stream: np.random.RandomState, n: int) -> Iterator[np.ndarray]:
+    """The seed's shuffle: X = X[np.random.permutation(len(X))] every epoch, each permutation applied
+    to the previous epoch's order."""
+    order = np.arange(n)
+    while True:
+        order = order[stream.permutation(n)]
+        yield order
+
+
+def _fresh_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def step_probs(
+    model: VanillaRNN, x: torch.Tensor, definition: bool = False, progress: str | None = None, chunk: int = 1000
+) -> Iterator[torch.Tensor]:
+    """Per-step softmaxes (steps, chunk, classes) for successive chunks of x, forward only; with
+    ``definition``, computed by the plain autograd definition instead of the fast engine."""
+    if definition:
+        chunks = (rnn_step_probs(model.U, model.W, model.V, x[i : i + chunk]) for i in range(0, len(x), chunk))
+    else:
+        chunks = engine.probs_by_chunk(model.U, model.W, model.V, x, chunk)
+    bar = tqdm(chunks, desc=progress, total=-(-len(x) // chunk), leave=False, disable=None if progress else True)
+    for probs in bar:
+        yield probs.detach()
+
+
+def predict(
+    model: VanillaRNN, x: torch.Tensor, definition: bool = False, progress: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits predicted for sequences x (N, steps, inputs) in one forward pass: the model's
+    predictions, and the ones the seed's code measured accuracy with."""
     ours, as_seed = [], []
-    for probs in engine.probs_by_chunk(model.U, model.W, model.V, x[:, :rows]):
-        ours.append(probs.mean(0).argmax(1))
-        as_seed.append(seed_code_readout(probs).argmax(1))
+    with torch.no_grad():
+        for probs in step_probs(model, x, definition, progress):
+            ours.append(probs.mean(0).argmax(1))
+            as_seed.append(seed_code_readout(probs).argmax(1))
     return torch.cat(ours), torch.cat(as_seed)
 
 
@@ -148,16 +103,28 @@ def share_correct(predicted: torch.Tensor, y: torch.Tensor) -> float:
     return (predicted == y).float().mean().item()
 
 
-def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, rows: int) -> tuple[float, float]:
-    """Accuracy of the model, and as the seed's code measured it."""
-    ours, as_seed = predict(model, x, rows)
-    return share_correct(ours, y), share_correct(as_seed, y)
-
-
 def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
     """10 x 10 counts, rows = true digit, columns = predicted digit."""
     counts = torch.bincount(truth * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
     return counts.view(NUM_CLASSES, NUM_CLASSES).tolist()
+
+
+def evaluate(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None):
+    """Accuracy in both measures and the confusion matrix on sequences x with labels y."""
+    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
+    return {
+        "test_acc": share_correct(ours, y),
+        "test_acc_as_seed": share_correct(as_seed, y),
+        "confusion_matrix": confusion_matrix(y.cpu(), ours.cpu()),
+    }
+
+
+def evaluate_test(model: VanillaRNN, data: MNIST, config: Config) -> dict:
+    """The test set's accuracy and confusion matrix for a run's model."""
+    return evaluate(model, sequencer(config).encode(data.test_x), data.test_y, config, "test set")
+
+
+# --- signals -----------------------------------------------------------------------------------
 
 
 class Interrupt:
@@ -179,187 +146,137 @@ class Interrupt:
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the CLI exits with 128 + signal."""
+    """Training stopped on a signal after saving a checkpoint; the CLI exits with 128 + signal.
+
+    Both arguments reach Exception.args, so it pickles (a worker process can raise it to its parent)."""
 
     def __init__(self, signum: int, message: str):
-        super().__init__(message)
+        super().__init__(signum, message)
         self.signum = signum
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
-@dataclass
-class Position:
-    """Where the loop is: the next batch of the current epoch, and that epoch's running sums."""
-
-    epoch: int = 1
-    batch: int = 0
-    loss_sum: float = 0.0
-    seen: int = 0
+# --- the loop ----------------------------------------------------------------------------------
 
 
-class Run:
-    """The files of one run directory."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        self.config = self.dir / "config.json"
-        self.metrics = self.dir / "metrics.csv"
-        self.checkpoint = self.dir / "checkpoint.safetensors"
-        self.model = self.dir / "model.safetensors"
-        self.summary = self.dir / "summary.json"
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.metrics, buffer.getvalue())
-
-    def read_metrics(self) -> list[dict]:
-        try:
-            with open(self.metrics) as f:
-                reader = csv.DictReader(f)
-                if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
-                    raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
-                return [{k: float(v) for k, v in row.items()} for row in reader]
-        except (OSError, ValueError, TypeError) as exc:
-            raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
-
-    def save_checkpoint(self, model: VanillaRNN, position: Position, metrics: list[dict]) -> None:
-        # One file holds weights and loop state together, so they can never disagree.
-        state = {"position": asdict(position), "metrics": metrics}
-        tensors = {name: p for name, p in model.named_parameters()}
-        save_tensors(self.checkpoint, tensors, metadata={"state": json.dumps(state)})
-
-    def load_checkpoint(self, model: VanillaRNN) -> tuple[Position, list[dict]]:
-        tensors, metadata = load_tensors(self.checkpoint, model.shapes(), with_metadata=True)
-        try:
-            state = json.loads(metadata["state"])
-            position = Position(**state["position"])
-            metrics = list(state["metrics"])
-        except (KeyError, TypeError, ValueError):
-            raise SeqmnistError(f"{self.checkpoint}: missing or malformed training state") from None
-        if any(set(row) != set(METRIC_COLUMNS) for row in metrics):
-            raise SeqmnistError(f"{self.checkpoint}: made by an older seqmnist (other metrics); train the run anew")
-        model.load_state_dict(tensors)
-        return position, metrics
-
-    def load_model(self, config: Config) -> VanillaRNN:
-        if not self.model.exists():
-            hint = "; resume it with: seqmnist train --resume " + str(self.dir) if self.checkpoint.exists() else ""
-            raise SeqmnistError(f"{self.model}: no final model (the run did not finish{hint})")
-        model = VanillaRNN(config.hidden)
-        model.load_state_dict(load_tensors(self.model, model.shapes()))
-        return model
-
-
-def evaluate_test(model: VanillaRNN, data: MNIST, rows: int) -> dict:
-    ours, as_seed = predict(model, data.test_x, rows)
+def session() -> dict:
+    """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
-        "test_acc": share_correct(ours, data.test_y),
-        "test_acc_as_seed": share_correct(as_seed, data.test_y),
-        "confusion_matrix": confusion_matrix(data.test_y.cpu(), ours.cpu()),
+        "threads": torch.get_num_threads(),
+        "engine": "compiled" if engine.native_loops() is not None else "python loops",
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
     }
 
 
-def format_epoch(row: dict, epochs: int) -> str:
-    line = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
-    if not math.isnan(row["train_acc"]):
-        line += (
-            f"train_acc {row['train_acc']:.4f}  val_acc {row['val_acc']:.4f} "
-            f"(as the seed measured {row['val_acc_as_seed']:.4f})  "
-        )
-    return line + f"{row['seconds']:.1f}s"
-
-
-def new_run(out: Path) -> Run:
-    """A run directory that holds no earlier run: an earlier result is never overwritten."""
-    run = Run(out)
-    if run.config.exists() or run.checkpoint.exists():
-        raise SeqmnistError(f"{out}: already holds a run; resume it with --resume {out}, or pick another --out")
-    return run
-
-
-def train(
-    config: Config,
-    data: MNIST,
-    run: Run,
-    resume: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict:
+def train(config: Config, data: MNIST, run: Run, resume: bool = False, log: Log = print) -> dict:
     """Train (or continue training) the run in ``run.dir``; return its summary."""
     if not resume:
-        write_json(run.config, asdict(config))
+        write_json(run.config, config.to_dict())
     device = pick_device(config.device)
     data = (data.subset(config.subset) if config.subset else data).to(device)
-    model = VanillaRNN(config.hidden).reset_parameters(config.seed)
-    position, metrics = Position(), []
-    if resume and run.checkpoint.exists():
-        position, metrics = run.load_checkpoint(model)
-        log(f"resuming {run.dir} at epoch {position.epoch}, batch {position.batch}")
-    model.to(device)
+    model, orders = initial_model(config)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    state = TrainingState()
+    if resume and run.checkpoint.exists():
+        state = run.load_checkpoint(model, optimizer)
+        log(f"resuming {run.dir} at epoch {state.position.epoch}, batch {state.position.batch}")
+    state.sessions.append({**session(), "device": str(device), "from_epoch": state.position.epoch})
+    orders = itertools.islice(orders, state.position.epoch - 1, None)
+    model.to(device)
     loss_fn = make_loss(config, model)
-    batches = math.ceil(len(data.train_x) / config.batch_size)
+    sets = {name: (sequencer(config).encode(x), y) for name, x, y in data.labelled_sets()}
+    reference = seed_log(config)
 
     with Interrupt() as interrupt:
-        while position.epoch <= config.epochs:
-            started = time.perf_counter()
-            train_batches(config, data, loss_fn, optimizer, position, interrupt)
+        while state.position.epoch <= config.epochs:
+            position = state.position
+            started = time.perf_counter() - position.seconds
+            order = torch.from_numpy(next(orders)).to(device)
+            train_batches(config, *sets["train"], order, loss_fn, optimizer, position, interrupt)
             if not math.isfinite(position.loss_sum):
-                kept = f"{run.checkpoint} keeps the last good state" if run.checkpoint.exists() else "nothing saved"
-                raise SeqmnistError(
-                    f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); "
-                    f"{kept}; try a smaller --lr"
-                )
-            if position.batch == batches:
+                raise diverged(run, position)
+            if position.batch == config.batches:
                 evaluate = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
-                metrics.append(epoch_metrics(model, data, config.rows, position, started, evaluate))
-                log(format_epoch(metrics[-1], config.epochs))
-                run.write_metrics(metrics)
-                position = Position(epoch=position.epoch + 1)
-            run.save_checkpoint(model, position, metrics)
+                state.metrics.append(epoch_metrics(model, sets, config, position, started, evaluate))
+                log(format_epoch(state.metrics[-1], config.epochs, reference.get(position.epoch)))
+                run.write_metrics(state.metrics)
+                state.position = Position(epoch=position.epoch + 1)
+            else:
+                position.seconds = time.perf_counter() - started
+            run.save_checkpoint(model, optimizer, state)
             if interrupt.signal is not None:
                 raise TrainingInterrupted(
                     interrupt.signal,
-                    f"{signal.Signals(interrupt.signal).name}: stopped at epoch {position.epoch}, "
-                    f"batch {position.batch}/{batches}; checkpoint saved; "
+                    f"{signal.Signals(interrupt.signal).name}: stopped at epoch {state.position.epoch}, "
+                    f"batch {state.position.batch}/{config.batches}; checkpoint saved; "
                     f"continue with: seqmnist train --resume {run.dir}",
                 )
-    return finish(model, data, config, run, metrics, log)
+    return finish(model, sets["test"], config, run, state, log)
+
+
+def make_loss(config: Config, model: VanillaRNN) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if config.engine == "fast":
+        ws = engine.Workspace()
+        return lambda x, y: engine.seed_loss(ws, x, y, model.U, model.W, model.V)
+    return lambda x, y: averaged_softmax_nll(model(x), y)
+
+
+def diverged(run: Run, position: Position) -> SeqmnistError:
+    """The error for a NaN or infinite loss. Without a checkpoint nothing worth keeping exists, so the
+    run's files go and the same --out can be used again."""
+    if run.checkpoint.exists():
+        kept = f"{run.checkpoint} keeps the last good state"
+    else:
+        for path in (run.config, run.metrics):
+            path.unlink(missing_ok=True)
+        kept = "nothing was kept, so the same --out can be used again"
+    return SeqmnistError(
+        f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); {kept}; try a smaller --lr"
+    )
 
 
 def train_batches(
     config: Config,
-    data: MNIST,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     position: Position,
     interrupt: Interrupt,
 ) -> None:
     """SGD over the rest of the current epoch, advancing ``position``; stops early on a signal."""
-    n = len(data.train_x)
-    batches = math.ceil(n / config.batch_size)
-    order = epoch_order(config.seed, position.epoch, n).to(data.train_x.device)
     # Summed on the device and read once per epoch: no synchronisation per batch.
-    loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=data.train_x.device)
+    loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=x.device)
     bar = tqdm(
-        range(position.batch, batches),
+        range(position.batch, config.batches),
         desc=f"epoch {position.epoch}/{config.epochs}",
         unit="batch",
         leave=False,
         disable=None,
         initial=position.batch,
-        total=batches,
+        total=config.batches,
     )
+    started, images = time.perf_counter(), 0
     for b in bar:
         index = order[b * config.batch_size : (b + 1) * config.batch_size]
-        loss = loss_fn(data.train_x[index, : config.rows], data.train_y[index])
+        loss = loss_fn(x[index], y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(index)
         position.seen += len(index)
         position.batch = b + 1
+        images += len(index)
+        if b % 50 == 0 and not bar.disable:
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / position.seen:.4f}", img_s=f"{images / (time.perf_counter() - started):.0f}"
+            )
         if interrupt.signal is not None:
             break
     bar.close()
@@ -367,13 +284,13 @@ def train_batches(
 
 
 def epoch_metrics(
-    model: VanillaRNN, data: MNIST, rows: int, position: Position, started: float, evaluate: bool = True
+    model: VanillaRNN, sets: dict, config: Config, position: Position, started: float, evaluate: bool = True
 ) -> dict:
     """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed did after
     every epoch, in both measures (NaN when ``evaluate`` is off)."""
     nan = (math.nan, math.nan)
-    train_acc = accuracy(model, data.train_x, data.train_y, rows) if evaluate else nan
-    val_acc = accuracy(model, data.val_x, data.val_y, rows) if evaluate else nan
+    train_acc = accuracy(model, *sets["train"], config, "training set") if evaluate else nan
+    val_acc = accuracy(model, *sets["val"], config, "validation set") if evaluate else nan
     return {
         "epoch": position.epoch,
         "train_loss": position.loss_sum / position.seen,
@@ -385,12 +302,34 @@ def epoch_metrics(
     }
 
 
-def finish(model: VanillaRNN, data: MNIST, config: Config, run: Run, metrics: list[dict], log: Callable) -> dict:
+def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None):
+    """Accuracy of the model on sequences x, and as the seed's code measured it."""
+    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
+    return share_correct(ours, y), share_correct(as_seed, y)
+
+
+def format_epoch(row: dict, epochs: int, seed: dict | None = None) -> str:
+    """One line per epoch; the two measures of accuracy named, and the seed's log beside ours."""
+    line = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
+    if not math.isnan(row["train_acc"]):
+        line += f"train {row['train_acc_as_seed']:.4f}  val {row['val_acc_as_seed']:.4f} as the seed's code measured"
+        if seed:
+            line += f" (seed's log: {seed['train_acc']:.4f}  {seed['val_acc']:.4f})"
+        line += f"; every row read: train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  "
+    return line + f"{row['seconds']:.1f}s"
+
+
+def finish(model: VanillaRNN, test: tuple, config: Config, run: Run, state: TrainingState, log: Log) -> dict:
     """Test the model, then write the final model file and the summary."""
-    summary = {"epochs": config.epochs, **evaluate_test(model, data, config.rows)}
-    if metrics:
-        summary.update({k: metrics[-1][k] for k in ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")})
-    save_tensors(run.model, dict(model.named_parameters()))
-    write_json(run.summary, summary)
-    log(f"test accuracy {summary['test_acc']:.4f} (as the seed measured {summary['test_acc_as_seed']:.4f}) ({run.dir})")
+    summary = {"epochs": config.epochs, **evaluate(model, *test, config, "test set")}
+    if state.metrics:
+        last = state.metrics[-1]
+        summary.update({k: last[k] for k in ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")})
+    summary["sessions"] = state.sessions
+    run.save_model(model)
+    run.write_summary(summary)
+    log(
+        f"test accuracy {summary['test_acc']:.4f} with every row read, {summary['test_acc_as_seed']:.4f} as the "
+        f"seed's code measured ({run.dir})"
+    )
     return summary

@@ -1,0 +1,225 @@
+"""Run directories: the files one training leaves, written atomically and read back with checks.
+
+    config.json             every setting of the run
+    metrics.csv             one row per finished epoch
+    checkpoint.safetensors  weights, optimizer state and loop position, one file so they never disagree
+    model.safetensors       the final weights
+    summary.json            test accuracy, confusion matrix, and the conditions the run ran under
+
+A run is new (no config.json), unfinished (config.json, maybe a checkpoint) or
+finished (a summary for as many epochs as its config asks for).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import SeqmnistError
+from .files import check_tensors, read_json, read_tensors, save_tensors, write_json, write_text
+from .model import VanillaRNN
+
+# *_as_seed: accuracy as the seed's code measured it (see seqmnist.model.seed_code_readout).
+# Epochs without evaluation (see Config.eval_every) hold NaN accuracies.
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed", "seconds")
+CHECKPOINT_FORMAT = "seqmnist-checkpoint/2"
+
+
+@dataclass
+class Position:
+    """Where the loop is: the next batch of the current epoch, and that epoch's running sums."""
+
+    epoch: int = 1
+    batch: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0  # time spent in this epoch by earlier sessions (a resumed epoch counts them)
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds besides the weights and the optimizer."""
+
+    position: Position = field(default_factory=Position)
+    metrics: list[dict] = field(default_factory=list)
+    sessions: list[dict] = field(default_factory=list)  # the conditions each process ran under
+
+
+class Run:
+    """The files of one run directory."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.config = self.dir / "config.json"
+        self.metrics = self.dir / "metrics.csv"
+        self.checkpoint = self.dir / "checkpoint.safetensors"
+        self.model = self.dir / "model.safetensors"
+        self.summary = self.dir / "summary.json"
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def finished_summary(self, config: Config) -> dict | None:
+        """The summary when the run has trained all the epochs its config asks for, else None."""
+        if not self.summary.exists():
+            return None
+        summary = read_json(self.summary)
+        return summary if isinstance(summary, dict) and summary.get("epochs") == config.epochs else None
+
+    def describe_finished(self, summary: dict) -> str:
+        return f"{self.dir} is a finished run ({summary['epochs']} epochs, test accuracy {summary['test_acc']:.4f})"
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.metrics, buffer.getvalue())
+
+    def read_metrics(self) -> list[dict]:
+        try:
+            with open(self.metrics) as f:
+                reader = csv.DictReader(f)
+                if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
+                    raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
+                return [{k: float(v) for k, v in row.items()} for row in reader]
+        except (OSError, ValueError, TypeError) as exc:
+            raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
+
+    # --- checkpoint -----------------------------------------------------------------------------
+
+    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
+        """Weights, optimizer state and loop state in one file (its format named in its header)."""
+        tensors = {f"model.{name}": p for name, p in model.named_parameters()}
+        optim = optimizer.state_dict()
+        scalars: dict[str, dict] = {}
+        for index, values in optim["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        payload = {
+            "position": asdict(state.position),
+            "metrics": state.metrics,
+            "sessions": state.sessions,
+            "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
+        }
+        save_tensors(self.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(payload)})
+
+    def load_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+        """Restore weights and optimizer from the checkpoint; return the loop state."""
+        tensors, metadata = read_tensors(self.checkpoint)
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            made_by = metadata.get("format") or "an older seqmnist"
+            raise SeqmnistError(
+                f"{self.checkpoint}: checkpoint format {made_by!r} is not {CHECKPOINT_FORMAT!r}; train the run anew"
+            )
+        weights = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+        check_tensors(self.checkpoint, weights, {name: tuple(p.shape) for name, p in model.named_parameters()})
+        try:
+            payload = json.loads(metadata["state"])
+            state = TrainingState(Position(**payload["position"]), list(payload["metrics"]), list(payload["sessions"]))
+            optim = _optimizer_state(payload["optimizer"], tensors)
+            if any(set(row) != set(METRIC_COLUMNS) for row in state.metrics):
+                raise ValueError("metrics of another layout")
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(optim)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise SeqmnistError(f"{self.checkpoint}: malformed training state ({exc})") from None
+        return state
+
+    # --- the final model ------------------------------------------------------------------------
+
+    def save_model(self, model: torch.nn.Module) -> None:
+        save_tensors(self.model, dict(model.named_parameters()))
+
+    def load_model(self, config: Config) -> VanillaRNN:
+        if not self.model.exists():
+            hint = "; resume it with: seqmnist train --resume " + str(self.dir) if self.checkpoint.exists() else ""
+            raise SeqmnistError(f"{self.model}: no final model (the run did not finish{hint})")
+        model = VanillaRNN(config.hidden)
+        tensors, _ = read_tensors(self.model)
+        check_tensors(self.model, tensors, model.shapes())
+        model.load_state_dict(tensors)
+        return model
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary, summary)
+
+
+def _optimizer_state(saved: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """An optimizer state_dict back from the checkpoint's JSON and tensors."""
+    state: dict[int, dict] = {}
+    for index, values in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def new_run(out: Path) -> Run:
+    """A run directory that holds no earlier run, so an earlier result is never overwritten. It is
+    checked now, before any work starts, and created by the first file written to it."""
+    run = Run(out)
+    if run.config.exists() or run.checkpoint.exists():
+        config = Config.from_file(run.config) if run.config.exists() else None
+        summary = run.finished_summary(config) if config else None
+        if summary:
+            raise SeqmnistError(
+                f"{run.describe_finished(summary)}; train it further with: seqmnist train --resume {out} "
+                f"--epochs N (N > {summary['epochs']}), or pick another --out"
+            )
+        raise SeqmnistError(f"{out}: already holds a run; continue it with: seqmnist train --resume {out}")
+    _check_creatable(run.dir)
+    return run
+
+
+def _check_creatable(directory: Path) -> None:
+    """Create ``directory`` (and any missing parents) and remove what was created: the only sure test
+    that it can be made, which leaves nothing behind when what follows fails."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SeqmnistError(f"{directory}: exists and is not a directory; pick another --out") from None
+    except OSError as exc:
+        raise SeqmnistError(f"{directory}: cannot create the run directory ({exc.strerror or exc})") from None
+    writable = os.access(directory, os.W_OK | os.X_OK)
+    for created in missing:
+        created.rmdir()
+    if not writable:
+        raise SeqmnistError(f"{directory}: the run directory is not writable")
+
+
+def open_for_resume(directory: Path, epochs: int | None = None) -> tuple[Run, Config]:
+    """The run to continue and its settings. A finished run continues only with ``epochs`` beyond what
+    it has trained; the new count is recorded in its config.json before any work starts."""
+    run = Run(directory)
+    config = Config.from_file(run.config)
+    summary = run.finished_summary(config)
+    if epochs is None or epochs == config.epochs:
+        if summary:
+            raise SeqmnistError(
+                f"{run.describe_finished(summary)}; to train it further: seqmnist train --resume {run.dir} "
+                f"--epochs N (N > {summary['epochs']})"
+            )
+        return run, config
+    done = len(run.read_metrics()) if run.metrics.exists() else 0
+    if epochs < max(done, 1):
+        raise SeqmnistError(f"--epochs {epochs}: {run.dir} has already trained {done} epochs")
+    if summary and not run.checkpoint.exists():
+        raise SeqmnistError(f"{run.dir}: no checkpoint to continue from (an imported model cannot be trained on)")
+    config = replace(config, epochs=epochs).validate()
+    write_json(run.config, config.to_dict())
+    return run, config

@@ -1,0 +1,128 @@
+"""The seed's run replayed number for number, and the seed's own model files read safely."""
+
+import hashlib
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from seqmnist.config import Config
+from seqmnist.model import VanillaRNN
+from seqmnist.seed import read_theano_model, seed_confusion, seed_sweep
+from seqmnist.train import initial_model
+
+SEED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "models"
+
+
+def test_initial_weights_are_the_seeds_draws():
+    # layer.py: np.random.seed(12345), then U, V, W uniform in +-sqrt(1/fan_in), cast to float32.
+    np.random.seed(12345)
+    U = np.random.uniform(-np.sqrt(1.0 / 28), np.sqrt(1.0 / 28), (28, 200)).astype("f")
+    V = np.random.uniform(-np.sqrt(1.0 / 200), np.sqrt(1.0 / 200), (200, 10)).astype("f")
+    W = np.random.uniform(-np.sqrt(1.0 / 200), np.sqrt(1.0 / 200), (200, 200)).astype("f")
+    model, _ = initial_model(Config())
+    for name, expected in (("U", U), ("V", V), ("W", W)):
+        assert np.array_equal(getattr(model, name).detach().numpy(), expected), name
+
+
+def test_epoch_orders_are_the_seeds_shuffles():
+    # layer_rnn.train: every epoch X = X[np.random.permutation(len(X))], after the weights' draws.
+    np.random.seed(12345)
+    for shape in ((28, 200), (200, 10), (200, 200)):
+        np.random.uniform(-1, 1, shape)
+    X = np.arange(50000)
+    _, orders = initial_model(Config())
+    for _ in range(3):
+        X = X[np.random.permutation(len(X))]
+        assert np.array_equal(next(orders), X)
+
+
+def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
+    # The seed's log, epoch 1 of the 28-row run: train 0.27594, validation 0.2700, as its code measured.
+    result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", env={"SEQMNIST_DATA": str(mnist_dir)})
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("epoch"))
+    assert "train 0.2759  val 0.2700 as the seed's code measured (seed's log: 0.2759  0.2700)" in line
+    metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert round(float(metrics[4]), 5) == 0.27594 and round(float(metrics[5]), 4) == 0.2700
+
+
+@pytest.mark.parametrize("k", [6, 14, 28])
+def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, tmp_path):
+    model_file = SEED_MODELS / f"rnn_step{k}.model"
+    expected = dict(line.split()[::-1] for line in (SEED_MODELS / "SHA256SUMS").read_text().splitlines())
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == expected[model_file.name]
+    out = tmp_path / "run"
+    env = {"SEQMNIST_DATA": str(mnist_dir)}
+    result = run_cli("import-theano", model_file, "--rows", k, "--out", out, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["rows"] == k
+    evaluated = run_cli("evaluate", out, "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout)
+    assert round(summary["test_acc_as_seed"], 4) == seed_sweep()[k]["test_acc"]
+    assert np.array_equal(np.array(summary["confusion_matrix"]), seed_confusion(k))
+    assert run_cli("plot", out, env=env).returncode == 0  # a run like any other
+
+
+class Payload:
+    """Runs a shell command when unpickled: what a crafted model file could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.model"
+    evil.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    assert not marker.exists()
+    pickle.loads(evil.read_bytes())  # the payload is real: a bare pickle.load runs it
+    assert marker.exists()
+    marker.unlink()
+    result = run_cli("import-theano", evil, "--rows", 28, "--out", tmp_path / "run")
+    assert_one_line_error(result, "evil.model: not a model file of the seed's code", "posix.system")
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def _model_file(arrays) -> bytes:
+    buffer = io.BytesIO()
+    for array in arrays:
+        pickle.dump(array, buffer, protocol=2)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "extra", "message"),
+    [
+        ((np.zeros((28, 8), "f"), np.zeros((8, 10), "f"), np.zeros((8, 8), "f")), b"", None),
+        ((np.zeros((28, 8)), np.zeros((8, 10), "f"), np.zeros((8, 8), "f")), b"", "array U is float64 (28, 8)"),
+        ((np.zeros((28, 8), "f"), np.zeros((8, 9), "f"), np.zeros((8, 8), "f")), b"", "expected float32 (8, 10)"),
+        ((np.zeros((28, 8), "f"), np.zeros((8, 10), "f")), b"", "not a model file of the seed's code"),
+        ((np.zeros((28, 8), "f"), np.zeros((8, 10), "f"), np.zeros((8, 8), "f")), b"x", "data after its three"),
+        ((np.zeros((28, 8), "f"), np.zeros((8, 10), "f"), np.full((8, 8), np.nan, "f")), b"", "NaN or infinite"),
+        (("not", "arrays", "here"), b"", "array U is str"),
+    ],
+)
+def test_model_files_are_checked(arrays, extra, message, tmp_path):
+    path = tmp_path / "m.model"
+    path.write_bytes(_model_file(arrays) + extra)
+    if message is None:
+        assert read_theano_model(path)["W"].shape == (8, 8)
+        return
+    result = run_cli("import-theano", path, "--rows", 28, "--out", tmp_path / "run")
+    assert_one_line_error(result, message)
+
+
+def test_vanilla_rnn_matches_the_seed_file_layout():
+    arrays = read_theano_model(SEED_MODELS / "rnn_step28.model")
+    assert {k: v.shape for k, v in arrays.items()} == VanillaRNN(200).shapes()
