@@ -17,6 +17,15 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def seed_models_dir(mnist_dir) -> Path:
+    """The seed's trained models (shared/seed/models): beside the checkout, else beside the data."""
+    for shared in (ROOT.parent / "shared", mnist_dir.parents[1]):
+        if (shared / "seed" / "models" / "SHA256SUMS").exists():
+            return shared / "seed" / "models"
+    raise AssertionError("the seed's models (shared/seed/models) not found")
+
+
+@pytest.fixture(scope="session")
 def mnist(mnist_dir):
     from seqmnist.data import MNIST
 

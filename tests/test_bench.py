@@ -19,13 +19,13 @@ def test_flop_count_of_one_training_image():
 def test_plain_baseline_is_the_seed_model(mnist):
     import torch
 
-    from seqmnist import engine
+    from seqmnist.model import ModelSpec, VanillaRNN, readout_scores
 
-    plain = PlainRNN(200)
-    U, W, V = plain.rnn.weight_ih_l0.T, plain.rnn.weight_hh_l0.T, plain.readout.weight.T
+    plain = PlainRNN(ModelSpec())
+    ours = VanillaRNN.from_torch(plain.rnn, plain.readout)
     x = mnist.test_x[:50].float() / 255
     with torch.no_grad():
-        assert torch.allclose(plain(x), engine.step_probs(U, W, V, x).mean(0), atol=1e-6)
+        torch.testing.assert_close(readout_scores("mean-softmax", plain(x)), ours(x), atol=1e-6, rtol=1e-5)
 
 
 def test_bench_json_and_table():
@@ -39,7 +39,20 @@ def test_bench_json_and_table():
     assert data["peak_fraction"] == pytest.approx(data["gflops"] / data["gemm_peak_gflops"])
     assert 0 < data["peak_fraction"] < 1.5
     assert [(r["batch"], r["hidden"]) for r in data["scaling"]] == [(100, 200), (256, 200), (1024, 200), (100, 512)]
+    table = run_cli("bench", "--seconds", "1")
+    assert table.returncode == 0 and "of peak" in table.stdout
+
+
+def test_bench_one_cell_and_task():
+    result = run_cli(
+        "bench", "--cell", "indrnn", "--task", "pixel", "--pixels-per-step", "16", "--seconds", "1", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["comparisons"]
+    assert (row["cell"], row["task"], row["steps"], row["inputs"], row["bias"]) == ("indrnn", "pixel", 49, 16, True)
+    assert row["samples_per_s"] > 0 and row["path"] == "compiled"
 
 
 def test_bench_rejects_a_bad_budget():
     assert_one_line_error(run_cli("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
+    assert_one_line_error(run_cli("bench", "--all", "--cell", "gru"), "--all runs its own configurations; drop --cell")

@@ -1,7 +1,6 @@
 """`seqmnist reproduce --quick` and `seqmnist plot`: the whole pipeline, every file written and well-formed."""
 
 import json
-from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -26,11 +25,10 @@ def test_seed_reference_numbers_are_packaged():
 
 
 @pytest.fixture(scope="module")
-def quick(mnist_dir, tmp_path_factory):
+def quick(mnist_dir, seed_models_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
-    models = Path(__file__).resolve().parents[2] / "shared" / "seed" / "models"
     result = run_cli(
-        "reproduce", "--quick", "--out", out, "--seed-models", models, env={"SEQMNIST_DATA": str(mnist_dir)}
+        "reproduce", "--quick", "--out", out, "--seed-models", seed_models_dir, env={"SEQMNIST_DATA": str(mnist_dir)}
     )
     assert result.returncode == 0, result.stderr
     return out, result

@@ -1,11 +1,27 @@
-"""The model against its equations, and the fast engine against the model."""
+"""The models against their equations, and every fast path against the plain definitions."""
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from seqmnist import engine
-from seqmnist.model import VanillaRNN, averaged_softmax_nll, rnn_step_probs, seed_code_readout
+from seqmnist.errors import SeqmnistError
+from seqmnist.model import (
+    CELLS,
+    READOUTS,
+    Draws,
+    ElementwiseRNN,
+    ModelSpec,
+    VanillaRNN,
+    averaged_softmax_nll,
+    build_model,
+    readout_scores,
+    running_probs,
+    seed_code_readout,
+)
 
 
 def numpy_mean_probs(U, W, V, x):
@@ -32,6 +48,16 @@ def weights(model):
     return model.U, model.W, model.V
 
 
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def threads(request):
+    """The compiled loops give each thread its own slice of the batch: run on one, two and three slices
+    (three split a batch of 100 unevenly)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def test_init_is_uniform_in_the_seeds_bounds():
     model = VanillaRNN(200).reset_parameters(12345)
     assert model.U.shape == (28, 200) and model.W.shape == (200, 200) and model.V.shape == (200, 10)
@@ -51,39 +77,30 @@ def test_forward_matches_numpy(rows):
     expected = numpy_mean_probs(*(p.detach().double().numpy() for p in weights(model)), x.double().numpy())
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-6)
-    fast = engine.step_probs(*weights(model), x, chunk=3).mean(0)
+    fast = torch.softmax(model.logits(x), dim=-1).mean(0)
     np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_step_probs_are_distributions_per_row():
-    model, x, _ = random_case(batch=5, rows=9)
-    probs = engine.step_probs(*weights(model), x, chunk=2)
-    assert probs.shape == (9, 5, 10)
-    np.testing.assert_allclose(probs.sum(-1).numpy(), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(probs.numpy(), engine.step_probs(*weights(model), x, chunk=5).numpy(), rtol=1e-6)
+@pytest.mark.parametrize("cell", CELLS)
+def test_definitions_gradients_match_finite_differences(cell):
+    spec = ModelSpec(cell, inputs=3, hidden=4, layers=2, bias=True, readout="mean-logits", steps=5)
+    model = _perturbed(spec, seed=0).double()
+    x, y = torch.rand(3, 5, 3, dtype=torch.float64), torch.tensor([1, 0, 7])
+    names = [n for n, _ in model.named_parameters()]
 
+    def loss(*params):
+        scores = torch.func.functional_call(model, dict(zip(names, params, strict=True)), (x,))
+        return nn.functional.cross_entropy(scores, y)
 
-def test_engine_gradients_match_finite_differences():
-    model, x, y = random_case(batch=3, rows=6, hidden=5, dtype=torch.float64)
-    params = [p.detach().clone().requires_grad_() for p in weights(model)]
-    # gradcheck runs several forward passes before a backward one: a workspace each.
-    assert torch.autograd.gradcheck(lambda U, W, V: engine.seed_loss(engine.Workspace(), x, y, U, W, V), params)
-
-
-def test_reference_gradients_match_finite_differences():
-    model, x, y = random_case(batch=3, rows=6, hidden=5, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda U, W, V: averaged_softmax_nll(rnn_step_probs(U, W, V, x).mean(0), y),
-        [p.detach().clone().requires_grad_() for p in weights(model)],
-    )
+    assert torch.autograd.gradcheck(loss, [p.detach().clone().requires_grad_() for p in model.parameters()])
 
 
 def test_the_compiled_loops_build_here():
-    # Without them the fast path still works, on the Python loops, but slower: CI must notice.
+    # Without them the models still work, on PyTorch's modules, but slower: CI must notice.
     assert engine.native_loops() is not None, "engine.cpp did not build"
 
 
-def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, capsys):
+def test_without_the_compiled_loops_pytorchs_modules_run(tmp_path, monkeypatch, capsys):
     # A real build of a broken source, in a scratch cache; __wrapped__ bypasses the in-process cache.
     broken = tmp_path / "engine.cpp"
     broken.write_text("this is not C++\n")
@@ -93,7 +110,7 @@ def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, c
     notice, warning = capsys.readouterr().err.splitlines()
     assert notice == "seqmnist: compiling the CPU engine (once, about a minute)"
     assert warning.startswith("seqmnist: warning: the CPU engine did not build (")
-    assert "error" in warning and warning.endswith("to retry); using the slower Python loops")
+    assert "error" in warning and warning.endswith("to retry); using PyTorch's own modules (slower)")
     # The failure is remembered: the next process says so in one line instead of building again.
     assert engine.native_loops.__wrapped__() is None
     assert capsys.readouterr().err.splitlines() == [warning]
@@ -106,83 +123,184 @@ def test_without_the_compiled_loops_the_python_ones_run(tmp_path, monkeypatch, c
     assert capsys.readouterr().err == ""
 
 
-def test_the_compiled_loops_honour_inference_mode(threads):
-    # Each thread of a parallel region has its own PyTorch settings: the workers must not need the caller's.
-    model, x, _ = random_case(batch=200, rows=5, hidden=16)
-    with torch.inference_mode():
-        probs = engine.step_probs(*weights(model), x)
+def _perturbed(spec: ModelSpec, seed: int) -> torch.nn.Module:
+    """A model whose every weight, biases included, is non-trivial (identity inits have zeros)."""
+    model = build_model(spec).init_weights(Draws(torch.Generator().manual_seed(seed)))
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        np.testing.assert_allclose(probs.mean(0).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
-def threads(request):
-    """The compiled loops give each thread its own slice of the batch: run on one, two and three slices
-    (three split a batch of 100 unevenly)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+def _reference(model, spec, x, y):
+    """Loss, gradients and logits of the plain definition, in float64."""
+    exact = build_model(spec).double()
+    exact.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    loss = exact.loss(x.double(), y, fast=False)
+    return loss, torch.autograd.grad(loss, list(exact.parameters())), exact.logits(x.double(), fast=False)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["compiled", "python"])
+ELEMENTWISE = [c for c, cell in CELLS.items() if cell.family == "elementwise"]
+
+
 @pytest.mark.parametrize(
-    ("batch", "rows", "hidden"), [(100, 28, 200), (97, 28, 64), (37, 28, 64), (16, 3, 200), (40, 4, 65), (1, 1, 8)]
+    ("cell", "readout", "bias", "layers", "shape"),
+    [
+        *itertools.product(ELEMENTWISE, READOUTS, [False, True], [1, 2], [(6, 28)]),
+        *itertools.product(ELEMENTWISE, ["last"], [True], [1, 2], [(40, 1), (7, 16)]),
+    ],
 )
-def test_engine_equals_autograd(batch, rows, hidden, native, threads):
+def test_every_elementwise_fast_path_equals_the_definition(cell, readout, bias, layers, shape, threads):
+    steps, inputs = shape
+    spec = ModelSpec(cell, inputs, 24, layers, bias, readout, None, steps)
+    model = _perturbed(spec, seed=layers)
+    g = torch.Generator().manual_seed(steps)
+    x, y = torch.rand(100, steps, inputs, generator=g), torch.randint(0, 10, (100,), generator=g)
+    want_loss, want_grads, want_logits = _reference(model, spec, x, y)
+    for _ in range(2):  # the second pass reuses the workspace
+        loss = model.loss(x, y)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+    for got, want in zip(grads, want_grads, strict=True):
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    logits = model.logits(x)
+    assert (logits - want_logits).abs().max() <= 1e-5 * want_logits.abs().max()
+
+
+@pytest.mark.parametrize(
+    ("batch", "rows", "hidden"), [(97, 28, 64), (37, 28, 64), (16, 3, 200), (40, 4, 65), (1, 1, 8)]
+)
+def test_the_seeds_fast_path_at_odd_shapes(batch, rows, hidden, threads):
     model, x, y = random_case(batch, rows, hidden, seed=batch)
     ref_loss = averaged_softmax_nll(model(x), y)
     ref_grads = torch.autograd.grad(ref_loss, list(weights(model)))
-    ws = engine.Workspace(native=native)
-    for _ in range(2):  # the second pass reuses the workspace
-        loss = engine.seed_loss(ws, x, y, *weights(model))
-        grads = torch.autograd.grad(loss, list(weights(model)))
-        assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
-        for got, want in zip(grads, ref_grads, strict=True):
-            assert got.shape == want.shape
-            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    loss = model.loss(x, y)
+    grads = torch.autograd.grad(loss, list(weights(model)))
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item())
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
-def test_the_compiled_loops_read_only_what_they_write(threads):
-    # They keep each step's product in cache and write only the logits, and the logits' gradients, to
-    # the whole-batch buffers: whatever else those hold must not matter.
-    model, x, y = random_case(batch=70, rows=6, hidden=40)
-    ws = engine.Workspace()
-
-    def loss_and_grads():
-        loss = engine.seed_loss(ws, x, y, *weights(model))
-        return [loss.detach(), *torch.autograd.grad(loss, list(weights(model)))]
-
-    want = loss_and_grads()
-    ws.fused.fill_(float("nan"))
-    ws.grad[..., : ws.logits.start].fill_(float("nan"))
-    ws.grad[..., ws.logits.stop :].fill_(float("nan"))
-    for got, expected in zip(loss_and_grads(), want, strict=True):
-        assert torch.equal(got, expected)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gated_cells_fused_modules_equal_the_definition(cell, layers):
+    spec = ModelSpec(cell, 5, 12, layers, True, "mean-logits", "orthogonal", 9)
+    model = _perturbed(spec, seed=3)
+    x, y = torch.rand(20, 9, 5), torch.randint(0, 10, (20,))
+    want_loss, want_grads, want_logits = _reference(model, spec, x, y)
+    loss = model.loss(x, y)
+    for got, want in zip(torch.autograd.grad(loss, list(model.parameters())), want_grads, strict=True):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (model.logits(x) - want_logits).abs().max() <= 1e-5 * want_logits.abs().max()
 
 
-def test_workspace_misuse_is_caught():
-    model, x, y = random_case()
-    ws = engine.Workspace()
-    first = engine.seed_loss(ws, x, y, *weights(model))
-    engine.seed_loss(ws, x, y, *weights(model))
-    with pytest.raises(RuntimeError, match="workspace"):
-        first.backward()
+@pytest.mark.parametrize("cell", ["vanilla", "relu", "irnn"])
+def test_pytorchs_nn_rnn_path_equals_the_definition(cell):
+    # The path a model takes where the engine cannot run (a GPU, no compiler): nn.RNN with our weights.
+    spec = ModelSpec(cell, 4, 10, 2, True, "last", None, 6)
+    model = _perturbed(spec, seed=5)
+    x = torch.rand(8, 6, 4)
+    torch.testing.assert_close(model.torch_logits(x), model.logits(x, fast=False), rtol=1e-5, atol=1e-6)
+
+
+def test_vanilla_rnn_converts_to_and_from_torch_nn_rnn():
+    model, x, y = random_case(batch=9, rows=28, hidden=16)
+    rnn, linear = model.to_torch()
+    assert isinstance(rnn, nn.RNN) and rnn.bias is False and rnn.batch_first
+    torch.testing.assert_close(rnn.weight_ih_l0, model.U.T)
+    states, _ = rnn(x)
+    scores = torch.softmax(linear(states), dim=-1).mean(1)
+    with torch.no_grad():
+        torch.testing.assert_close(scores, model(x), rtol=1e-5, atol=1e-6)
+    back = ElementwiseRNN.from_torch(rnn, linear)
+    for name in "UWV":
+        assert torch.equal(getattr(back, name), getattr(model, name))
+    biased = nn.RNN(28, 8, 2, bias=True, batch_first=True)
+    converted = ElementwiseRNN.from_torch(biased, nn.Linear(8, 10), readout="last")
+    torch.testing.assert_close(converted.b, biased.bias_ih_l0 + biased.bias_hh_l0)
+    with pytest.raises(SeqmnistError, match="indrnn has no PyTorch module"):
+        build_model(ModelSpec("indrnn")).to_torch()
+
+
+def test_initialisations():
+    draws = Draws(torch.Generator().manual_seed(0))
+    irnn = build_model(ModelSpec("irnn", hidden=16, bias=True)).init_weights(draws)
+    assert torch.equal(irnn.W, torch.eye(16)) and torch.equal(irnn.b, torch.zeros(16))
+    assert irnn.U.std().item() == pytest.approx(0.001, rel=0.2)
+    ortho = build_model(ModelSpec("vanilla", hidden=16, init="orthogonal")).init_weights(draws)
+    torch.testing.assert_close(ortho.W @ ortho.W.T, torch.eye(16), atol=1e-5, rtol=0)
+    ind = build_model(ModelSpec("indrnn", hidden=16, steps=784)).init_weights(draws)
+    assert ind.W.shape == (16,) and ind.W.min() >= 0 and ind.W.max() <= 1
+    with torch.no_grad():
+        ind.W.fill_(3.0)
+    ind.constrain_()
+    assert ind.W.max().item() == pytest.approx(2 ** (1 / 784))
+    lstm = build_model(ModelSpec("lstm", hidden=8, init="orthogonal")).init_weights(draws)
+    for gate in lstm.rnn.weight_hh_l0.chunk(4):
+        torch.testing.assert_close(gate @ gate.T, torch.eye(8), atol=1e-5, rtol=0)
+
+
+def test_readouts_and_their_running_probabilities():
+    logits = torch.randn(6, 4, 10)
+    for readout in READOUTS:
+        running = running_probs(readout, logits)
+        assert running.shape == logits.shape
+        torch.testing.assert_close(running.sum(-1), torch.ones(6, 4))
+        assert torch.equal(running[-1].argmax(1), readout_scores(readout, logits).argmax(1))
+    torch.testing.assert_close(running_probs("last", logits)[2], torch.softmax(logits[2], -1))
 
 
 def test_blank_rows_give_exactly_uniform_softmaxes():
     # The seed's ties: an image whose rows read are all blank must tie exactly, so argmax says 0.
     model, x, _ = random_case(batch=6, rows=5)
     x[:3] = 0
-    probs = engine.step_probs(*weights(model), x)
+    probs = torch.softmax(model.logits(x), dim=-1)
     assert torch.equal(probs[:, :3], torch.full_like(probs[:, :3], 0.1))
     assert not torch.equal(probs[:, 3:], torch.full_like(probs[:, 3:], 0.1))
+
+
+def test_the_compiled_loops_honour_inference_mode(threads):
+    # Each thread of a parallel region has its own PyTorch settings: the workers must not need the caller's.
+    model, x, _ = random_case(batch=200, rows=5, hidden=16)
+    with torch.inference_mode():
+        probs = torch.softmax(model.logits(x), -1)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs.mean(0).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_loops_read_only_what_they_write(threads):
+    # They keep each step's product in cache and write only the logits, and the logits' gradients, to
+    # the whole-batch buffers: whatever else those hold must not matter.
+    model, x, y = random_case(batch=70, rows=6, hidden=40)
+
+    def loss_and_grads():
+        loss = model.loss(x, y)
+        return [loss.detach(), *torch.autograd.grad(loss, list(weights(model)))]
+
+    want = loss_and_grads()
+    ws = model._workspace
+    top = ws.hidden[-1]
+    ws.fused.fill_(float("nan"))
+    ws.grad[..., :top].fill_(float("nan"))
+    ws.grad[..., top + 10 :].fill_(float("nan"))
+    for got, expected in zip(loss_and_grads(), want, strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_workspace_misuse_is_caught():
+    model, x, y = random_case()
+    first = model.loss(x, y)
+    model.loss(x, y)
+    with pytest.raises(RuntimeError, match="workspace"):
+        first.backward()
 
 
 def test_seed_code_readout_counts_the_last_row_as_uniform():
     model, x, _ = random_case(batch=7, rows=6)
     with torch.no_grad():
-        probs = rnn_step_probs(*weights(model), x)
+        probs = torch.softmax(model.logits(x, fast=False), dim=-1)
         seed = seed_code_readout(probs)
     np.testing.assert_allclose(seed.sum(1).numpy(), 1.0, rtol=1e-6)
     np.testing.assert_allclose((seed * 6 - 0.1).numpy(), probs[:5].sum(0).numpy(), rtol=1e-5, atol=1e-6)

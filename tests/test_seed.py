@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,6 @@ from seqmnist.config import Config
 from seqmnist.model import VanillaRNN
 from seqmnist.seed import read_theano_model, seed_confusion, seed_sweep
 from seqmnist.train import initial_model
-
-SEED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "models"
 
 
 def test_initial_weights_are_the_seeds_draws():
@@ -52,9 +49,9 @@ def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("k", [6, 14, 28])
-def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, tmp_path):
-    model_file = SEED_MODELS / f"rnn_step{k}.model"
-    expected = dict(line.split()[::-1] for line in (SEED_MODELS / "SHA256SUMS").read_text().splitlines())
+def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_models_dir, tmp_path):
+    model_file = seed_models_dir / f"rnn_step{k}.model"
+    expected = dict(line.split()[::-1] for line in (seed_models_dir / "SHA256SUMS").read_text().splitlines())
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() == expected[model_file.name]
     out = tmp_path / "run"
     env = {"SEQMNIST_DATA": str(mnist_dir)}
@@ -123,6 +120,6 @@ def test_model_files_are_checked(arrays, extra, message, tmp_path):
     assert_one_line_error(result, message)
 
 
-def test_vanilla_rnn_matches_the_seed_file_layout():
-    arrays = read_theano_model(SEED_MODELS / "rnn_step28.model")
+def test_vanilla_rnn_matches_the_seed_file_layout(seed_models_dir):
+    arrays = read_theano_model(seed_models_dir / "rnn_step28.model")
     assert {k: v.shape for k, v in arrays.items()} == VanillaRNN(200).shapes()

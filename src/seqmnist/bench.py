@@ -1,8 +1,14 @@
-"""``seqmnist bench``: the fast path against the plain PyTorch way, in one process and one run.
+"""``seqmnist bench``: our training step against the plain PyTorch loop, in one process and one run.
 
-The machine this was written on is shared and noisy, so every comparison is
-interleaved (plain, fast, plain, fast, ...) over several rounds and reported as
-the ratio of medians; absolute numbers drift from run to run, ratios much less.
+The plain loop is what a user would write for the same cell and task: ``nn.RNN`` / ``nn.LSTM`` /
+``nn.GRU`` (batch-first, the full sequence), an ``nn.Linear`` readout, the readout's loss, autograd
+and the optimiser; for indrnn, which PyTorch has no module for, the cell's equations in a Python
+loop. Ours is a run's own step (:meth:`SequenceClassifier.loss`: the compiled engine for the
+elementwise cells, PyTorch's fused modules for LSTM and GRU).
+
+The machine this was written on is shared and noisy, so every comparison is interleaved (plain,
+ours, plain, ours, ...) over several rounds and reported as the ratio of medians; absolute numbers
+drift from run to run, ratios much less.
 """
 
 from __future__ import annotations
@@ -10,35 +16,80 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from . import engine
-from .model import INPUT_SIZE, NUM_CLASSES, VanillaRNN
+from .config import Config
+from .model import CELLS, NUM_CLASSES, Draws, ModelSpec, build_model, readout_loss
+
+Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class PlainRNN(nn.Module):
-    """The seed's model the way most PyTorch code would write it: nn.RNN, a Linear readout, autograd."""
+    """A model the way most PyTorch code would write it: PyTorch's recurrent module, a Linear
+    readout on every step's state, the readout's loss (``plain_loss``) by autograd. indrnn has no
+    PyTorch module: its equations in a Python loop."""
 
-    def __init__(self, hidden: int = 200):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.rnn = nn.RNN(INPUT_SIZE, hidden, bias=False, batch_first=True)
-        self.readout = nn.Linear(hidden, NUM_CLASSES, bias=False)
+        self.spec = spec
+        if spec.cell == "indrnn":
+            self.cell = nn.Linear(spec.inputs, spec.hidden, bias=spec.bias)
+            self.w = nn.Parameter(torch.rand(spec.hidden))
+        else:
+            modules = {"lstm": nn.LSTM, "gru": nn.GRU}
+            kind = modules.get(spec.cell, nn.RNN)
+            extra = {} if spec.cell in modules else {"nonlinearity": CELLS[spec.cell].activation}
+            self.rnn = kind(spec.inputs, spec.hidden, spec.layers, bias=spec.bias, batch_first=True, **extra)
+        self.readout = nn.Linear(spec.hidden, NUM_CLASSES, bias=spec.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step logits, (steps, batch, classes)."""
+        if self.spec.cell == "indrnn":
+            s, states = x.new_zeros(x.shape[0], self.spec.hidden), []
+            for step in self.cell(x).unbind(1):  # unbind: x[:, t]'s backward would zero all of x every step
+                s = torch.relu(step + self.w * s)
+                states.append(s)
+            return self.readout(torch.stack(states))
         states, _ = self.rnn(x)
-        return torch.softmax(self.readout(states), dim=-1).mean(1)
+        return self.readout(states).transpose(0, 1)
 
 
-def flops_per_image(rows: int = 28, hidden: int = 200) -> int:
-    """Multiply-add work of one training image, forward and backward, counted as 2 FLOPs each.
+def plain_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
+    model = PlainRNN(spec)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
-    Forward: x U, s W, s V per row. Backward: the gradients of s (through W and V)
-    and of U, W, V; the gradient of the input is not needed.
-    """
-    d, h, c = INPUT_SIZE, hidden, NUM_CLASSES
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = readout_loss(spec.readout, model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def our_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
+    """The project's training step, as the training loop takes it."""
+    model = build_model(spec).init_weights(Draws(torch.Generator().manual_seed(0)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = model.loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def flops_per_image(rows: int = 28, hidden: int = 200, inputs: int = 28) -> int:
+    """Multiply-add work of one training image of the seed's model, forward and backward, counted as
+    2 FLOPs each. Forward: x U, s W, s V per row. Backward: the gradients of s (through W and V) and of
+    U, W, V; the gradient of the input is not needed."""
+    d, h, c = inputs, hidden, NUM_CLASSES
     return 2 * rows * (2 * d * h + 3 * h * h + 3 * h * c)
 
 
@@ -56,60 +107,15 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def plain_trainer(hidden: int, lr: float = 0.01) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    model = PlainRNN(hidden)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = -torch.log(model(x).gather(1, y[:, None])).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def fast_trainer(hidden: int, lr: float = 0.01, native: bool = True) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The project's training step; with ``native=False``, on the engine's Python loops."""
-    model = VanillaRNN(hidden).reset_parameters(0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    ws = engine.Workspace(native=native)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = engine.seed_loss(ws, x, y, model.U, model.W, model.V)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-@dataclass
-class Comparison:
-    batch: int
-    hidden: int
-    baseline_samples_per_s: float
-    samples_per_s: float
-    python_loops_samples_per_s: float | None = None  # the fast path without its compiled loops
-
-    @property
-    def speedup(self) -> float:
-        return self.samples_per_s / self.baseline_samples_per_s
-
-    def gflops(self, rows: int = 28) -> float:
-        return self.samples_per_s * flops_per_image(rows, self.hidden) / 1e9
-
-
-def compare(batch: int, hidden: int, seconds: float, rounds: int = 5, python_loops: bool = False) -> Comparison:
-    """Images/s of the plain loop and of the fast path (and, with ``python_loops``, of the fast path on
-    its Python loops) on the same synthetic batches, interleaved."""
+def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
+    """Images/s of the plain loop and of ours on the same synthetic batches, interleaved."""
+    spec = config.model_spec()
+    batch = config.batch_size
     g = torch.Generator().manual_seed(0)
-    n_batches = 8
-    xs = torch.rand(n_batches, batch, 28, INPUT_SIZE, generator=g)
+    n_batches = 4
+    xs = torch.rand(n_batches, batch, spec.steps, spec.inputs, generator=g)
     ys = torch.randint(0, NUM_CLASSES, (n_batches, batch), generator=g)
-    trainers = {"plain": plain_trainer(hidden), "fast": fast_trainer(hidden)}
-    if python_loops and engine.native_loops() is not None:
-        trainers["python"] = fast_trainer(hidden, native=False)
+    trainers = {"plain": plain_trainer(spec), "ours": our_trainer(spec)}
     # Size each timed slice to about seconds / (trainers x rounds) from one warm-up pass.
     per_batch = {}
     for name, step in trainers.items():
@@ -118,54 +124,87 @@ def compare(batch: int, hidden: int, seconds: float, rounds: int = 5, python_loo
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, step in trainers.items():
-            count = max(3, round(seconds / (len(trainers) * rounds) / per_batch[name]))
+            count = max(2, round(seconds / (len(trainers) * rounds) / per_batch[name]))
             elapsed = _seconds(lambda s=step, k=count: [s(xs[i % n_batches], ys[i % n_batches]) for i in range(k)])
             rates[name].append(count * batch / elapsed)
-    python = statistics.median(rates["python"]) if "python" in rates else None
-    return Comparison(batch, hidden, statistics.median(rates["plain"]), statistics.median(rates["fast"]), python)
+    plain, ours = statistics.median(rates["plain"]), statistics.median(rates["ours"])
+    return {
+        "cell": spec.cell,
+        "task": config.task,
+        "steps": spec.steps,
+        "inputs": spec.inputs,
+        "hidden": spec.hidden,
+        "layers": spec.layers,
+        "bias": spec.bias,
+        "readout": spec.readout,
+        "batch": batch,
+        "baseline_samples_per_s": plain,
+        "samples_per_s": ours,
+        "speedup": ours / plain,
+        "path": our_path(spec),
+    }
+
+
+def our_path(spec: ModelSpec) -> str:
+    if CELLS[spec.cell].family == "gated":
+        return "nn module"
+    return "compiled" if engine.native_loops() is not None else "nn module"
 
 
 SCALING = ((256, 200), (1024, 200), (100, 512))
 
 
-def run(seconds: float = 24.0, scaling_seconds: float = 5.0) -> dict:
-    """The whole benchmark: peak, the seed shape (batch 100, hidden 200), then the scaling shapes."""
+def seed_run(seconds: float, scaling_seconds: float) -> dict:
+    """The seed's shape (batch 100, hidden 200) against the multiply peak, then the scaling shapes."""
+    seed = Config()
     peak = gemm_peak()
-    main = compare(100, 200, seconds, python_loops=True)
-    scaling = [compare(b, h, scaling_seconds, rounds=3) for b, h in SCALING]
+    main = compare(seed, seconds)
+    scaling = [compare(replace(seed, batch_size=b, hidden=h), scaling_seconds, rounds=3) for b, h in SCALING]
     peak = max(peak, gemm_peak())  # measured again after the load, the better of the two
-    gflops = main.gflops()
+    for row in [main, *scaling]:
+        row["gflops"] = row["samples_per_s"] * flops_per_image(28, row["hidden"]) / 1e9
+        row["peak_fraction"] = row["gflops"] / peak
     return {
         "batch": 100,
         "hidden": 200,
         "rows": 28,
         "flops_per_image": flops_per_image(),
         "gemm_peak_gflops": peak,
-        "samples_per_s": main.samples_per_s,
-        "baseline_samples_per_s": main.baseline_samples_per_s,
-        "speedup": main.speedup,
-        "gflops": gflops,
-        "baseline_gflops": main.baseline_samples_per_s * flops_per_image() / 1e9,
-        "peak_fraction": gflops / peak,
-        "python_loops_samples_per_s": main.python_loops_samples_per_s,
-        "native": engine.native_loops() is not None,  # false: "fast" ran on the Python loops
+        "samples_per_s": main["samples_per_s"],
+        "baseline_samples_per_s": main["baseline_samples_per_s"],
+        "speedup": main["speedup"],
+        "gflops": main["gflops"],
+        "baseline_gflops": main["baseline_samples_per_s"] * flops_per_image() / 1e9,
+        "peak_fraction": main["peak_fraction"],
+        "native": engine.native_loops() is not None,  # false: ours ran on PyTorch's modules
         "threads": torch.get_num_threads(),
-        "scaling": [
-            {
-                "batch": c.batch,
-                "hidden": c.hidden,
-                "samples_per_s": c.samples_per_s,
-                "baseline_samples_per_s": c.baseline_samples_per_s,
-                "speedup": c.speedup,
-                "gflops": c.gflops(),
-                "peak_fraction": c.gflops() / peak,
-            }
-            for c in [main, *scaling]
-        ],
+        "scaling": [main, *scaling],
     }
 
 
-def format_table(result: dict) -> str:
+def cells_run(configs: list[Config], seconds: float) -> dict:
+    """Each configuration's comparison, side by side."""
+    return {
+        "native": engine.native_loops() is not None,
+        "threads": torch.get_num_threads(),
+        "comparisons": [compare(config, seconds, rounds=3) for config in configs],
+    }
+
+
+def matrix_configs(hidden: int | None = None) -> list[Config]:
+    """Every cell on rows (28 steps, hidden 128 with a bias) and on pixel (784 steps, hidden 128):
+    what the speed claims of the beyond-the-seed presets rest on."""
+    configs = []
+    for task in ("rows", "pixel"):
+        for cell in CELLS:
+            readout = "mean-softmax" if task == "rows" else "last"
+            configs.append(
+                Config.from_settings("seed", task=task, cell=cell, hidden=hidden or 128, bias=True, readout=readout)
+            )
+    return configs
+
+
+def format_seed_table(result: dict) -> str:
     peak = result["gemm_peak_gflops"]
     lines = [
         f"float32 multiply peak (2048x2048, torch): {peak:.0f} GFLOP/s on {result['threads']} threads",
@@ -174,19 +213,36 @@ def format_table(result: dict) -> str:
         f"{'batch':>5} {'hidden':>6} {'path':>6} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'speedup':>8}",
     ]
     for row in result["scaling"]:
-        paths = [("plain", row["baseline_samples_per_s"]), ("fast", row["samples_per_s"])]
-        python = result["python_loops_samples_per_s"]
-        if python and (row["batch"], row["hidden"]) == (result["batch"], result["hidden"]):
-            paths.insert(1, ("python", python))
-        for path, rate in paths:
+        for path, rate in (("plain", row["baseline_samples_per_s"]), ("ours", row["samples_per_s"])):
             gf = rate * flops_per_image(28, row["hidden"]) / 1e9
             speedup = "" if path == "plain" else f"{rate / row['baseline_samples_per_s']:.2f}x"
             lines.append(
                 f"{row['batch']:>5} {row['hidden']:>6} {path:>6} {rate:>9.0f} {gf:>8.1f} {gf / peak:>8.0%} {speedup:>8}"
             )
     lines.append("")
-    if result["native"]:
-        lines.append("python: the fast path on its Python loops (what it does where engine.cpp cannot be built)")
-    else:
-        lines.append("fast: on its Python loops here (engine.cpp did not build)")
+    lines.append(_path_note(result["native"]))
     return "\n".join(lines)
+
+
+def format_cells_table(result: dict) -> str:
+    lines = [
+        f"{result['threads']} threads; images/s of a training step (batch, forward, backward, SGD step)",
+        "",
+        f"{'task':>6} {'steps':>5} {'cell':>7} {'hidden':>6} {'readout':>12} {'plain':>9} {'ours':>9} "
+        f"{'speedup':>8}  ours runs on",
+    ]
+    for row in result["comparisons"]:
+        lines.append(
+            f"{row['task']:>6} {row['steps']:>5} {row['cell']:>7} {row['hidden']:>6} {row['readout']:>12} "
+            f"{row['baseline_samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} {row['speedup']:>7.2f}x  {row['path']}"
+        )
+    lines += ["", _path_note(result["native"])]
+    return "\n".join(lines)
+
+
+def _path_note(native: bool) -> str:
+    if native:
+        return (
+            "plain: PyTorch's module and autograd (indrnn: a Python loop); ours: the compiled engine or the same module"
+        )
+    return "ours: on PyTorch's modules here (engine.cpp did not build)"

@@ -39,49 +39,113 @@ def preset_help() -> str:
     return "named settings that other flags override: " + "; ".join(f"{n}: {p.about}" for n, p in PRESETS.items())
 
 
-def build_parser() -> Parser:
+def add_training_flags(train: argparse.ArgumentParser) -> None:
+    """One flag per setting of seqmnist.config.Config; unset flags leave the preset's value."""
     from .config import DEVICES, ENGINES, PRESETS, RNGS
+    from .model import CELLS, INIT_ABOUT, INITS, READOUTS
+    from .recipes import OPTIMIZERS, SCHEDULES
+    from .sequence import TASKS
 
-    parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="train a model (the seed's recipe by default)")
     train.add_argument("--preset", choices=PRESETS, help=preset_help() + " (default: seed)")
-    train.add_argument(
-        "--epochs",
+    task = train.add_argument_group("the task (how an image becomes a sequence)")
+    task.add_argument(
+        "--task",
+        choices=TASKS,
+        help="rows (the seed's: 28 pixels a step), pixel (sequential "
+        "MNIST), permuted (pixels in a fixed permuted order)",
+    )
+    task.add_argument("--rows", type=int, help="rows task: the first K rows are read, 1..28 (seed: 28)")
+    task.add_argument(
+        "--pixels-per-step",
         type=int,
-        help="passes over the training set (seed: 100); with --resume: train the run on to this many epochs",
+        metavar="P",
+        help="pixel tasks: P pixels a step, a divisor of 784 (default 1: 784 steps)",
     )
-    train.add_argument("--rows", type=int, help="rows of each image the RNN reads, 1..28 (seed: 28)")
-    train.add_argument("--hidden", type=int, help="hidden units (seed: 200)")
-    train.add_argument("--lr", type=float, help="SGD learning rate (seed: 0.01)")
-    train.add_argument("--batch-size", type=int, help="images per SGD step (seed: 100)")
-    train.add_argument("--seed", type=int, help="seed of the initial weights and the shuffles (seed: 12345)")
-    train.add_argument(
-        "--rng",
-        choices=RNGS,
-        help="seed: NumPy's stream as the seed's code drew from it; "
-        "torch: a torch.Generator, and each epoch's order from (seed, epoch) (seed: seed)",
+    task.add_argument(
+        "--permutation",
+        metavar="NAME",
+        help="permuted task: random:SEED (default random:0) or bitrev (the bit-reversal order S4 calls pMNIST)",
     )
-    train.add_argument(
+    task.add_argument(
         "--input-scale",
         type=int,
         choices=(255, 256),
         help="pixel = byte / this (seed: 256, as its mnist.pkl.gz; 255 elsewhere)",
     )
-    train.add_argument("--subset", type=int, help="train on the first N training images only")
-    train.add_argument(
+    model = train.add_argument_group("the model")
+    model.add_argument("--cell", choices=CELLS, help="the recurrent cell (seed: vanilla, tanh)")
+    model.add_argument("--hidden", type=int, help="hidden units per layer (seed: 200)")
+    model.add_argument("--layers", type=int, help="stacked recurrent layers (seed: 1)")
+    model.add_argument(
+        "--bias", action=argparse.BooleanOptionalAction, help="biases in the cells and readout (seed: none)"
+    )
+    model.add_argument(
+        "--init",
+        choices=INITS,
+        help="initial weights: "
+        + "; ".join(f"{name}: {about}" for name, about in INIT_ABOUT.items())
+        + " (default: the cell's; irnn: identity)",
+    )
+    model.add_argument(
+        "--readout",
+        choices=READOUTS,
+        help="how the per-step outputs make one prediction: "
+        "mean-softmax (the seed's), mean-logits, last (the final state's)",
+    )
+    recipe = train.add_argument_group("the recipe")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="seed: sgd")
+    recipe.add_argument("--lr", type=float, help="learning rate (seed: 0.01)")
+    recipe.add_argument("--momentum", type=float, help="of momentum and nesterov (0.9)")
+    recipe.add_argument("--weight-decay", type=float, help="L2 penalty; decoupled with adamw (0)")
+    recipe.add_argument("--clip", type=float, help="clip the gradient's norm to this (0: off)")
+    recipe.add_argument("--schedule", choices=SCHEDULES, help="learning rate over the run (constant)")
+    recipe.add_argument("--warmup", type=float, help="epochs of linear warm-up (0)")
+    recipe.add_argument("--decay-every", type=int, help="step schedule: epochs between decays (10)")
+    recipe.add_argument("--decay", type=float, help="step schedule: the factor (0.1)")
+    recipe.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the training set (seed: 100); with --resume: train the run on to this many epochs",
+    )
+    recipe.add_argument("--batch-size", type=int, help="images per step (seed: 100)")
+    recipe.add_argument(
+        "--patience", type=int, help="stop after N evaluations without a better validation accuracy (0: never)"
+    )
+    recipe.add_argument("--seed", type=int, help="seed of the initial weights and the shuffles (seed: 12345)")
+    recipe.add_argument(
+        "--rng",
+        choices=RNGS,
+        help="seed: NumPy's stream as the seed's code drew from it; "
+        "torch: a torch.Generator, and each epoch's order from (seed, epoch)",
+    )
+    recipe.add_argument("--subset", type=int, help="train on the first N training images only")
+    running = train.add_argument_group("running")
+    running.add_argument(
         "--engine",
         choices=ENGINES,
-        help="fast (hand-written BPTT, default) or autograd (the plain definition, for training and evaluation)",
+        help="fast (the compiled engine or PyTorch's fused modules, "
+        "default) or autograd (the plain definition, for training and evaluation)",
     )
-    train.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
-    train.add_argument(
+    running.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
+    running.add_argument(
         "--eval-every",
         type=int,
-        help="accuracy on the training/validation sets every N epochs, and after the last (1)",
+        help="accuracy on the validation (and training) set every N epochs, and after the last (1)",
     )
+    running.add_argument(
+        "--eval-train",
+        action=argparse.BooleanOptionalAction,
+        help="measure accuracy on the whole training set too, as the seed did (seed: yes)",
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model (the seed's recipe by default)")
+    add_training_flags(train)
     train.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run with its saved settings")
     add_data_flag(train)
@@ -89,6 +153,7 @@ def build_parser() -> Parser:
     evaluate = commands.add_parser("evaluate", help="test accuracy and confusion matrix of a trained run")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--best", action="store_true", help="the best-validation weights, not the final ones")
     add_data_flag(evaluate)
 
     importer = commands.add_parser("import-theano", help="make a run directory of a model file of the seed's code")
@@ -110,9 +175,19 @@ def build_parser() -> Parser:
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     add_data_flag(plot)
 
-    bench = commands.add_parser("bench", help="training speed: multiply peak, plain PyTorch loop, fast path")
-    bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of the main comparison (24)")
+    bench = commands.add_parser("bench", help="training speed against the plain PyTorch loop")
+    bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of each comparison (24)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--all", action="store_true", help="every cell on rows and on pixel, side by side")
+    shape = bench.add_argument_group("one configuration (default: the seed's, with the multiply peak and scaling)")
+    for flag in ("--cell", "--task", "--hidden", "--layers", "--readout", "--pixels-per-step", "--batch-size"):
+        action = next(a for a in train._actions if flag in a.option_strings)
+        shape.add_argument(flag, type=action.type, choices=action.choices, metavar=action.metavar, help=action.help)
+    shape.add_argument(
+        "--bias",
+        action=argparse.BooleanOptionalAction,
+        help="biases (default: none for the seed, with for other cells)",
+    )
     return parser
 
 
@@ -158,18 +233,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import Config
     from .data import MNIST
     from .runs import Run
-    from .train import evaluate_test
+    from .train import evaluate_run
 
     run = Run(Path(args.run_dir))
     config = Config.from_file(run.config)
-    model = run.load_model(config)
-    result = evaluate_test(model, MNIST.load(args.data_dir), config)
+    run.load_model(config, args.best)  # a missing or broken model file fails before the data loads
+    result = evaluate_run(run, config, MNIST.load(args.data_dir), args.best)
     if args.json:
         print(json.dumps(result))
         return 0
+    seed_measure = result["test_acc_as_seed"]
     print(
-        f"test accuracy {result['test_acc']:.4f} with every row read ({config.rows} rows); "
-        f"{result['test_acc_as_seed']:.4f} as the seed's code measured"
+        f"test accuracy {result['test_acc']:.4f} ({config.describe()})"
+        + (f"; {seed_measure:.4f} as the seed's code measured" if seed_measure is not None else "")
     )
     print("confusion matrix (rows: true digit, columns: predicted digit)")
     print("     " + "".join(f"{d:>6}" for d in range(10)))
@@ -189,13 +265,30 @@ def cmd_import_theano(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_SHAPE = ("cell", "task", "hidden", "layers", "readout", "pixels_per_step", "batch_size", "bias")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
+    from .config import Config
 
     if not 0 < args.seconds <= 3600:
         raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
-    result = bench.run(seconds=args.seconds, scaling_seconds=args.seconds / 5)
-    print(json.dumps(result) if args.json else bench.format_table(result))
+    shape = {name: getattr(args, name) for name in BENCH_SHAPE if getattr(args, name) is not None}
+    if args.all:
+        if shape:
+            raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in shape))
+        result = bench.cells_run(bench.matrix_configs(), args.seconds)
+    elif shape:
+        if shape.get("cell", "vanilla") != "vanilla":
+            shape.setdefault("bias", True)
+        result = bench.cells_run([Config.from_settings("seed", **shape)], args.seconds)
+    else:
+        result = bench.seed_run(seconds=args.seconds, scaling_seconds=args.seconds / 5)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(bench.format_cells_table(result) if "comparisons" in result else bench.format_seed_table(result))
     return 0
 
 

@@ -1,42 +1,44 @@
-// The engine's two sequential loops and the loss's gradient, compiled (see
-// engine.py for the math and the buffers). Python drives the rest: autograd,
-// the optimiser, the buffers' allocation. What each part bought, measured at
-// batch 100, hidden 200 on the 2-core CPU (docs/speed.md):
+// The engine's sequential loops and losses, compiled (see engine.py for the math, the buffers and
+// how Python drives them: autograd, the optimiser, the buffers' allocation, one call per layer).
 //
-// * Fused elementwise passes: the centred sigmoid and the tanh' scaling are
-//   one pass each over the rows a multiply just wrote, while they are in
-//   cache. PyTorch's sigmoid on those strided rows (200 of 224 floats) took
-//   ~65 us a step, single-threaded; this takes a few.
-// * One slice of the batch per thread: images are independent through the
-//   recurrence, so each thread runs all 28 steps on its own rows, with
-//   single-threaded multiplies. Two fork/joins a batch instead of one per
-//   multiply and per large elementwise operation, and the elementwise passes
-//   run on both cores.
-// * The weight gradients summed step by step, per slice, while the step's
-//   gradient is in cache, rather than in one multiply after the loop.
-// * The loss and its gradient in one pass per row of logits, inside the
-//   forward pass's slices, where PyTorch took nine small operations (~0.5 ms
-//   a batch).
-//   With the two loops in C++ (calling MKL through ATen), these made a batch
-//   1.25-1.3x faster than the Python loops on two threads, 1.13x on one.
-// * BLAS called directly with raw pointers: each of the ~170 multiplies a
-//   batch skips ATen's dispatch and the tensor views around it; the slices'
-//   sums are added and scaled in one serial pass (ATen's handed them to the
-//   thread pool, ~50 us a batch). With the loss moved into the forward
-//   slices: 1.09-1.11x on two threads, 1.07x on one.
-// * Each step reads [r_k | x_k] (engine.Workspace): the input projection
-//   joins the step's multiply, and dU joins the weight-gradient multiply,
-//   instead of a (2,800 x 28)(28 x 224) multiply (~0.3-0.45 ms, MKL runs an
-//   inner dimension of 28 poorly) and 28 thin (28 x 50)(50 x 200) ones; the
-//   step weights are filled here (five PyTorch operations, ~0.25 ms, before).
-//   A further 1.06x on both thread counts.
-// * Each step's product lands in a small buffer of the slice's own, reused
-//   every step and so in cache, rather than in the whole-batch buffers
-//   (2.6 MB each, out of cache): only the logits are written out in the
-//   forward pass, and the backward pass keeps its step gradients in two
-//   rows. A further 1.08x on two threads, 1.03x on one.
-// Together 1.26x over the previous engine on two threads (1.16x on one),
-// interleaved in one process.
+// One layer of an elementwise recurrent cell, any of:
+//   s_{k+1} = phi(x_k U + b + s_k W)        dense recurrence (vanilla: phi = tanh; relu, irnn: max(0, .))
+//   s_{k+1} = phi(x_k U + b + w * s_k)      diagonal recurrence (indrnn), elementwise
+// with, on the top layer, the logits z_k = s_k V + c of every step and the loss of a readout of them.
+// The state kept is r = s / sigma (tanh: sigma = 2 and r = sigmoid(2a) - 1/2, see engine.py; relu:
+// sigma = 1), the factors folded into the step weights M. The seed's model (tanh, dense, no bias,
+// one layer, mean-softmax) runs exactly the operations it ran before this file served other cells.
+//
+// What each part bought, measured at batch 100, hidden 200 on the 2-core CPU (docs/speed.md):
+//
+// * Fused elementwise passes: the activation and the slope scaling are one pass each over the rows
+//   a multiply just wrote, while they are in cache. PyTorch's sigmoid on those strided rows (200 of
+//   224 floats) took ~65 us a step, single-threaded; this takes a few.
+// * One slice of the batch per thread: images are independent through the recurrence, so each
+//   thread runs all steps on its own rows, with single-threaded multiplies. Two fork/joins a batch
+//   and layer instead of one per multiply and per large elementwise operation, and the elementwise
+//   passes run on both cores.
+// * The weight gradients summed step by step, per slice, while the step's gradient is in cache,
+//   rather than in one multiply after the loop.
+// * The loss and its gradient in one pass per row of logits, inside the forward pass's slices,
+//   where PyTorch took nine small operations (~0.5 ms a batch).
+//   With the two loops in C++ (calling MKL through ATen), these made a batch 1.25-1.3x faster than
+//   the Python loops on two threads, 1.13x on one.
+// * BLAS called directly with raw pointers: each of the ~170 multiplies a batch skips ATen's
+//   dispatch and the tensor views around it; the slices' sums are added and scaled in one serial
+//   pass (ATen's handed them to the thread pool, ~50 us a batch). With the loss moved into the
+//   forward slices: 1.09-1.11x on two threads, 1.07x on one.
+// * Each step reads [r_k | x_k | 1] (engine.Workspace): the input projection (and the bias) join
+//   the step's multiply, and dU (and db) join the weight-gradient multiply, instead of a
+//   (2,800 x 28)(28 x 224) multiply (~0.3-0.45 ms, MKL runs an inner dimension of 28 poorly) and 28
+//   thin (28 x 50)(50 x 200) ones; the step weights are filled here (five PyTorch operations,
+//   ~0.25 ms, before). A further 1.06x on both thread counts.
+// * Each step's product lands in a small buffer of the slice's own, reused every step and so in
+//   cache, rather than in the whole-batch buffers (2.6 MB each, out of cache): only the logits are
+//   written out in the forward pass, and the backward pass keeps its step gradients in two rows.
+//   A further 1.08x on two threads, 1.03x on one.
+// * A diagonal recurrence is not a multiply: its step multiplies only [x_k | 1] (and r_k by V for
+//   the logits), and w * r_k is one more elementwise pass.
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY AVX2
@@ -52,12 +54,13 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <vector>
 
 // BLAS's own multiply, which PyTorch's CPU library carries and exports (MKL in the x86 wheels),
 // declared as PyTorch itself declares and calls it (32-bit integers). Called directly, each of the
 // ~170 small multiplies of a batch skips ATen's dispatch and the tensor views around it. Where
-// PyTorch exports no sgemm_, this module fails to load and engine.py falls back to its Python
-// loops, with one line saying so.
+// PyTorch exports no sgemm_, this module fails to load and the model falls back to PyTorch's own
+// modules, with one line saying so.
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc);
@@ -68,6 +71,9 @@ using Vec = at::vec::Vectorized<float>;
 
 // A slice smaller than this gives the multiply too few rows to run well.
 constexpr int64_t kMinSliceRows = 32;
+
+enum Activation : int64_t { kTanh = 0, kRelu = 1 };
+enum Readout : int64_t { kMeanSoftmax = 0, kLast = 1, kMeanLogits = 2 };
 
 // C = alpha op(A) B + beta C for row-major matrices with row strides lda, ldb, ldc; op(A) is
 // m x k, stored k x m when transposed. (Column-major BLAS sees each matrix transposed:
@@ -89,9 +95,32 @@ void centred_sigmoid(const float* x, float* r, int64_t n) {
   for (; j < n; ++j) r[j] = 1.f / (1.f + std::exp(-x[j])) - 0.5f;
 }
 
-// g *= 1/4 - r^2 for n floats: tanh' = 4 (1/4 - r^2), the 4 being in the weights.
-void scale_by_slope(float* g, const float* r, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) g[j] *= 0.25f - r[j] * r[j];
+// r = phi(p) for n floats.
+void activate(int64_t activation, const float* p, float* r, int64_t n) {
+  if (activation == kTanh) {
+    centred_sigmoid(p, r, n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) r[j] = std::max(p[j], 0.f);
+  }
+}
+
+// g *= phi'(a) / kappa for n floats, from the state r: tanh' = 1 - s^2 = 4 (1/4 - r^2), the 4 (kappa)
+// being in the backward weights; relu' = [r > 0], kappa = 1.
+void scale_by_slope(int64_t activation, float* g, const float* r, int64_t n) {
+  if (activation == kTanh) {
+    for (int64_t j = 0; j < n; ++j) g[j] *= 0.25f - r[j] * r[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) g[j] = r[j] > 0.f ? g[j] : 0.f;
+  }
+}
+
+// sigma (s = sigma r), rho (the multiply yields rho a) and kappa (phi' = kappa slope(r)) of an activation.
+struct Factors {
+  double sigma, rho, kappa;
+};
+
+Factors factors(int64_t activation) {
+  return activation == kTanh ? Factors{2.0, 2.0, 4.0} : Factors{1.0, 1.0, 1.0};
 }
 
 int64_t slice_count(int64_t batch) {
@@ -111,27 +140,99 @@ void over_batch_slices(int64_t batch, int64_t slices, const Body& body) {
   });
 }
 
-void check_buffer(const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "engine buffers and weights must be contiguous float32 CPU tensors");
+void check_buffer(const at::Tensor& t, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == dims,
+              "engine buffers and weights must be contiguous float32 CPU tensors of the right rank");
 }
 
-void check_buffers(const at::Tensor& steps, const at::Tensor& state) {
-  for (const at::Tensor* t : {&steps, &state}) {
-    check_buffer(*t);
-    TORCH_CHECK(t->dim() == 3, "engine buffers must have 3 dimensions");
+const float* data_or_null(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<float>() : nullptr;
+}
+
+// One layer's weights and sizes, read and checked once per call.
+struct Layer {
+  const float *U, *W, *b, *V, *c;
+  int64_t inputs, hidden, classes, reads, activation;
+  bool diagonal, bias;
+  double input_scale;  // the inputs are the layer below's r: their true value is input_scale times it
+  Factors f;
+
+  Layer(const at::Tensor& U_, const at::Tensor& W_, const std::optional<at::Tensor>& b_,
+        const std::optional<at::Tensor>& V_, const std::optional<at::Tensor>& c_, int64_t activation_,
+        double input_scale_)
+      : U(U_.const_data_ptr<float>()), W(W_.const_data_ptr<float>()), b(data_or_null(b_)), V(data_or_null(V_)),
+        c(data_or_null(c_)), inputs(U_.size(0)), hidden(U_.size(1)), classes(V_ ? V_->size(1) : 0),
+        reads(U_.size(1) + U_.size(0) + (b_ ? 1 : 0)), activation(activation_), diagonal(W_.dim() == 1),
+        bias(b_.has_value()), input_scale(input_scale_), f(factors(activation_)) {
+    check_buffer(U_, 2);
+    check_buffer(W_, diagonal ? 1 : 2);
+    TORCH_CHECK(W_.size(0) == hidden && (diagonal || W_.size(1) == hidden), "engine: W disagrees with U");
+    if (b_) {
+      check_buffer(*b_, 1);
+      TORCH_CHECK(b_->size(0) == hidden, "engine: b disagrees with U");
+    }
+    if (V_) {
+      check_buffer(*V_, 2);
+      TORCH_CHECK(V_->size(0) == hidden, "engine: V disagrees with U");
+    }
+    if (c_) {
+      check_buffer(*c_, 1);
+      TORCH_CHECK(V_ && c_->size(0) == classes, "engine: c disagrees with V");
+    }
+    TORCH_CHECK(activation == kTanh || activation == kRelu, "engine: unknown activation");
   }
-  TORCH_CHECK(steps.size(0) == state.size(0) && steps.size(1) == state.size(1), "engine buffers disagree in shape");
+};
+
+// The step weights (engine.Workspace): one multiply of [r_k | x_k | 1] by
+//   [[rho sigma W | sigma V | 0], [rho input_scale U | 0 | 0], [rho b | c | 0]]
+// gives [rho a_{k+1} | z_k]. For tanh on the seed's model: [[4W | 2V], [2U | 0]]. A diagonal
+// recurrence leaves the W block zero (its steps do not multiply it). The zeros were written when M
+// was made.
+void fill_step_weights(const Layer& L, const at::Tensor& M) {
+  const int64_t H = L.hidden, C = L.classes, width = M.size(1);
+  float* m = M.data_ptr<float>();
+  const float rs = L.f.rho * L.f.sigma, s = L.f.sigma, ru = L.f.rho * L.input_scale, r = L.f.rho;
+  for (int64_t i = 0; i < H; ++i) {
+    if (!L.diagonal)
+      for (int64_t j = 0; j < H; ++j) m[i * width + j] = rs * L.W[i * H + j];
+    for (int64_t k = 0; k < C; ++k) m[i * width + H + k] = s * L.V[i * C + k];
+  }
+  for (int64_t f = 0; f < L.inputs; ++f)
+    for (int64_t j = 0; j < H; ++j) m[(H + f) * width + j] = ru * L.U[f * H + j];
+  if (L.bias) {
+    float* row = m + (H + L.inputs) * width;
+    for (int64_t j = 0; j < H; ++j) row[j] = r * L.b[j];
+    for (int64_t k = 0; k < C; ++k) row[H + k] = L.c ? L.c[k] : 0.f;
+  }
 }
 
-// Rows begin..end of the batch: each image's loss, -log of its mean softmax at the label, and
-// the gradient of that loss in every logit z_t = fused[t][b][first..first + classes), t = 1..T,
-// written to the same place in grad:
+// The backward step weights: kappa [W | V]^T in the first `padded` columns (the W block left zero for
+// a diagonal recurrence), then, when the layer below needs its gradient, kappa_below U^T (the layer
+// below wants kappa_below times the gradient in its true states, which are this layer's true inputs).
+void fill_backward_weights(const Layer& L, const at::Tensor& Bt, int64_t padded, double kappa_below) {
+  const int64_t H = L.hidden, C = L.classes, cols = Bt.size(1);
+  float* out = Bt.data_ptr<float>();
+  const float k = L.f.kappa, ku = kappa_below;
+  for (int64_t j = 0; j < H; ++j) {
+    if (!L.diagonal)
+      for (int64_t i = 0; i < H; ++i) out[j * cols + i] = k * L.W[i * H + j];
+    if (cols > padded)
+      for (int64_t f = 0; f < L.inputs; ++f) out[j * cols + padded + f] = ku * L.U[f * H + j];
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < H; ++i) out[(H + c) * cols + i] = k * L.V[i * C + c];
+}
+
+// --- losses: rows begin..end of the batch, logits z_t = fused[t][b][first..first + classes), t = 1..T ----
+// Each writes every image's loss and the gradient of that loss in every logit to the same place in
+// grad. Rows outermost, so that the passes walk the buffers in memory order.
+
+// The seed's: -log of the mean softmax at the label.
 // dloss_b/dz_t[c] = -p_t[y] ([c == y] - p_t[c]) / (T m_y), with p_t = softmax(z_t), m = mean_t p_t.
-// In PyTorch this was nine small operations (~0.5 ms a batch). Rows outermost, so that both passes
-// walk the buffers in memory order; the first pass leaves p_t in grad for the second.
-void image_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& grad, float* loss,
-                  int64_t first, int64_t classes, int64_t begin, int64_t end) {
+// In PyTorch this was nine small operations (~0.5 ms a batch); the first pass leaves p_t in grad for
+// the second.
+void mean_softmax_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& grad, float* loss,
+                         int64_t first, int64_t classes, int64_t begin, int64_t end) {
   const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2);
   const float* Z = fused.const_data_ptr<float>();
   float* G = grad.data_ptr<float>();
@@ -157,164 +258,230 @@ void image_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& g
   }
 }
 
-// The gradients of U, W, V from the slices' sums of [r_k | x_k]^T grad[k], added up here, on this
-// thread, into the first slice's (they are small, and ATen would hand them to the thread pool):
-// dU = scale x^T G[:, :hidden], [dW | dV] = 2 scale r^T G (s = 2 r), each contiguous.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> weight_gradients(const at::Tensor& sums, int64_t hidden,
-                                                                int64_t classes, double scale) {
-  const int64_t slices = sums.size(0), reads = sums.size(1), width = sums.size(2), n = reads * width;
+// Cross-entropy of softmax(m) at y, m = the mean of the logits over the steps (mean-logits) or the last
+// step's (last): dloss/dm = softmax(m) - onehot(y), shared out over the steps m averages.
+void averaged_logit_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& grad, float* loss,
+                           int64_t first, int64_t classes, int64_t begin, int64_t end, bool last_only) {
+  const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2);
+  const int64_t from = last_only ? rows : 1;
+  const float share = 1.f / (rows - from + 1);
+  const float* Z = fused.const_data_ptr<float>();
+  float* G = grad.data_ptr<float>();
+  std::vector<float> m(classes);
+  for (int64_t b = begin; b < end; ++b) {
+    std::fill(m.begin(), m.end(), 0.f);
+    for (int64_t t = from; t <= rows; ++t) {
+      const float* z = Z + (t * batch + b) * width + first;
+      for (int64_t c = 0; c < classes; ++c) m[c] += z[c];
+    }
+    for (int64_t c = 0; c < classes; ++c) m[c] *= share;
+    const float top = *std::max_element(m.begin(), m.end()), at_label = m[y[b]] - top;
+    float sum = 0.f;
+    for (int64_t c = 0; c < classes; ++c) sum += m[c] = std::exp(m[c] - top);
+    loss[b] = std::log(sum) - at_label;  // log-sum-exp minus the label's logit, shifted: never log(0)
+    for (int64_t c = 0; c < classes; ++c) m[c] = share * (m[c] / sum - (c == y[b]));
+    for (int64_t t = 1; t <= rows; ++t) {
+      float* g = G + (t * batch + b) * width + first;
+      if (t < from)
+        std::fill(g, g + classes, 0.f);
+      else
+        std::copy(m.begin(), m.end(), g);
+    }
+  }
+}
+
+// Adds the slices' sums of [r_k | x_k | 1]^T g_k into the first slice's, here, on this thread (they
+// are small, and ATen would hand them to the thread pool); then the gradients, scaled by `scale`:
+// dW = sigma r^T G, dV = sigma r^T G_z (s = sigma r), dU = input_scale x^T G, db = 1^T G, dc = 1^T G_z,
+// and for a diagonal recurrence dw = sigma diag(r^T G).
+std::vector<at::Tensor> weight_gradients(const Layer& L, const at::Tensor& sums, double scale) {
+  const int64_t slices = sums.size(0), width = sums.size(2), n = L.reads * width;
+  const int64_t H = L.hidden, C = L.classes;
   float* total = sums.data_ptr<float>();
   for (int64_t s = 1; s < slices; ++s) {
     const float* part = total + s * n;
     for (int64_t i = 0; i < n; ++i) total[i] += part[i];
   }
-  const at::Tensor dU = at::empty({reads - hidden, hidden}, sums.options());
-  const at::Tensor dW = at::empty({hidden, hidden}, sums.options());
-  const at::Tensor dV = at::empty({hidden, classes}, sums.options());
-  float *u = dU.data_ptr<float>(), *w = dW.data_ptr<float>(), *v = dV.data_ptr<float>();
-  const float by_r = 2 * scale, by_x = scale;
-  for (int64_t i = 0; i < hidden; ++i) {
+  const auto options = sums.options();
+  const at::Tensor dU = at::empty({L.inputs, H}, options);
+  const at::Tensor dW = L.diagonal ? at::empty({H}, options) : at::empty({H, H}, options);
+  float *u = dU.data_ptr<float>(), *w = dW.data_ptr<float>();
+  const float by_r = L.f.sigma * scale, by_x = L.input_scale * scale, by_1 = scale;
+  for (int64_t i = 0; i < H; ++i) {
     const float* row = total + i * width;
-    for (int64_t j = 0; j < hidden; ++j) w[i * hidden + j] = by_r * row[j];
-    for (int64_t c = 0; c < classes; ++c) v[i * classes + c] = by_r * row[hidden + c];
+    if (L.diagonal)
+      w[i] = by_r * row[i];
+    else
+      for (int64_t j = 0; j < H; ++j) w[i * H + j] = by_r * row[j];
   }
-  for (int64_t f = 0; f < reads - hidden; ++f) {
-    const float* row = total + (hidden + f) * width;
-    for (int64_t j = 0; j < hidden; ++j) u[f * hidden + j] = by_x * row[j];
+  for (int64_t f = 0; f < L.inputs; ++f) {
+    const float* row = total + (H + f) * width;
+    for (int64_t j = 0; j < H; ++j) u[f * H + j] = by_x * row[j];
   }
-  return {dU, dW, dV};
-}
-
-// The step weights [[4W | 2V | 0], [2U | 0 | 0]] (engine.Workspace): one multiply of [r_k | x_k] by
-// them gives 2 a_{k+1} and z_k. The zeros were written when M was made.
-void fill_step_weights(const at::Tensor& U, const at::Tensor& W, const at::Tensor& V, const at::Tensor& M) {
-  const int64_t inputs = U.size(0), hidden = W.size(0), classes = V.size(1), width = M.size(1);
-  const float *u = U.const_data_ptr<float>(), *w = W.const_data_ptr<float>(), *v = V.const_data_ptr<float>();
-  float* m = M.data_ptr<float>();
-  for (int64_t i = 0; i < hidden; ++i) {
-    for (int64_t j = 0; j < hidden; ++j) m[i * width + j] = 4 * w[i * hidden + j];
-    for (int64_t c = 0; c < classes; ++c) m[i * width + hidden + c] = 2 * v[i * classes + c];
+  std::vector<at::Tensor> grads = {dU, dW};
+  const float* ones = total + (H + L.inputs) * width;
+  if (L.bias) {
+    const at::Tensor db = at::empty({H}, options);
+    float* d = db.data_ptr<float>();
+    for (int64_t j = 0; j < H; ++j) d[j] = by_1 * ones[j];
+    grads.push_back(db);
   }
-  for (int64_t f = 0; f < inputs; ++f)
-    for (int64_t j = 0; j < hidden; ++j) m[(hidden + f) * width + j] = 2 * u[f * hidden + j];
-}
-
-// 4 [W | V]^T into the first columns of WV4T (the rest stay zero): the backward step's weights.
-void fill_backward_weights(const at::Tensor& W, const at::Tensor& V, const at::Tensor& WV4T) {
-  const int64_t hidden = W.size(0), classes = V.size(1), padded = WV4T.size(1);
-  const float *w = W.const_data_ptr<float>(), *v = V.const_data_ptr<float>();
-  float* out = WV4T.data_ptr<float>();
-  for (int64_t j = 0; j < hidden; ++j)
-    for (int64_t i = 0; i < hidden; ++i) out[j * padded + i] = 4 * w[i * hidden + j];
-  for (int64_t c = 0; c < classes; ++c)
-    for (int64_t i = 0; i < hidden; ++i) out[(hidden + c) * padded + i] = 4 * v[i * classes + c];
-}
-
-void check_weights(const at::Tensor& U, const at::Tensor& W, const at::Tensor& V, const at::Tensor& state,
-                   const at::Tensor& steps) {
-  for (const at::Tensor* t : {&U, &W, &V}) {
-    check_buffer(*t);
-    TORCH_CHECK(t->dim() == 2, "engine weights must be matrices");
+  if (C > 0) {
+    const at::Tensor dV = at::empty({H, C}, options);
+    float* v = dV.data_ptr<float>();
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t k = 0; k < C; ++k) v[i * C + k] = by_r * total[i * width + H + k];
+    grads.push_back(dV);
+    if (L.c) {
+      const at::Tensor dc = at::empty({C}, options);
+      float* d = dc.data_ptr<float>();
+      for (int64_t k = 0; k < C; ++k) d[k] = by_1 * ones[H + k];
+      grads.push_back(dc);
+    }
   }
-  const int64_t hidden = W.size(0);
-  TORCH_CHECK(U.size(1) == hidden && W.size(1) == hidden && V.size(0) == hidden, "engine weights disagree in shape");
-  TORCH_CHECK(state.size(2) >= hidden + U.size(0) && steps.size(2) >= hidden + V.size(1),
-              "engine weights disagree in shape with the buffers");
+  return grads;
 }
 
 }  // namespace
 
-// For k = 0..T-1: [2 a_{k+1} | z_k] = [r_k | x_k] M, then r_{k+1} = sigmoid(2 a_{k+1}) - 1/2; then
-// the last row's logits. Each step's product goes to a buffer of the slice's own; only z_k reaches
-// fused (its logits columns; the last row also gets its zero padding), the rest of fused is left
-// as it was. r_0 = 0 and x_T = 0 in state (engine.Workspace). Each slice copies its images' input
-// rows into its states.
-// With labels (training), each slice goes on to its images' losses and the logits' gradients
-// (image_losses, into grad), while its logits are in cache; returns the losses.
-std::optional<at::Tensor> forward_recurrence(const at::Tensor& fused, const at::Tensor& state, const at::Tensor& x,
-                                             const at::Tensor& U, const at::Tensor& W, const at::Tensor& V,
-                                             const at::Tensor& M, const std::optional<at::Tensor>& labels,
-                                             const std::optional<at::Tensor>& grad) {
-  check_buffers(fused, state);
-  check_buffer(x);
-  check_buffer(M);
-  check_weights(U, W, V, state, fused);
-  const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2), stride = state.size(2);
-  const int64_t inputs = U.size(0), hidden = W.size(0), classes = V.size(1), reads = hidden + inputs;
-  TORCH_CHECK(x.dim() == 3 && x.size(0) == batch && x.size(1) == rows && x.size(2) == inputs,
+// One layer, k = 0..T-1: [rho a_{k+1} | z_k] = [r_k | x_k | 1] M (a diagonal recurrence adds
+// rho sigma w * r_k), then r_{k+1} = phi(rho a_{k+1}); on the top layer (V given), the last step's
+// logits too. Each step's product goes to a buffer of the slice's own; only z_k reaches fused (its
+// logits columns; the last row also gets its zero padding), the rest of fused is left as it was.
+// r_0 = 0, x_T = 0, the bias column's ones and the padding are in state already (engine.Workspace).
+// Each slice copies its images' inputs into its states: x is (batch, T, inputs) with any row
+// strides (the layer below's states, for a layer above).
+// With labels (training; top layer only), each slice goes on to its images' losses and the logits'
+// gradients (into grad), while its logits are in cache; returns the losses.
+std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, const at::Tensor& state,
+                                        const at::Tensor& x, const at::Tensor& U, const at::Tensor& W,
+                                        const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& V,
+                                        const std::optional<at::Tensor>& c, const at::Tensor& M, int64_t activation,
+                                        double input_scale, const std::optional<at::Tensor>& labels,
+                                        const std::optional<at::Tensor>& grad, int64_t readout) {
+  const Layer L(U, W, b, V, c, activation, input_scale);
+  check_buffer(state, 3);
+  check_buffer(M, 2);
+  const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2), width = M.size(1);
+  const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads;
+  TORCH_CHECK(stride >= reads && M.size(0) == reads && width >= H + C, "engine: step weights disagree in shape");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) == batch &&
+                  x.size(1) == rows && x.size(2) == n && x.stride(2) == 1,
               "engine inputs disagree in shape with the buffers");
-  TORCH_CHECK(M.dim() == 2 && M.size(0) == reads && M.size(1) == width, "engine step weights disagree in shape");
+  TORCH_CHECK(!C || (fused && fused->sizes() == at::IntArrayRef({rows + 1, batch, width})),
+              "engine: the top layer needs a logits buffer shaped (T + 1, batch, width)");
+  if (fused) check_buffer(*fused, 3);
   std::optional<at::Tensor> losses;
   const int64_t* y = nullptr;
   if (labels) {
-    TORCH_CHECK(grad && grad->sizes() == fused.sizes(), "the loss needs a gradient buffer shaped like fused");
-    check_buffer(*grad);
+    TORCH_CHECK(C > 0 && grad && grad->sizes() == fused->sizes(), "the loss needs a gradient buffer like fused");
+    check_buffer(*grad, 3);
     TORCH_CHECK(labels->device().is_cpu() && labels->scalar_type() == at::kLong && labels->dim() == 1 &&
                     labels->is_contiguous() && labels->numel() == batch,
                 "labels must be one int64 per image, on the CPU");
+    TORCH_CHECK(readout == kMeanSoftmax || readout == kLast || readout == kMeanLogits, "engine: unknown readout");
     y = labels->const_data_ptr<int64_t>();
-    for (int64_t b = 0; b < batch; ++b) TORCH_CHECK(y[b] >= 0 && y[b] < classes, "label out of range");
-    losses = at::empty({batch}, fused.options());
+    for (int64_t i = 0; i < batch; ++i) TORCH_CHECK(y[i] >= 0 && y[i] < C, "label out of range");
+    losses = at::empty({batch}, state.options());
   }
-  fill_step_weights(U, W, V, M);
-  float* F = fused.data_ptr<float>();
+  fill_step_weights(L, M);
+  std::vector<float> diagonal(L.diagonal ? H : 0);  // rho sigma w
+  for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = L.f.rho * L.f.sigma * L.W[j];
+  float* F = fused ? fused->data_ptr<float>() : nullptr;
   float* S = state.data_ptr<float>();
   const float* X = x.const_data_ptr<float>();
+  const int64_t sx_image = x.stride(0), sx_step = x.stride(1);
   const float* weights = M.const_data_ptr<float>();
   float* loss = losses ? losses->data_ptr<float>() : nullptr;
   pybind11::gil_scoped_release no_gil;
   over_batch_slices(batch, slice_count(batch), [&](int64_t, int64_t begin, int64_t count) {
     // Each step's product lands in this slice's own small buffer, which stays in cache; only the
-    // logits go on to fused (the sigmoid consumes the rest at once).
+    // logits go on to fused (the activation consumes the rest at once).
     std::vector<float> product(count * width);
     float* f = product.data();
     for (int64_t k = 0; k < rows; ++k) {
       float* s = S + (k * batch + begin) * stride;
-      for (int64_t i = 0; i < count; ++i) std::copy_n(X + ((begin + i) * rows + k) * inputs, inputs, s + i * stride + hidden);
-      if (k == 0) {  // r_0 = 0: the input projection alone
-        gemm(false, count, width, inputs, 1.f, s + hidden, stride, weights + hidden * width, width, 0.f, f, width);
+      for (int64_t i = 0; i < count; ++i)
+        std::copy_n(X + (begin + i) * sx_image + k * sx_step, n, s + i * stride + H);
+      if (k == 0 || L.diagonal) {  // r_0 = 0, or a diagonal recurrence: [x_k | 1] alone is multiplied
+        gemm(false, count, width, reads - H, 1.f, s + H, stride, weights + H * width, width, 0.f, f, width);
+        if (k > 0 && C > 0)  // z_k's s_k V part
+          gemm(false, count, C, H, 1.f, s, stride, weights + H, width, 1.f, f + H, width);
       } else {
         gemm(false, count, width, reads, 1.f, s, stride, weights, width, 0.f, f, width);
       }
       for (int64_t i = 0; i < count; ++i) {
-        centred_sigmoid(f + i * width, s + (batch + i) * stride, hidden);
-        std::copy_n(f + i * width + hidden, classes, F + (k * batch + begin + i) * width + hidden);
+        float* p = f + i * width;
+        if (L.diagonal && k > 0)
+          for (int64_t j = 0; j < H; ++j) p[j] += diagonal[j] * s[i * stride + j];
+        activate(L.activation, p, s + (batch + i) * stride, H);
+        if (C) std::copy_n(p + H, C, F + (k * batch + begin + i) * width + H);
       }
     }
-    gemm(false, count, width - hidden, hidden, 1.f, S + (rows * batch + begin) * stride, stride, weights + hidden,
-         width, 0.f, F + (rows * batch + begin) * width + hidden, width);
-    if (y) image_losses(fused, y, *grad, loss, hidden, classes, begin, begin + count);
+    if (C) {  // the last step's logits: [r_T | 0 | 1] [sigma V ; 0 ; c] (without a bias, r_T alone)
+      gemm(false, count, width - H, L.bias ? reads : H, 1.f, S + (rows * batch + begin) * stride, stride,
+           weights + H, width, 0.f, F + (rows * batch + begin) * width + H, width);
+    }
+    if (y) {
+      if (readout == kMeanSoftmax)
+        mean_softmax_losses(*fused, y, *grad, loss, H, C, begin, begin + count);
+      else
+        averaged_logit_losses(*fused, y, *grad, loss, H, C, begin, begin + count, readout == kLast);
+    }
   });
   return losses;
 }
 
-// For k = T-1..0: g_k = [dL/da_{k+1} | dL/dz_k | 0], with dL/da_{k+1} = (g_{k+1} WV4T)[:, :hidden] *
-// (1/4 - r_{k+1}^2) and dL/dz_k from the loss (grad's logits columns, image_losses); returns the
-// gradients of U, W, V from the sums of [r_k | x_k]^T g_k (s = 2 r), scaled by `scale`.
+// One layer, k = T-1..0: g_k = [dL/da_{k+1} | dL/dz_k | 0] with
+//   dL/da_{k+1} = (g_{k+1} kappa [W | V]^T + kappa E_{k+1}) * slope(r_{k+1})
+// (a diagonal recurrence: kappa (w * g_{k+1} + dz_{k+1} V^T)), dL/dz_k from the loss (grad's logits
+// columns; top layer) and E, the gradient in the states from the layer above (lower layers; `above`
+// holds kappa E, scaled by the layer above). Returns the gradients of U, W (or w), b, V, c (those the layer has), from the sums
+// of [r_k | x_k | 1]^T g_k, scaled by `scale`. With `below` (the layer below's E, (T + 1, batch, inputs)),
+// also writes kappa_below times the gradient in each input x_k to below[k + 1].
 //
 // g_k lives only while steps k and k - 1 need it, in two rows per slice that stay in cache (writing
-// to the whole gradient buffer, out of cache, was slower). WV4T has zero columns up to a multiple
+// to the whole gradient buffer, out of cache, was slower). Bt has zero columns up to a multiple
 // of 16: MKL runs the step multiply faster so; the logits' gradients overwrite the extra columns.
 // Each slice sums its own weight gradients (see the header); the slices' sums are added at the end.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_recurrence(const at::Tensor& grad, const at::Tensor& state,
-                                                                   const at::Tensor& U, const at::Tensor& W,
-                                                                   const at::Tensor& V, const at::Tensor& WV4T,
-                                                                   double scale) {
-  check_buffers(grad, state);
-  check_buffer(WV4T);
-  check_weights(U, W, V, state, grad);
-  const int64_t rows = grad.size(0) - 1, batch = grad.size(1), width = grad.size(2), stride = state.size(2);
-  const int64_t inputs = U.size(0), hidden = W.size(0), classes = V.size(1), reads = hidden + inputs;
-  TORCH_CHECK(WV4T.dim() == 2 && WV4T.size(0) == width && WV4T.size(1) >= hidden, "engine weights disagree in shape");
+std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, const std::optional<at::Tensor>& above,
+                                       const at::Tensor& state, const at::Tensor& U, const at::Tensor& W,
+                                       const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& V,
+                                       const std::optional<at::Tensor>& c, const at::Tensor& Bt, int64_t padded,
+                                       int64_t activation, double input_scale, double scale,
+                                       const std::optional<at::Tensor>& below, double kappa_below) {
+  const Layer L(U, W, b, V, c, activation, input_scale);
+  check_buffer(state, 3);
+  check_buffer(Bt, 2);
+  const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2);
+  const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads, width = Bt.size(0), cols = Bt.size(1);
+  TORCH_CHECK(padded >= H && cols == (below ? padded + n : padded) && width >= H + C,
+              "engine: backward weights disagree in shape");
+  TORCH_CHECK(C == 0 || (grad && grad->size(2) == width), "engine: the top layer needs its logits' gradients");
+  TORCH_CHECK(C > 0 || above, "engine: a layer below needs the gradient from the layer above");
+  if (grad) check_buffer(*grad, 3);
+  if (above) {
+    check_buffer(*above, 3);
+    TORCH_CHECK(above->size(2) == H, "engine: gradient from above misshapen");
+  }
+  if (below) {
+    check_buffer(*below, 3);
+    TORCH_CHECK(below->size(2) == n, "engine: gradient to below misshapen");
+  }
   // Columns of the step multiply: hidden, rounded up, but no further than the logits' columns.
-  const int64_t padded = WV4T.size(1), columns = std::min(padded, hidden + classes);
-  fill_backward_weights(W, V, WV4T);
+  const int64_t columns = std::min(padded, H + C);
+  fill_backward_weights(L, Bt, padded, kappa_below);
   const int64_t slices = slice_count(batch);
   // Each slice's own sums, added up at the end: first written with beta 0, so no zeroing pass.
-  at::Tensor sums = at::empty({slices, reads, width}, grad.options());
-  const float* dZ = grad.const_data_ptr<float>();
+  at::Tensor sums = at::empty({slices, reads, width}, state.options());
+  const float* dZ = grad ? grad->const_data_ptr<float>() : nullptr;
+  const float* E = above ? above->const_data_ptr<float>() : nullptr;
+  float* D = below ? below->data_ptr<float>() : nullptr;
   const float* S = state.const_data_ptr<float>();
-  const float* weights = WV4T.const_data_ptr<float>();
+  const float* weights = Bt.const_data_ptr<float>();
+  const float kappa = L.f.kappa;
+  std::vector<float> diagonal(L.diagonal ? H : 0);  // kappa w
+  for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = kappa * L.W[j];
   {
     pybind11::gil_scoped_release no_gil;
     over_batch_slices(batch, slices, [&](int64_t slice, int64_t begin, int64_t count) {
@@ -324,29 +491,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_recurrence(const at::Ten
       auto with_logit_grads = [&](int64_t k) {
         float* g = g_row(k);
         for (int64_t i = 0; i < count; ++i)
-          std::copy_n(dZ + (k * batch + begin + i) * width + hidden, classes, g + i * width + hidden);
+          std::copy_n(dZ + (k * batch + begin + i) * width + H, C, g + i * width + H);
         return g;
       };
+      auto inputs_gradient = [&](const float* g, int64_t k) {  // kappa_below dL/dx_k into below[k + 1]
+        gemm(false, count, n, H, 1.f, g, width, weights + padded, cols, 0.f, D + ((k + 1) * batch + begin) * n, n);
+      };
       const float* last = S + (rows * batch + begin) * stride;
-      gemm(true, reads, width, count, 1.f, last, stride, with_logit_grads(rows), width, 0.f, sum, width);
+      gemm(true, reads, width, count, 1.f, last, stride, C ? with_logit_grads(rows) : g_row(rows), width, 0.f, sum,
+           width);
       for (int64_t k = rows - 1; k >= 0; --k) {
         float* g = g_row(k);
+        const float* next = g_row(k + 1);
         const float* s = S + (k * batch + begin) * stride;
-        gemm(false, count, columns, width, 1.f, g_row(k + 1), width, weights, padded, 0.f, g, width);
-        for (int64_t i = 0; i < count; ++i) scale_by_slope(g + i * width, s + (batch + i) * stride, hidden);
-        with_logit_grads(k);
-        if (k == 0) {  // r_0 = 0: only x_0 adds to the sums
-          gemm(true, inputs, width, count, 1.f, s + hidden, stride, g, width, 1.f, sum + hidden * width, width);
+        const float* r = s + batch * stride;  // r_{k+1}
+        float beta = 0.f;
+        if (E) {  // kappa E_{k+1} (the layer above scaled it), to which the recurrence's part is added
+          for (int64_t i = 0; i < count; ++i)
+            std::copy_n(E + ((k + 1) * batch + begin + i) * H, H, g + i * width);
+          beta = 1.f;
+        }
+        if (!L.diagonal) {
+          gemm(false, count, columns, width, 1.f, next, width, weights, cols, beta, g, width);
+        } else {
+          if (C > 0) gemm(false, count, H, C, 1.f, next + H, width, weights + H * cols, cols, beta, g, width);
+          for (int64_t i = 0; i < count; ++i) {
+            float* gi = g + i * width;
+            const float* ni = next + i * width;
+            for (int64_t j = 0; j < H; ++j) gi[j] = (C > 0 || E ? gi[j] : 0.f) + diagonal[j] * ni[j];
+          }
+        }
+        for (int64_t i = 0; i < count; ++i) scale_by_slope(L.activation, g + i * width, r + i * stride, H);
+        if (C) with_logit_grads(k);
+        if (D && k + 1 < rows) inputs_gradient(next, k + 1);
+        if (k == 0) {  // r_0 = 0: only [x_0 | 1] adds to the sums
+          gemm(true, reads - H, width, count, 1.f, s + H, stride, g, width, 1.f, sum + H * width, width);
         } else {
           gemm(true, reads, width, count, 1.f, s, stride, g, width, 1.f, sum, width);
         }
       }
+      if (D) inputs_gradient(g_row(0), 0);
     });
   }
-  return weight_gradients(sums, hidden, classes, scale);
+  return weight_gradients(L, sums, scale);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_recurrence", &forward_recurrence);
-  m.def("backward_recurrence", &backward_recurrence);
+  m.def("forward_layer", &forward_layer);
+  m.def("backward_layer", &backward_layer);
 }

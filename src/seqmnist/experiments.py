@@ -23,10 +23,10 @@ from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import read_json, write_json, write_text
-from .model import VanillaRNN
+from .model import VanillaRNN, running_probs
 from .runs import Run, new_run
-from .seed import CONFUSION_ROWS, SWEEP_ROWS, read_theano_model, seed_confusion, seed_curves, seed_sweep
-from .train import evaluate_test, sequencer, step_probs, train
+from .seed import CONFUSION_ROWS, SWEEP_ROWS, is_seed_recipe, read_theano_model, seed_confusion, seed_curves, seed_sweep
+from .train import evaluate, evaluate_run, step_logits, train
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")
@@ -117,7 +117,7 @@ def draw_figures(out: Path, results: dict[int, dict]) -> dict[str, Path]:
             figures / "confusion_seed.png",
             title="Seed (2016): confusion matrices on the MNIST test set",
         ),
-        "weights": plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"),
+        "weights": plots.weights(*model.first_layer_weights(), figures / "weights.png"),
     }
 
 
@@ -317,8 +317,8 @@ def evaluate_seed_models(directory: Path, data: MNIST) -> dict[int, dict]:
         path = directory / f"rnn_step{k}.model"
         if path.exists():
             config = Config.from_settings("seed", rows=k)
-            model = theano_model(path)
-            found[k] = {"file": path.name, **evaluate_test(model, data, config)}
+            x = config.sequencer().encode(data.test_x)
+            found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
     if not found:
         raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
     return found
@@ -343,7 +343,7 @@ def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None)
     write_json(run.config, config.to_dict())
     write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
     run.save_model(model)
-    summary = {"epochs": config.epochs, **evaluate_test(model, data, config), "imported_from": str(path.resolve())}
+    summary = {"epochs": config.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
     run.write_summary(summary)
     return summary
 
@@ -383,8 +383,8 @@ def reproduce(
 
 
 def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> list[Path]:
-    """The figures of one run: its curves (when it has them), test confusion matrix, weights, and a few
-    digits row by row."""
+    """The figures of one run: its curves (when it has them), test confusion matrix, first-layer weights,
+    and a few digits step by step."""
     run = Run(run_dir)
     config = Config.from_file(run.config)
     model = run.load_model(config)
@@ -396,21 +396,27 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> l
             plots.epoch_curves(
                 run.read_metrics(),
                 figures / "epoch_curves.png",
-                seed=seed_curves(config.rows) if config.preset == "seed" else None,
-                title=f"Accuracy vs epoch, {config.rows} rows",
+                seed=seed_curves(config.rows) if is_seed_recipe(config) else None,
+                title=f"Accuracy vs epoch: {config.describe()}",
             )
         )
-    paths.append(plots.weights(*(p.detach().numpy() for p in (model.U, model.W, model.V)), figures / "weights.png"))
+    paths.append(plots.weights(*model.first_layer_weights(), figures / "weights.png"))
     if summary:
         paths.append(
-            plots.confusion_grid({config.rows: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
+            plots.confusion_grid({config.rows or 0: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
         )
     data = MNIST.load(data_dir)
-    x = sequencer(config).encode(data.test_x[:examples])
-    probs = torch.cat(list(step_probs(model, x)), dim=1).numpy()
+    x = run.sequencer(config).encode(data.test_x[:examples])
+    logits = torch.cat(list(step_logits(model, x)), dim=1)
     paths.append(
-        plots.row_by_row(
-            data.test_x[:examples].numpy(), probs, data.test_y[:examples].tolist(), figures / "row_by_row.png"
+        plots.step_by_step(
+            data.test_x[:examples].numpy(),
+            torch.softmax(logits, dim=-1).numpy(),
+            running_probs(config.readout, logits).numpy(),
+            data.test_y[:examples].tolist(),
+            figures / "row_by_row.png",
+            rows_read=config.rows if config.task == "rows" else None,
+            readout=config.readout,
         )
     )
     return paths

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -64,13 +65,17 @@ def write_text(path: Path, text: str) -> None:
 
 def to_json(obj: Any, indent: str = "") -> str:
     """JSON indented like ``json.dumps(indent=2)``, but a list of plain values stays on one line,
-    so a confusion matrix reads as one line per true digit."""
+    so a confusion matrix reads as one line per true digit; NaN (not measured) is written as null."""
     inner = indent + "  "
+    if isinstance(obj, float) and math.isnan(obj):
+        return "null"
     if isinstance(obj, Mapping) and obj:
         items = [f"{inner}{json.dumps(str(k))}: {to_json(v, inner)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + f"\n{indent}}}"
     if isinstance(obj, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in obj):
         return "[\n" + ",\n".join(inner + to_json(v, inner) for v in obj) + f"\n{indent}]"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in obj) + "]"
     return json.dumps(obj)
 
 

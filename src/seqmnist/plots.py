@@ -110,15 +110,17 @@ def rows_sweep(ours: Mapping[int, Mapping], path: Path, seed: Mapping[int, Mappi
 
 
 def weights(U: np.ndarray, W: np.ndarray, V: np.ndarray, path: Path, units: int = 8) -> Path:
-    """The learned weights: input weights of single hidden units (columns of U), and U, W, V as heatmaps."""
+    """The learned weights: input weights of single hidden units (columns of U), and U, W, V as heatmaps
+    (a recurrent vector, indrnn's, as one column; gated cells' matrices hold all their gates)."""
+    W = W[:, None] if W.ndim == 1 else W
     fig = plt.figure(figsize=(13, 8))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3])
     ax = fig.add_subplot(grid[0, :])
     strongest = np.argsort(-np.abs(U).sum(0))[:units]
     for j in strongest:
-        ax.plot(range(28), U[:, j], marker=".", label=f"unit {j}")
+        ax.plot(range(U.shape[0]), U[:, j], marker=".", label=f"unit {j}")
     ax.set(
-        xlabel="pixel column in the row (input i)",
+        xlabel="input i (pixel of the step)",
         ylabel="U[i, unit]",
         title=f"Input weights of single hidden units (the {units} with the largest |U| column sums)",
     )
@@ -128,7 +130,7 @@ def weights(U: np.ndarray, W: np.ndarray, V: np.ndarray, path: Path, units: int 
         (("U (inputs x hidden)", U), ("W (hidden x hidden)", W), ("V (hidden x classes)", V))
     ):
         ax = fig.add_subplot(grid[1, col])
-        limit = np.abs(m).max()
+        limit = np.abs(m).max() or 1.0
         image = ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
         ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046)
@@ -136,22 +138,30 @@ def weights(U: np.ndarray, W: np.ndarray, V: np.ndarray, path: Path, units: int 
     return _save(fig, path)
 
 
-def row_by_row(images: np.ndarray, step_probs: np.ndarray, labels: Sequence[int], path: Path) -> Path:
-    """What the model believes after each row: the image beside P(digit) per row and its running mean.
-
-    ``step_probs`` is (rows, n, 10), as from :func:`seqmnist.engine.step_probs`.
-    """
-    n = len(images)
-    rows = step_probs.shape[0]
+def step_by_step(
+    images: np.ndarray,
+    step_probs: np.ndarray,
+    running: np.ndarray,
+    labels: Sequence[int],
+    path: Path,
+    rows_read: int | None = None,
+    readout: str = "mean-softmax",
+) -> Path:
+    """What the model believes after each step: the image beside softmax(z_t) per step and what the
+    readout would predict had the sequence ended there (``running``). Both are (steps, n, 10);
+    ``rows_read`` marks how far down the image a rows-task model reads."""
+    n, steps = len(images), step_probs.shape[0]
     fig, axes = plt.subplots(n, 3, figsize=(11, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 2.2]})
-    running = np.cumsum(step_probs, axis=0) / np.arange(1, rows + 1)[:, None, None]
+    unit = "rows" if rows_read else "steps"
     for i in range(n):
         axes[i, 0].imshow(images[i], cmap="gray_r")
-        axes[i, 0].axhline(rows - 0.5, color="tab:red", lw=1)
+        if rows_read:
+            axes[i, 0].axhline(rows_read - 0.5, color="tab:red", lw=1)
         axes[i, 0].set(xticks=[], yticks=[], title=f"label {labels[i]}")
+        guess = int(running[-1, i].argmax())
         for ax, probs, name in (
-            (axes[i, 1], step_probs[:, i], "o_t after row t"),
-            (axes[i, 2], running[:, i], "mean of o_1..o_t (the readout)"),
+            (axes[i, 1], step_probs[:, i], "softmax(z_t) after step t"),
+            (axes[i, 2], running[:, i], f"{readout} so far (predicts {guess})"),
         ):
             image = ax.imshow(
                 probs.T,
@@ -160,11 +170,10 @@ def row_by_row(images: np.ndarray, step_probs: np.ndarray, labels: Sequence[int]
                 vmax=1,
                 aspect="auto",
                 origin="lower",
-                extent=(0.5, rows + 0.5, -0.5, 9.5),
+                extent=(0.5, steps + 0.5, -0.5, 9.5),
+                interpolation="nearest",
             )
-            ax.set(xlabel="rows read", ylabel="digit", yticks=range(10), title=name)
+            ax.set(xlabel=f"{unit} read", ylabel="digit", yticks=range(10), title=name)
         fig.colorbar(image, ax=axes[i, 2], fraction=0.046)
-        guess = int(running[-1, i].argmax())
-        axes[i, 2].set_title(f"mean of o_1..o_t (predicts {guess})")
     fig.tight_layout()
     return _save(fig, path)

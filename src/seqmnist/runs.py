@@ -1,8 +1,10 @@
 """Run directories: the files one training leaves, written atomically and read back with checks.
 
     config.json             every setting of the run
+    permutation.json        the permuted task's pixel order (what evaluate and predict read with)
     metrics.csv             one row per finished epoch
     checkpoint.safetensors  weights, optimizer state and loop position, one file so they never disagree
+    best.safetensors        the weights of the epoch with the best validation accuracy so far
     model.safetensors       the final weights
     summary.json            test accuracy, confusion matrix, and the conditions the run ran under
 
@@ -24,12 +26,23 @@ import torch
 from .config import Config
 from .errors import SeqmnistError
 from .files import check_tensors, read_json, read_tensors, save_tensors, write_json, write_text
-from .model import VanillaRNN
+from .model import SequenceClassifier, build_model
+from .sequence import PIXELS, Sequencer
 
 # *_as_seed: accuracy as the seed's code measured it (see seqmnist.model.seed_code_readout).
 # Epochs without evaluation (see Config.eval_every) hold NaN accuracies.
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed", "seconds")
-CHECKPOINT_FORMAT = "seqmnist-checkpoint/2"
+# lr: the learning rate of the epoch's last step.
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_acc",
+    "train_acc_as_seed",
+    "val_acc_as_seed",
+    "lr",
+    "seconds",
+)
+CHECKPOINT_FORMAT = "seqmnist-checkpoint/3"
 
 
 @dataclass
@@ -50,6 +63,9 @@ class TrainingState:
     position: Position = field(default_factory=Position)
     metrics: list[dict] = field(default_factory=list)
     sessions: list[dict] = field(default_factory=list)  # the conditions each process ran under
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    stopped_early: bool = False
 
 
 class Run:
@@ -58,19 +74,47 @@ class Run:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         self.config = self.dir / "config.json"
+        self.permutation = self.dir / "permutation.json"
         self.metrics = self.dir / "metrics.csv"
         self.checkpoint = self.dir / "checkpoint.safetensors"
+        self.best = self.dir / "best.safetensors"
         self.model = self.dir / "model.safetensors"
         self.summary = self.dir / "summary.json"
 
     # --- status ---------------------------------------------------------------------------------
 
+    def start(self, config: Config) -> None:
+        """The files a new run begins with: its settings, and the permuted task's pixel order."""
+        write_json(self.config, config.to_dict())
+        order = config.sequencer().order
+        if order is not None:
+            write_json(self.permutation, {"name": config.sequencer().permutation, "order": order.tolist()})
+
+    def discard(self) -> None:
+        """Remove what :meth:`start` and the first epochs wrote (a run that diverged at once)."""
+        for path in (self.config, self.permutation, self.metrics, self.best):
+            path.unlink(missing_ok=True)
+
     def finished_summary(self, config: Config) -> dict | None:
-        """The summary when the run has trained all the epochs its config asks for, else None."""
+        """The summary when the run has trained all the epochs its config asks for (or stopped early),
+        else None."""
         if not self.summary.exists():
             return None
         summary = read_json(self.summary)
-        return summary if isinstance(summary, dict) and summary.get("epochs") == config.epochs else None
+        if not isinstance(summary, dict):
+            return None
+        return summary if summary.get("epochs") == config.epochs or summary.get("stopped_early") else None
+
+    def sequencer(self, config: Config) -> Sequencer:
+        """How this run turns images into sequences: its config's, with the pixel order it saved."""
+        sequencer = config.sequencer()
+        if sequencer.task != "permuted" or not self.permutation.exists():
+            return sequencer
+        saved = read_json(self.permutation)
+        order = saved.get("order") if isinstance(saved, dict) else None
+        if not isinstance(order, list) or sorted(order) != list(range(PIXELS)):
+            raise SeqmnistError(f"{self.permutation}: not a permutation of the 784 pixels")
+        return replace(sequencer, saved_order=tuple(order))
 
     def describe_finished(self, summary: dict) -> str:
         return f"{self.dir} is a finished run ({summary['epochs']} epochs, test accuracy {summary['test_acc']:.4f})"
@@ -107,12 +151,7 @@ class Run:
                     tensors[f"optimizer.{index}.{key}"] = value
                 else:
                     scalars.setdefault(str(index), {})[key] = value
-        payload = {
-            "position": asdict(state.position),
-            "metrics": state.metrics,
-            "sessions": state.sessions,
-            "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
-        }
+        payload = {"loop": asdict(state), "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars}}
         save_tensors(self.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(payload)})
 
     def load_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
@@ -127,7 +166,7 @@ class Run:
         check_tensors(self.checkpoint, weights, {name: tuple(p.shape) for name, p in model.named_parameters()})
         try:
             payload = json.loads(metadata["state"])
-            state = TrainingState(Position(**payload["position"]), list(payload["metrics"]), list(payload["sessions"]))
+            state = TrainingState(**{**payload["loop"], "position": Position(**payload["loop"]["position"])})
             optim = _optimizer_state(payload["optimizer"], tensors)
             if any(set(row) != set(METRIC_COLUMNS) for row in state.metrics):
                 raise ValueError("metrics of another layout")
@@ -142,15 +181,24 @@ class Run:
     def save_model(self, model: torch.nn.Module) -> None:
         save_tensors(self.model, dict(model.named_parameters()))
 
-    def load_model(self, config: Config) -> VanillaRNN:
+    def save_best(self, model: torch.nn.Module) -> None:
+        save_tensors(self.best, dict(model.named_parameters()))
+
+    def load_weights(self, path: Path, model: SequenceClassifier) -> SequenceClassifier:
+        tensors, _ = read_tensors(path)
+        check_tensors(path, tensors, model.shapes())
+        model.load_state_dict(tensors)
+        return model
+
+    def load_model(self, config: Config, best: bool = False) -> SequenceClassifier:
+        """The run's final model (or, with ``best``, the best-validation one)."""
+        path = self.best if best else self.model
         if not self.model.exists():
             hint = "; resume it with: seqmnist train --resume " + str(self.dir) if self.checkpoint.exists() else ""
             raise SeqmnistError(f"{self.model}: no final model (the run did not finish{hint})")
-        model = VanillaRNN(config.hidden)
-        tensors, _ = read_tensors(self.model)
-        check_tensors(self.model, tensors, model.shapes())
-        model.load_state_dict(tensors)
-        return model
+        if not path.exists():
+            raise SeqmnistError(f"{path}: no best-validation weights in this run")
+        return self.load_weights(path, build_model(config.model_spec()))
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary, summary)

@@ -57,8 +57,9 @@ class Sequencer:
     task: str = "rows"
     rows: int = SIDE  # the rows task reads the first K rows
     pixels_per_step: int = SIDE
-    permutation: str | None = None  # the permuted task's order
+    permutation: str | None = None  # the permuted task's order, by name
     input_scale: int = 255
+    saved_order: tuple[int, ...] | None = None  # the order a run saved, which wins over its name's
 
     @property
     def steps(self) -> int:
@@ -69,13 +70,19 @@ class Sequencer:
     @property
     def order(self) -> np.ndarray | None:
         """Pixel indices in the order they are read (None: reading order)."""
-        return permutation_order(self.permutation) if self.task == "permuted" else None
+        if self.task != "permuted":
+            return None
+        return np.array(self.saved_order) if self.saved_order else permutation_order(self.permutation)
+
+    def order_tensor(self) -> torch.Tensor | None:
+        order = self.order
+        return None if order is None else torch.from_numpy(order)
 
     def encode(self, images: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
-        """Sequences of the images; ``order`` (from :attr:`order`, made once by the caller) saves
-        rebuilding the permutation for every batch."""
+        """Sequences of uint8 images (N, 28, 28); ``order`` (from :meth:`order_tensor`, made once by the
+        caller) saves rebuilding the permutation for every call."""
         if order is None and self.task == "permuted":
-            order = torch.from_numpy(self.order)
+            order = self.order_tensor()
         flat = images.reshape(len(images), PIXELS)
         if order is not None:
             flat = flat[:, order.to(flat.device)]

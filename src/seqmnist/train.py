@@ -1,10 +1,10 @@
 """Training: the loop, evaluation and the run's files as it goes.
 
-Every file is replaced atomically, so a run killed at any instant can be
-resumed from its last checkpoint; the order of the training images in every
-epoch is a function of the run's settings alone (replayed from the start on
-resume), so a resumed run sees exactly the batches an uninterrupted one would
-have seen.
+The loop never asks which cell it trains: a model gives it a loss (:meth:`SequenceClassifier.loss`)
+and per-step logits to evaluate (:meth:`SequenceClassifier.logits`). Every file is replaced
+atomically, so a run killed at any instant can be resumed from its last checkpoint; the order of
+the training images in every epoch and the learning rate at every step are functions of the run's
+settings alone, so a resumed run sees exactly the batches and rates an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from . import engine
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
-from .files import write_json
-from .model import NUM_CLASSES, VanillaRNN, averaged_softmax_nll, rnn_step_probs, seed_code_readout
+from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
+from .recipes import learning_rate, make_optimizer
 from .runs import Position, Run, TrainingState
 from .seed import seed_log
-from .sequence import Sequencer
 
 Log = Callable[[str], None]
+ACCURACY_KEYS = ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,21 +39,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sequencer(config: Config) -> Sequencer:
-    return Sequencer(task="rows", rows=config.rows, input_scale=config.input_scale)
-
-
 # --- where the randomness comes from ------------------------------------------------------------
 
 
-def initial_model(config: Config) -> tuple[VanillaRNN, Iterator[np.ndarray]]:
-    """The model's initial weights and the orders of the training images, epoch 1 onwards (config.rng)."""
-    model = VanillaRNN(config.hidden)
+def initial_model(config: Config) -> tuple[SequenceClassifier, Iterator[np.ndarray]]:
+    """The model with its initial weights, and the orders of the training images, epoch 1 onwards
+    (config.rng)."""
+    model = build_model(config.model_spec())
     n = config.train_images
     if config.rng == "seed":
         stream = np.random.RandomState(config.seed)  # np.random.seed(seed), as layer.py
-        return model.draw_as_the_seed(stream), _cumulative_orders(stream, n)
-    return model.reset_parameters(config.seed), (_fresh_order(config.seed, e, n) for e in itertools.count(1))
+        return model.init_weights(Draws(stream)), _cumulative_orders(stream, n)
+    model.init_weights(Draws(torch.Generator().manual_seed(config.seed)))
+    return model, (_fresh_order(config.seed, e, n) for e in itertools.count(1))
 
 
 def _cumulative_orders(stream: np.random.RandomState, n: int) -> Iterator[np.ndarray]:
@@ -72,35 +70,36 @@ def _fresh_order(seed: int, epoch: int, n: int) -> np.ndarray:
 # --- evaluation --------------------------------------------------------------------------------
 
 
-def step_probs(
-    model: VanillaRNN, x: torch.Tensor, definition: bool = False, progress: str | None = None, chunk: int = 1000
+def step_logits(
+    model: SequenceClassifier, x: torch.Tensor, definition: bool = False, progress: str | None = None
 ) -> Iterator[torch.Tensor]:
-    """Per-step softmaxes (steps, chunk, classes) for successive chunks of x, forward only; with
-    ``definition``, computed by the plain autograd definition instead of the fast engine."""
-    if definition:
-        chunks = (rnn_step_probs(model.U, model.W, model.V, x[i : i + chunk]) for i in range(0, len(x), chunk))
-    else:
-        chunks = engine.probs_by_chunk(model.U, model.W, model.V, x, chunk)
-    bar = tqdm(chunks, desc=progress, total=-(-len(x) // chunk), leave=False, disable=None if progress else True)
-    for probs in bar:
-        yield probs.detach()
+    """Per-step logits (steps, chunk, classes) for successive chunks of sequences x, forward only;
+    with ``definition``, computed by the plain autograd definition alone."""
+    size = model.eval_chunk()
+    bar = tqdm(range(0, len(x), size), desc=progress, leave=False, disable=None if progress else True, unit="chunk")
+    for i in bar:
+        with torch.no_grad():
+            logits = model.logits(x[i : i + size], fast=not definition)
+        yield logits
 
 
 def predict(
-    model: VanillaRNN, x: torch.Tensor, definition: bool = False, progress: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits predicted for sequences x (N, steps, inputs) in one forward pass: the model's
-    predictions, and the ones the seed's code measured accuracy with."""
+    model: SequenceClassifier, x: torch.Tensor, definition: bool = False, progress: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Digits predicted for sequences x (N, steps, inputs): the model's predictions, and (the seed's
+    readout only) the ones the seed's code measured accuracy with."""
+    readout = model.spec.readout
     ours, as_seed = [], []
-    with torch.no_grad():
-        for probs in step_probs(model, x, definition, progress):
-            ours.append(probs.mean(0).argmax(1))
-            as_seed.append(seed_code_readout(probs).argmax(1))
-    return torch.cat(ours), torch.cat(as_seed)
+    for logits in step_logits(model, x, definition, progress):
+        ours.append(readout_scores(readout, logits).argmax(1))
+        if readout == "mean-softmax":
+            as_seed.append(seed_code_readout(torch.softmax(logits, dim=-1)).argmax(1))
+    return torch.cat(ours), torch.cat(as_seed) if as_seed else None
 
 
-def share_correct(predicted: torch.Tensor, y: torch.Tensor) -> float:
-    return (predicted == y).float().mean().item()
+def share_correct(predicted: torch.Tensor | None, y: torch.Tensor) -> float:
+    """The share of predictions that are right (NaN when there are none: a measure that does not apply)."""
+    return math.nan if predicted is None else (predicted == y).float().mean().item()
 
 
 def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
@@ -109,19 +108,29 @@ def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[
     return counts.view(NUM_CLASSES, NUM_CLASSES).tolist()
 
 
-def evaluate(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None):
+def evaluate(
+    model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None
+) -> dict:
     """Accuracy in both measures and the confusion matrix on sequences x with labels y."""
     ours, as_seed = predict(model, x, config.engine == "autograd", progress)
     return {
         "test_acc": share_correct(ours, y),
-        "test_acc_as_seed": share_correct(as_seed, y),
+        "test_acc_as_seed": None if as_seed is None else share_correct(as_seed, y),
         "confusion_matrix": confusion_matrix(y.cpu(), ours.cpu()),
     }
 
 
-def evaluate_test(model: VanillaRNN, data: MNIST, config: Config) -> dict:
-    """The test set's accuracy and confusion matrix for a run's model."""
-    return evaluate(model, sequencer(config).encode(data.test_x), data.test_y, config, "test set")
+def evaluate_run(run: Run, config: Config, data: MNIST, best: bool = False) -> dict:
+    """The test set's accuracy and confusion matrix for a run's final (or best-validation) model."""
+    model = run.load_model(config, best)
+    x = run.sequencer(config).encode(data.test_x)
+    return evaluate(model, x, data.test_y, config, "test set")
+
+
+def accuracy(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None):
+    """Accuracy of the model on sequences x, and as the seed's code measured it."""
+    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
+    return share_correct(ours, y), share_correct(as_seed, y)
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -162,174 +171,210 @@ class TrainingInterrupted(Exception):
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def session() -> dict:
+def session(device: torch.device) -> dict:
     """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
         "threads": torch.get_num_threads(),
-        "engine": "compiled" if engine.native_loops() is not None else "python loops",
+        "engine": "compiled" if engine.native_loops() is not None else "pytorch modules",
+        "device": str(device),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
 
 
+class Trainer:
+    """One run's training: its model, optimiser, data as sequences, and where it is."""
+
+    def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log):
+        self.config, self.run, self.log = config, run, log
+        self.device = pick_device(config.device)
+        data = (data.subset(config.subset) if config.subset else data).to(self.device)
+        self.model, orders = initial_model(config)
+        self.optimizer = make_optimizer(
+            config.optimizer, self.model.parameters(), config.lr, config.momentum, config.weight_decay
+        )
+        self.state = TrainingState()
+        if resume and run.checkpoint.exists():
+            self.state = run.load_checkpoint(self.model, self.optimizer)
+            log(f"resuming {run.dir} at epoch {self.state.position.epoch}, batch {self.state.position.batch}")
+        self.state.sessions.append({**session(self.device), "from_epoch": self.state.position.epoch})
+        self.orders = itertools.islice(orders, self.state.position.epoch - 1, None)
+        self.model.to(self.device)
+        sequencer = run.sequencer(config)
+        order = sequencer.order_tensor()
+        self.sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
+        self.reference = seed_log(config)
+        self.fast = config.engine == "fast"
+
+    def fit(self) -> dict:
+        """Train the remaining epochs, checkpointing after each (and on a signal); return the summary."""
+        config, state = self.config, self.state
+        with Interrupt() as interrupt:
+            while state.position.epoch <= config.epochs and not state.stopped_early:
+                position = state.position
+                started = time.perf_counter() - position.seconds
+                order = torch.from_numpy(next(self.orders)).to(self.device)
+                self.train_batches(order, interrupt)
+                if not math.isfinite(position.loss_sum):
+                    raise diverged(self.run, position)
+                if position.batch == config.batches:
+                    self.end_epoch(started)
+                else:
+                    position.seconds = time.perf_counter() - started
+                self.run.save_checkpoint(self.model, self.optimizer, state)
+                if interrupt.signal is not None:
+                    raise TrainingInterrupted(
+                        interrupt.signal,
+                        f"{signal.Signals(interrupt.signal).name}: stopped at epoch {state.position.epoch}, "
+                        f"batch {state.position.batch}/{config.batches}; checkpoint saved; "
+                        f"continue with: seqmnist train --resume {self.run.dir}",
+                    )
+        return self.finish()
+
+    def train_batches(self, order: torch.Tensor, interrupt: Interrupt) -> None:
+        """The rest of the current epoch, advancing the position; stops early on a signal."""
+        config, position, model = self.config, self.state.position, self.model
+        x, y = self.sets["train"]
+        # Summed on the device and read once per epoch: no synchronisation per batch.
+        loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=x.device)
+        bar = tqdm(
+            range(position.batch, config.batches),
+            desc=f"epoch {position.epoch}/{config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,
+            initial=position.batch,
+            total=config.batches,
+        )
+        started, images = time.perf_counter(), 0
+        for b in bar:
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            self.set_learning_rate((position.epoch - 1) * config.batches + b)
+            loss = model.loss(x[index], y[index], fast=self.fast)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            self.optimizer.step()
+            model.constrain_()
+            loss_sum += loss.detach() * len(index)
+            position.seen += len(index)
+            position.batch = b + 1
+            images += len(index)
+            if b % 20 == 0 and not bar.disable:
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(loss=f"{loss_sum.item() / position.seen:.4f}", img_s=f"{images / elapsed:.0f}")
+            if interrupt.signal is not None:
+                break
+        bar.close()
+        position.loss_sum = loss_sum.item()
+
+    def set_learning_rate(self, step: int) -> None:
+        c = self.config
+        rate = learning_rate(c.lr, c.schedule, step, c.batches, c.epochs, c.warmup, c.decay_every, c.decay)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
+    def end_epoch(self, started: float) -> None:
+        """Metrics of the finished epoch, the best weights so far, the early stop; the next position."""
+        config, state = self.config, self.state
+        position = state.position
+        evaluate_now = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
+        row = self.epoch_metrics(position, started, evaluate_now)
+        state.metrics.append(row)
+        self.log(format_epoch(row, config.epochs, self.reference.get(position.epoch)))
+        self.run.write_metrics(state.metrics)
+        if evaluate_now and not row["val_acc"] <= state.best_val_acc:
+            state.best_val_acc, state.best_epoch = row["val_acc"], position.epoch
+            self.run.save_best(self.model)
+        elif (
+            evaluate_now
+            and config.patience
+            and position.epoch - state.best_epoch >= config.patience * config.eval_every
+        ):
+            state.stopped_early = True
+            self.log(f"stopping early: no better validation accuracy since epoch {state.best_epoch}")
+        state.position = Position(epoch=position.epoch + 1)
+
+    def epoch_metrics(self, position: Position, started: float, evaluate_now: bool) -> dict:
+        """The row of metrics.csv: accuracy on the training and validation sets, as the seed did after
+        every epoch, in both measures (NaN where not measured)."""
+        nan = (math.nan, math.nan)
+        train_acc = (
+            accuracy(self.model, *self.sets["train"], self.config, "training set")
+            if evaluate_now and self.config.eval_train
+            else nan
+        )
+        val_acc = accuracy(self.model, *self.sets["val"], self.config, "validation set") if evaluate_now else nan
+        return {
+            "epoch": position.epoch,
+            "train_loss": position.loss_sum / position.seen,
+            "train_acc": train_acc[0],
+            "val_acc": val_acc[0],
+            "train_acc_as_seed": train_acc[1],
+            "val_acc_as_seed": val_acc[1],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
+
+    def finish(self) -> dict:
+        """Test the final model and the best-validation one; write the final model and the summary."""
+        config, state, run = self.config, self.state, self.run
+        summary = {"epochs": len(state.metrics), **evaluate(self.model, *self.sets["test"], config, "test set")}
+        if state.metrics:
+            summary.update({k: state.metrics[-1][k] for k in ACCURACY_KEYS})
+        if run.best.exists():
+            best = build_model(config.model_spec()).to(self.device)
+            run.load_weights(run.best, best)
+            tested = evaluate(best, *self.sets["test"], config, "test set, best-validation weights")
+            summary["best"] = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": tested["test_acc"]}
+        summary["stopped_early"] = state.stopped_early
+        summary["parameters"] = self.model.num_parameters()
+        summary["minutes"] = sum(row["seconds"] for row in state.metrics) / 60
+        summary["sessions"] = state.sessions
+        run.save_model(self.model)
+        run.write_summary(summary)
+        measured = (
+            f", {summary['test_acc_as_seed']:.4f} as the seed's code measured"
+            if summary["test_acc_as_seed"] is not None
+            else ""
+        )
+        best = f"; best validation at epoch {state.best_epoch}" if "best" in summary else ""
+        self.log(f"test accuracy {summary['test_acc']:.4f}{measured}{best} ({run.dir})")
+        return summary
+
+
 def train(config: Config, data: MNIST, run: Run, resume: bool = False, log: Log = print) -> dict:
     """Train (or continue training) the run in ``run.dir``; return its summary."""
     if not resume:
-        write_json(run.config, config.to_dict())
-    device = pick_device(config.device)
-    data = (data.subset(config.subset) if config.subset else data).to(device)
-    model, orders = initial_model(config)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-    state = TrainingState()
-    if resume and run.checkpoint.exists():
-        state = run.load_checkpoint(model, optimizer)
-        log(f"resuming {run.dir} at epoch {state.position.epoch}, batch {state.position.batch}")
-    state.sessions.append({**session(), "device": str(device), "from_epoch": state.position.epoch})
-    orders = itertools.islice(orders, state.position.epoch - 1, None)
-    model.to(device)
-    loss_fn = make_loss(config, model)
-    sets = {name: (sequencer(config).encode(x), y) for name, x, y in data.labelled_sets()}
-    reference = seed_log(config)
-
-    with Interrupt() as interrupt:
-        while state.position.epoch <= config.epochs:
-            position = state.position
-            started = time.perf_counter() - position.seconds
-            order = torch.from_numpy(next(orders)).to(device)
-            train_batches(config, *sets["train"], order, loss_fn, optimizer, position, interrupt)
-            if not math.isfinite(position.loss_sum):
-                raise diverged(run, position)
-            if position.batch == config.batches:
-                evaluate = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
-                state.metrics.append(epoch_metrics(model, sets, config, position, started, evaluate))
-                log(format_epoch(state.metrics[-1], config.epochs, reference.get(position.epoch)))
-                run.write_metrics(state.metrics)
-                state.position = Position(epoch=position.epoch + 1)
-            else:
-                position.seconds = time.perf_counter() - started
-            run.save_checkpoint(model, optimizer, state)
-            if interrupt.signal is not None:
-                raise TrainingInterrupted(
-                    interrupt.signal,
-                    f"{signal.Signals(interrupt.signal).name}: stopped at epoch {state.position.epoch}, "
-                    f"batch {state.position.batch}/{config.batches}; checkpoint saved; "
-                    f"continue with: seqmnist train --resume {run.dir}",
-                )
-    return finish(model, sets["test"], config, run, state, log)
-
-
-def make_loss(config: Config, model: VanillaRNN) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if config.engine == "fast":
-        ws = engine.Workspace()
-        return lambda x, y: engine.seed_loss(ws, x, y, model.U, model.W, model.V)
-    return lambda x, y: averaged_softmax_nll(model(x), y)
+        run.start(config)
+    return Trainer(config, data, run, resume, log).fit()
 
 
 def diverged(run: Run, position: Position) -> SeqmnistError:
     """The error for a NaN or infinite loss. Without a checkpoint nothing worth keeping exists, so the
     run's files go and the same --out can be used again."""
     if run.checkpoint.exists():
-        kept = f"{run.checkpoint} keeps the last good state"
+        kept = f"{run.checkpoint} keeps the last good state; start anew with other settings to go on"
     else:
-        for path in (run.config, run.metrics):
-            path.unlink(missing_ok=True)
+        run.discard()
         kept = "nothing was kept, so the same --out can be used again"
     return SeqmnistError(
-        f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); {kept}; try a smaller --lr"
+        f"training diverged in epoch {position.epoch} (loss is {position.loss_sum}); {kept}; "
+        "try a smaller --lr (or --clip)"
     )
-
-
-def train_batches(
-    config: Config,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    order: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    position: Position,
-    interrupt: Interrupt,
-) -> None:
-    """SGD over the rest of the current epoch, advancing ``position``; stops early on a signal."""
-    # Summed on the device and read once per epoch: no synchronisation per batch.
-    loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=x.device)
-    bar = tqdm(
-        range(position.batch, config.batches),
-        desc=f"epoch {position.epoch}/{config.epochs}",
-        unit="batch",
-        leave=False,
-        disable=None,
-        initial=position.batch,
-        total=config.batches,
-    )
-    started, images = time.perf_counter(), 0
-    for b in bar:
-        index = order[b * config.batch_size : (b + 1) * config.batch_size]
-        loss = loss_fn(x[index], y[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(index)
-        position.seen += len(index)
-        position.batch = b + 1
-        images += len(index)
-        if b % 50 == 0 and not bar.disable:
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / position.seen:.4f}", img_s=f"{images / (time.perf_counter() - started):.0f}"
-            )
-        if interrupt.signal is not None:
-            break
-    bar.close()
-    position.loss_sum = loss_sum.item()
-
-
-def epoch_metrics(
-    model: VanillaRNN, sets: dict, config: Config, position: Position, started: float, evaluate: bool = True
-) -> dict:
-    """The row of metrics.csv: accuracy on the whole training and validation sets, as the seed did after
-    every epoch, in both measures (NaN when ``evaluate`` is off)."""
-    nan = (math.nan, math.nan)
-    train_acc = accuracy(model, *sets["train"], config, "training set") if evaluate else nan
-    val_acc = accuracy(model, *sets["val"], config, "validation set") if evaluate else nan
-    return {
-        "epoch": position.epoch,
-        "train_loss": position.loss_sum / position.seen,
-        "train_acc": train_acc[0],
-        "val_acc": val_acc[0],
-        "train_acc_as_seed": train_acc[1],
-        "val_acc_as_seed": val_acc[1],
-        "seconds": time.perf_counter() - started,
-    }
-
-
-def accuracy(model: VanillaRNN, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None):
-    """Accuracy of the model on sequences x, and as the seed's code measured it."""
-    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
-    return share_correct(ours, y), share_correct(as_seed, y)
 
 
 def format_epoch(row: dict, epochs: int, seed: dict | None = None) -> str:
     """One line per epoch; the two measures of accuracy named, and the seed's log beside ours."""
     line = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
-    if not math.isnan(row["train_acc"]):
+    if not math.isnan(row["train_acc_as_seed"]):
         line += f"train {row['train_acc_as_seed']:.4f}  val {row['val_acc_as_seed']:.4f} as the seed's code measured"
         if seed:
             line += f" (seed's log: {seed['train_acc']:.4f}  {seed['val_acc']:.4f})"
         line += f"; every row read: train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  "
+    elif not math.isnan(row["val_acc"]):
+        train = f"train {row['train_acc']:.4f}  " if not math.isnan(row["train_acc"]) else ""
+        line += f"{train}val {row['val_acc']:.4f}  "
     return line + f"{row['seconds']:.1f}s"
-
-
-def finish(model: VanillaRNN, test: tuple, config: Config, run: Run, state: TrainingState, log: Log) -> dict:
-    """Test the model, then write the final model file and the summary."""
-    summary = {"epochs": config.epochs, **evaluate(model, *test, config, "test set")}
-    if state.metrics:
-        last = state.metrics[-1]
-        summary.update({k: last[k] for k in ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")})
-    summary["sessions"] = state.sessions
-    run.save_model(model)
-    run.write_summary(summary)
-    log(
-        f"test accuracy {summary['test_acc']:.4f} with every row read, {summary['test_acc_as_seed']:.4f} as the "
-        f"seed's code measured ({run.dir})"
-    )
-    return summary
