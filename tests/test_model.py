@@ -191,6 +191,7 @@ def test_gated_cells_fused_modules_equal_the_definition(cell, layers):
     x, y = torch.rand(20, 9, 5), torch.randint(0, 10, (20,))
     want_loss, want_grads, want_logits = _reference(model, spec, x, y)
     loss = model.loss(x, y)
+    assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
     for got, want in zip(torch.autograd.grad(loss, list(model.parameters())), want_grads, strict=True):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert (model.logits(x) - want_logits).abs().max() <= 1e-5 * want_logits.abs().max()
@@ -206,7 +207,7 @@ def test_pytorchs_nn_rnn_path_equals_the_definition(cell):
 
 
 def test_vanilla_rnn_converts_to_and_from_torch_nn_rnn():
-    model, x, y = random_case(batch=9, rows=28, hidden=16)
+    model, x, _ = random_case(batch=9, rows=28, hidden=16)
     rnn, linear = model.to_torch()
     assert isinstance(rnn, nn.RNN) and rnn.bias is False and rnn.batch_first
     torch.testing.assert_close(rnn.weight_ih_l0, model.U.T)

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
