@@ -271,3 +271,41 @@ def open_for_resume(directory: Path, epochs: int | None = None) -> tuple[Run, Co
     config = replace(config, epochs=epochs).validate()
     write_json(run.config, config.to_dict())
     return run, config
+
+
+@dataclass
+class TrainedModel:
+    """A run's model ready to use: its settings, weights and the way it reads an image."""
+
+    run: Run
+    config: Config
+    model: SequenceClassifier
+    sequencer: Sequencer
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the model makes of uint8 images (N, 28, 28), MNIST's format: per-step logits and
+        softmaxes (steps, N, 10), the readout's probabilities had the sequence ended after each step
+        (steps, N, 10), and the final probabilities and labels (N, 10), (N,)."""
+        from .model import running_probs
+
+        x = self.sequencer.encode(images.to(torch.uint8))
+        logits = self.model.logits(x)
+        running = running_probs(self.config.readout, logits)
+        return {
+            "logits": logits,
+            "step_probs": torch.softmax(logits, dim=-1),
+            "running": running,
+            "probabilities": running[-1],
+            "labels": running[-1].argmax(1),
+        }
+
+
+def load_run(directory: Path | str, best: bool = False) -> TrainedModel:
+    """A finished run (from ``train``, ``import-theano`` or a sweep) as a model ready to use:
+    ``load_run("runs/seed").read(images)``. With ``best``, its best-validation weights."""
+    run = Run(Path(directory))
+    config = Config.from_file(run.config)
+    model = run.load_model(config, best)
+    model.eval()
+    return TrainedModel(run, config, model, run.sequencer(config))
