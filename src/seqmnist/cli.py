@@ -175,6 +175,20 @@ def build_parser() -> Parser:
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     add_data_flag(plot)
 
+    predict = commands.add_parser("predict", help="what a trained run makes of your own images of digits")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
+    predict.add_argument(
+        "images", metavar="IMAGE", nargs="+", help="PNG, JPEG, GIF or BMP files of one digit each, any size or colour"
+    )
+    predict.add_argument("--json", action="store_true", help="one JSON object per image: label, probabilities, trace")
+    predict.add_argument("--top", type=int, default=3, metavar="N", help="print the N most likely digits (3)")
+    predict.add_argument("--save-input", metavar="DIR", help="write the 28x28 inputs the model read, as PNGs")
+
+    serve = commands.add_parser("serve", help="a local page: draw a digit, watch the model read it step by step")
+    serve.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (8000; 0: any free port)")
+
     bench = commands.add_parser("bench", help="training speed against the plain PyTorch loop")
     bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of each comparison (24)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -308,12 +322,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import describe_result, predict_files
+
+    if not 1 <= args.top <= 10:
+        raise SeqmnistError(f"--top must be in 1..10 (got {args.top})")
+    save = Path(args.save_input) if args.save_input else None
+    for result in predict_files(Path(args.run_dir), [Path(p) for p in args.images], save):
+        print(json.dumps(result) if args.json else describe_result(result, args.top))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .web.app import serve
+    except ImportError as exc:
+        raise SeqmnistError(f"serve needs the web extra ({exc.name} is missing): pip install 'seqmnist[web]'") from None
+    serve(Path(args.run_dir), args.host, args.port)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "import-theano": cmd_import_theano,
     "reproduce": cmd_reproduce,
     "plot": cmd_plot,
+    "predict": cmd_predict,
+    "serve": cmd_serve,
     "bench": cmd_bench,
 }
 

@@ -1,0 +1,315 @@
+"""`seqmnist predict` and the preprocessing behind it: real runs, real image files, real processes where
+the exit code and the printed lines are what is tested."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import assert_one_line_error, run_cli
+from seqmnist import predict as P
+from seqmnist.cli import main
+from seqmnist.runs import load_run
+
+SAMPLE = 100  # MNIST test images checked against evaluate's predictions (the docs have 1,000)
+
+
+# --- images made for the tests ----------------------------------------------------------------------
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (8-bit gray) and whose data holds a few rows: tiny on
+    disk, width * height bytes if anyone decoded it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (width + 1) * 4)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A 24-bit BMP header claiming width x height, with no pixel data."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def photographed(digit: np.ndarray, side: int = 360, seed: int = 0) -> Image.Image:
+    """An MNIST digit as dark ink on grey paper under uneven light, with sensor noise, RGB."""
+    rng = np.random.default_rng(seed)
+    ink = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255
+    ys, xs = np.mgrid[0:side, 0:side] / side
+    paper = 0.62 + 0.22 * xs - 0.12 * ys - 0.15 * ((xs - 0.4) ** 2 + (ys - 0.6) ** 2)
+    gray = paper * (1 - 0.75 * ink) + rng.normal(0, 0.025, ink.shape)
+    rgb = np.stack([gray * 1.0, gray * 0.97, gray * 0.9], axis=-1)  # a warm paper, a blue-black ink
+    return Image.fromarray(np.clip(rgb * 255, 0, 255).astype(np.uint8), "RGB")
+
+
+def variants(digit: np.ndarray) -> dict[str, bytes]:
+    """One MNIST digit in the forms people's images come in."""
+    big = Image.fromarray(digit).resize((140, 140), Image.Resampling.BICUBIC)
+    dark_on_light = Image.fromarray(255 - np.asarray(big))
+    rgba = Image.new("RGBA", big.size, (0, 0, 0, 0))
+    rgba.putalpha(big)  # black ink whose opacity is the digit, on a transparent canvas
+    white_rgba = Image.new("RGBA", big.size, (255, 255, 255, 0))
+    white_rgba.putalpha(big)  # white ink on a transparent canvas: must not vanish onto white
+    sixteen = Image.fromarray(np.asarray(dark_on_light).astype(np.uint16) * 257)  # mode I;16
+    return {
+        "light-on-dark-large.png": encode(big),
+        "dark-on-light.jpg": encode(dark_on_light.convert("RGB"), "JPEG", quality=85),
+        "transparent-black-ink.png": encode(rgba),
+        "transparent-white-ink.png": encode(white_rgba),
+        "palette.gif": encode(
+            dark_on_light.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "GIF"
+        ),
+        "sixteen-bit.png": encode(sixteen),
+        "cmyk.jpg": encode(dark_on_light.convert("CMYK"), "JPEG", quality=90),
+        "bitmap.bmp": encode(dark_on_light.convert("RGB"), "BMP"),
+        "photographed.jpg": encode(photographed(digit), "JPEG", quality=80),
+        "wide-canvas.png": encode(_on_wide_canvas(dark_on_light)),
+    }
+
+
+def _on_wide_canvas(digit: Image.Image) -> Image.Image:
+    canvas = Image.new("L", (900, 400), 235)
+    canvas.paste(digit, (600, 180))
+    return canvas
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.mgrid[0:28, 0:28]
+    mass = image.sum()
+    return float((image * ys).sum() / mass), float((image * xs).sum() / mass)
+
+
+# --- runs --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory) -> Path:
+    """A small rows run made by the real CLI (the quick preset, one epoch on 5,000 images)."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    result = run_cli(
+        "train", "--preset", "quick", "--epochs", "1", "--subset", "5000", "--out", out,
+        env={"SEQMNIST_DATA": str(mnist_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist_pngs(mnist, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("mnist-png")
+    paths = []
+    for i, image in enumerate(mnist.test_x[:SAMPLE].numpy()):
+        paths.append(folder / f"test-{i:04d}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def predict_json(capsys, *args: str | Path) -> list[dict]:
+    """`seqmnist predict --json` in this process (the model loads once, not per test)."""
+    assert main(["predict", *map(str, args), "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+# --- MNIST itself: exactly evaluate's predictions -----------------------------------------------------
+
+
+def test_mnist_pngs_give_evaluates_labels(run_dir, mnist, mnist_pngs, tmp_path):
+    """MNIST's own images saved as PNG are read as they are: the labels are evaluate's, image for image,
+    and every trace ends on its label."""
+    result = run_cli("predict", run_dir, *mnist_pngs, "--json", "--save-input", tmp_path / "inputs")
+    assert result.returncode == 0, result.stderr
+    results = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = load_run(run_dir).read(mnist.test_x[:SAMPLE])["labels"].tolist()
+    assert [r["label"] for r in results] == expected
+    for path, r in zip(mnist_pngs, results, strict=True):
+        assert r["file"] == str(path)
+        assert r["steps"] == len(r["trace"]) == 28 and r["step_unit"] == "row"
+        assert [s["step"] for s in r["trace"]] == list(range(1, 29))
+        assert r["trace"][-1]["prediction"] == r["label"] == int(np.argmax(r["probabilities"]))
+        assert r["trace"][-1]["running"] == r["probabilities"]
+        assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-4)
+        assert all(len(s["probabilities"]) == len(s["running"]) == 10 for s in r["trace"])
+        assert all(s["prediction"] == int(np.argmax(s["running"])) for s in r["trace"])
+        assert all(s["prediction"] == r["label"] for s in r["trace"][r["settled"] - 1 :])
+    saved = [np.asarray(Image.open(tmp_path / "inputs" / p.name)) for p in mnist_pngs]
+    assert all(np.array_equal(s, img) for s, img in zip(saved, mnist.test_x[:SAMPLE].numpy(), strict=True))
+
+
+def test_text_output(run_dir, mnist_pngs, capsys):
+    assert main(["predict", str(run_dir), str(mnist_pngs[0]), "--top", "2"]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith(f"{mnist_pngs[0]}: ") and first.count("%") == 2
+    assert second.startswith("  running prediction: ") and ("(rows " in second or "(row " in second)
+
+
+# --- any image: MNIST-like inputs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [0, 1, 25, 61])  # 25: a bold 0 that covers a third of its image
+def test_preprocessing_recovers_mnist_from_other_forms(mnist, index):
+    """An MNIST digit turned into a photo, a transparent PNG, a palette GIF, 16-bit, CMYK... comes back
+    as nearly the same 28x28 input: light on dark, in a 20-pixel box, centred by mass."""
+    original = mnist.test_x[index].numpy()
+    for name, data in variants(original).items():
+        made = P.prepare(data)
+        assert made.shape == (28, 28) and made.dtype == np.uint8, name
+        rows, cols = np.nonzero(made > 30)
+        assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 in (19, 20, 21), name
+        assert np.allclose(centre_of_mass(made.astype(float)), (14, 14), atol=0.75), name
+        assert (made == 0).mean() > 0.5, name  # a black background, the paper and its noise gone
+        assert made.max() == 255, name
+        correlation = np.corrcoef(made.ravel().astype(float), original.ravel().astype(float))[0, 1]
+        assert correlation > 0.8, (name, correlation)
+
+
+def test_thin_pen_is_thickened_to_mnists_stroke():
+    """A ball-point 7 on a big page: scaled to 20 pixels as it is, it would be a faint hairline."""
+    page = Image.new("L", (1200, 1600), 225)
+    ImageDraw.Draw(page).line([(400, 500), (800, 500), (520, 1100)], fill=40, width=5)
+    made = P.prepare(encode(page, "JPEG", quality=90))
+    assert P.stroke_width(made / 255.0) >= 1.4
+    assert made.max() == 255
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "fragment"),
+    [
+        ("blank", encode(Image.new("L", (280, 280), 0)), 422, "no digit found"),
+        ("white page", encode(Image.new("RGB", (600, 400), (240, 238, 230)), "JPEG"), 422, "no digit found"),
+        ("noise", encode(Image.fromarray(np.random.default_rng(0).integers(90, 160, (300, 300), np.uint8))), 422,
+         "no digit found"),
+        ("empty", b"", 400, "empty file"),
+        ("text", b"hello, I am not an image\n", 415, "not a PNG, JPEG, GIF or BMP image"),
+        ("tiff", encode(Image.new("L", (50, 50)), "TIFF"), 415, "not a PNG, JPEG, GIF or BMP image"),
+        ("huge png", png_header(20_000, 20_000), 413, "400,000,000 pixels is more than the limit of 40,000,000"),
+        ("huge bmp", bmp_header(30_000, 30_000), 413, "pixels"),
+        ("truncated", encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200), np.uint8)))[:3000],
+         400, "a truncated or corrupt PNG image"),
+        ("too many bytes", b"\x89PNG" + b"\x00" * (P.MAX_BYTES + 1), 413, "larger than the 10.0 MB limit"),
+    ],
+)  # fmt: skip
+def test_bad_images_are_refused(name, data, status, fragment):
+    with pytest.raises(P.ImageRejected) as caught:
+        P.prepare(data)
+    assert caught.value.status == status, name
+    assert fragment in str(caught.value) and "\n" not in str(caught.value), name
+
+
+def test_huge_image_is_refused_without_allocating_it(tmp_path):
+    """20,000 x 20,000 pixels would be 400 MB decoded: the refusal must come from the header alone."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(20_000, 20_000))
+    script = (
+        "import resource, sys\n"
+        "from seqmnist.predict import ImageRejected, prepare_file\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    prepare_file(sys.argv[1])\nexcept ImageRejected as exc:\n    print(exc)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True).stdout
+    message, grown_mb = out.splitlines()
+    assert "400,000,000 pixels is more than the limit of 40,000,000" in message
+    assert int(grown_mb) < 20
+
+
+def test_cli_bad_files_are_one_line_with_exit_2(run_dir, mnist_pngs, tmp_path, capsys):
+    """Each bad file stops predict with one line naming it and exit code 2, before any output."""
+    noise = np.random.default_rng(2).integers(0, 255, (300, 300, 3), np.uint8)
+    bad = {
+        "empty.png": (b"", "empty file"),
+        "notes.txt": (b"not an image", "not a PNG, JPEG, GIF or BMP image"),
+        "huge.png": (png_header(20_000, 20_000), "400,000,000 pixels is more than the limit of 40,000,000"),
+        "truncated.jpg": (encode(Image.fromarray(noise), "JPEG")[:5000], "a truncated or corrupt JPEG image"),
+        "blank.png": (encode(Image.new("L", (100, 100), 255)), "no digit found"),
+    }
+    for name, (data, _) in bad.items():
+        (tmp_path / name).write_bytes(data)
+    with open(tmp_path / "fifty-mb.png", "wb") as f:  # sparse: refused by its size, never read
+        f.truncate(50 * 2**20)
+    (tmp_path / "folder").mkdir()
+    messages = {
+        **{name: fragment for name, (_, fragment) in bad.items()},
+        "fifty-mb.png": "50.0 MB is larger than the 10.0 MB limit",
+        "folder": "is a directory, not an image",
+        "missing.png": "file not found",
+    }
+    good = mnist_pngs[0]
+    result = run_cli("predict", run_dir, good, tmp_path / "notes.txt")  # one real process: exit code and stderr
+    assert_one_line_error(result, f"{tmp_path / 'notes.txt'}: not a PNG, JPEG, GIF or BMP image")
+    assert result.stdout == ""
+    for name, fragment in messages.items():  # the rest in this process, the model loaded once
+        assert main(["predict", str(run_dir), str(good), str(tmp_path / name)]) == 2, name
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"seqmnist: error: {tmp_path / name}: {fragment}"), (name, err)
+        assert err.count("\n") == 1, err
+    assert main(["predict", str(run_dir), str(good), "--top", "0"]) == 2
+    assert capsys.readouterr().err == "seqmnist: error: --top must be in 1..10 (got 0)\n"
+
+
+def test_save_input_names_never_collide(tmp_path):
+    images = [np.full((28, 28), v, np.uint8) for v in (10, 20, 30)]
+    paths = P.save_inputs(tmp_path / "out", ["a/seven.png", "b/seven.jpg", "eight.gif"], images)
+    assert [p.name for p in paths] == ["seven.png", "seven-2.png", "eight.png"]
+    assert [int(np.asarray(Image.open(p)).max()) for p in paths] == [10, 20, 30]
+
+
+# --- every kind of run -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_runs(mnist, mnist_dir, seed_models_dir, tmp_path_factory) -> dict[str, Path]:
+    """A pixel-task run (16 pixels a step, mean-logits), a permuted one (an LSTM, mean-softmax) and the
+    seed's own model imported. The first two are made through the Python API: `train`'s command line
+    does not pass --task, --cell or --readout on to the run's settings at the time of writing."""
+    from seqmnist.config import Config
+    from seqmnist.runs import new_run
+    from seqmnist.train import train
+
+    root = tmp_path_factory.mktemp("runs")
+    settings = {
+        "pixel": {"task": "pixel", "pixels_per_step": 16, "readout": "mean-logits"},
+        "permuted": {"task": "permuted", "pixels_per_step": 28, "cell": "lstm", "readout": "mean-softmax"},
+    }
+    for name, chosen in settings.items():
+        config = Config.from_settings("quick", epochs=1, subset=1000, eval_every=1, **chosen)
+        train(config, mnist, new_run(root / name), log=lambda *args, **kwargs: None)
+    imported = run_cli(
+        "import-theano", seed_models_dir / "rnn_step28.model", "--rows", "28", "--out", root / "seed",
+        env={"SEQMNIST_DATA": str(mnist_dir)},
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    return {name: root / name for name in (*settings, "seed")}
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "unit"), [("pixel", 49, "step"), ("permuted", 28, "step"), ("seed", 28, "row")]
+)
+def test_every_kind_of_run(other_runs, mnist, mnist_pngs, capsys, name, steps, unit):
+    run = other_runs[name]
+    results = predict_json(capsys, run, *mnist_pngs[:20])
+    expected = load_run(run).read(mnist.test_x[:20])["labels"].tolist()
+    assert [r["label"] for r in results] == expected
+    assert {(r["steps"], r["step_unit"], len(r["trace"])) for r in results} == {(steps, unit, steps)}
+    assert all(r["trace"][-1]["prediction"] == r["label"] for r in results)
+    photo = mnist_pngs[0].parent / "photo.jpg"
+    photo.write_bytes(variants(mnist.test_x[0].numpy())["photographed.jpg"])
+    assert predict_json(capsys, run, photo)[0]["steps"] == steps
