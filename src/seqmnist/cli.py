@@ -139,6 +139,16 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="train the trials on this Ray cluster (auto or host:port) instead of local processes",
+    )
+    parser.add_argument("--cpus-per-trial", type=int, help="CPU cores each trial uses (local: cores / jobs; Ray: 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial asks Ray for (0)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
@@ -166,10 +176,35 @@ def build_parser() -> Parser:
     reproduce.add_argument("--out", metavar="DIR", default="reproduction", help="output directory (reproduction)")
     reproduce.add_argument("--quick", action="store_true", help="a few epochs on a subset: a first look, same files")
     reproduce.add_argument("--jobs", type=int, default=1, help="sweep members trained in parallel processes (1)")
+    add_cluster_flags(reproduce)
     reproduce.add_argument(
         "--seed-models", metavar="DIR", help="a directory of the seed's rnn_stepK.model files to evaluate beside ours"
     )
     add_data_flag(reproduce)
+
+    sweep = commands.add_parser("sweep", help="train a grid of settings (a TOML file); a results table")
+    sweep.add_argument("grid", metavar="GRID.toml", help="[settings], [grid], [[include]], [[exclude]] tables")
+    sweep.add_argument("--out", metavar="DIR", required=True, help="where the trials' runs and the tables go")
+    sweep.add_argument("--jobs", type=int, default=1, help="local processes training trials at once (1)")
+    add_cluster_flags(sweep)
+    add_data_flag(sweep)
+
+    tune = commands.add_parser("tune", help="search settings with Ray Tune (random or grid, ASHA early stopping)")
+    tune.add_argument(
+        "space",
+        metavar="SPACE.toml",
+        help="[settings], [search] (choice, uniform, loguniform, "
+        "grid) and [tune] (samples, scheduler, grace_period) tables",
+    )
+    tune.add_argument("--out", metavar="DIR", required=True, help="where the trials' runs and the results go")
+    tune.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="a Ray cluster (auto or host:port); default: a local one started for this search",
+    )
+    tune.add_argument("--cpus-per-trial", type=int, default=1, help="CPU cores each trial asks for (1)")
+    tune.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial asks for (0)")
+    add_data_flag(tune)
 
     plot = commands.add_parser("plot", help="figures of one run: curves, confusion matrix, weights, row by row")
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
@@ -310,7 +345,37 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import reproduce
 
     seed_models = Path(args.seed_models) if args.seed_models else None
-    reproduce(Path(args.out), quick=args.quick, jobs=args.jobs, data_dir=args.data_dir, seed_models=seed_models)
+    cluster = {
+        "ray_address": args.ray_address,
+        "cpus_per_trial": args.cpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial,
+    }
+    reproduce(Path(args.out), args.quick, args.jobs, args.data_dir, seed_models, **cluster)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .runner import run_trials
+    from .sweep import load_grid, result_rows, write_results
+
+    trials = load_grid(Path(args.grid))
+    print(f"{len(trials)} trials in {args.out}/runs", flush=True)
+    run_trials(
+        trials, Path(args.out), args.data_dir, args.jobs, args.ray_address, args.cpus_per_trial, args.gpus_per_trial
+    )
+    csv_path, md_path = write_results(result_rows(trials, Path(args.out)), Path(args.out))
+    print(md_path.read_text(), end="")
+    print(f"results: {csv_path}, {md_path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    best = tune(
+        Path(args.space), Path(args.out), args.ray_address, args.cpus_per_trial, args.gpus_per_trial, args.data_dir
+    )
+    print(f"best: {best['trial']} (validation accuracy {best['val_acc']:.4f}), {best['run_dir']}")
     return 0
 
 
@@ -347,6 +412,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "import-theano": cmd_import_theano,
     "reproduce": cmd_reproduce,
+    "sweep": cmd_sweep,
+    "tune": cmd_tune,
     "plot": cmd_plot,
     "predict": cmd_predict,
     "serve": cmd_serve,

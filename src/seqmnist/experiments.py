@@ -8,10 +8,8 @@ under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,9 +22,10 @@ from .data import MNIST
 from .errors import SeqmnistError
 from .files import read_json, write_json, write_text
 from .model import VanillaRNN, running_probs
+from .runner import Trial, run_trials
 from .runs import Run, new_run
 from .seed import CONFUSION_ROWS, SWEEP_ROWS, is_seed_recipe, read_theano_model, seed_confusion, seed_curves, seed_sweep
-from .train import evaluate, evaluate_run, step_logits, train
+from .train import evaluate, evaluate_run, step_logits
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")
@@ -43,44 +42,12 @@ def member_config(rows: int, quick: bool) -> Config:
     return Config.from_settings("seed", rows=rows, **(QUICK if quick else {}))
 
 
-def train_member(rows: int, quick: bool, out: Path, data: MNIST) -> dict:
-    """Train, resume or skip one sweep member; returns its summary."""
-    config = member_config(rows, quick)
-    run = Run(out / "runs" / f"rows-{rows:02d}")
-    if run.summary.exists():
-        return read_json(run.summary)
-    resume = run.config.exists()
-    if resume:
-        saved = Config.from_file(run.config)
-        if saved != config:
-            raise SeqmnistError(f"{run.dir} was trained with other settings (--quick or not?); pick another --out")
-    else:
-        run = new_run(run.dir)
-
-    def log(line: str) -> None:
-        print(f"[rows {rows:>2}] {line}", flush=True)
-
-    return train(config, data, run, resume=resume, log=log)
-
-
-def _train_member_in_worker(rows: int, quick: bool, out: Path, data_dir: str | None, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    return train_member(rows, quick, out, MNIST.load(data_dir))
-
-
-def train_sweep(out: Path, quick: bool, jobs: int, data: MNIST, data_dir: str | None) -> None:
-    """All sweep members, longest first; ``jobs`` processes share the cores between them."""
-    order = sorted(SWEEP_ROWS, reverse=True)
-    if jobs == 1:
-        for rows in order:
-            train_member(rows, quick, out, data)
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    os.environ["TQDM_DISABLE"] = "1"  # bars of several processes would garble each other
-    with ProcessPoolExecutor(jobs) as pool:
-        futures = [pool.submit(_train_member_in_worker, rows, quick, out, data_dir, threads) for rows in order]
-        for future in futures:
-            future.result()
+def sweep_trials(quick: bool) -> list[Trial]:
+    """One trial per number of rows read, the longest first (the rest fill in around them)."""
+    return [
+        Trial.of({"preset": "seed", "rows": rows, **(QUICK if quick else {})}, name=f"rows-{rows:02d}")
+        for rows in sorted(SWEEP_ROWS, reverse=True)
+    ]
 
 
 # --- collecting and reporting ---------------------------------------------------------------
@@ -355,14 +322,14 @@ def reproduce(
     data_dir: str | None = None,
     seed_models: Path | None = None,
     log: Callable[[str], None] = print,
+    **cluster: object,
 ) -> Path:
-    """Run (or finish) every experiment, then draw the figures and write ``out/report.md``."""
-    if jobs < 1:
-        raise SeqmnistError(f"--jobs must be an integer >= 1 (got {jobs})")
+    """Run (or finish) every experiment, then draw the figures and write ``out/report.md``; the rows
+    sweep goes through the runner (``cluster``: its Ray address and resources)."""
     started = time.perf_counter()
     data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
     evaluated = evaluate_seed_models(seed_models, data) if seed_models else None  # bad files fail before training
-    train_sweep(out, quick, jobs, data, data_dir)
+    run_trials(sweep_trials(quick), out, data_dir, jobs, log=log, **cluster)
     results = collect(out)
     draw_figures(out, results)
     seconds = time.perf_counter() - started

@@ -363,8 +363,8 @@ class ElementwiseRNN(SequenceClassifier):
                 linear.bias.copy_(self.c)
         return rnn, linear
 
-    @classmethod
-    def from_torch(cls, rnn: nn.RNN, linear: nn.Linear, readout: str = "mean-softmax") -> ElementwiseRNN:
+    @staticmethod
+    def from_torch(rnn: nn.RNN, linear: nn.Linear, readout: str = "mean-softmax") -> ElementwiseRNN:
         """A model with the weights of torch.nn.RNN and nn.Linear (U = weight_ih^T, W = weight_hh^T,
         b = bias_ih + bias_hh, V = weight^T, c = bias)."""
         if rnn.bidirectional or rnn.proj_size or (rnn.bias != (linear.bias is not None)):
@@ -373,7 +373,7 @@ class ElementwiseRNN(SequenceClassifier):
         spec = ModelSpec(
             cell, rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, readout, None, 28, linear.out_features
         )
-        model = cls(spec)
+        model = ElementwiseRNN(spec)
         with torch.no_grad():
             for k, (U, W, b) in enumerate(model.layer_weights()):
                 U.copy_(getattr(rnn, f"weight_ih_l{k}").T)

@@ -43,6 +43,15 @@ METRIC_COLUMNS = (
     "seconds",
 )
 CHECKPOINT_FORMAT = "seqmnist-checkpoint/3"
+RUN_FILES = (
+    "config.json",
+    "permutation.json",
+    "metrics.csv",
+    "checkpoint.safetensors",
+    "best.safetensors",
+    "model.safetensors",
+    "summary.json",
+)
 
 
 @dataclass

@@ -13,8 +13,10 @@ import itertools
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from .runs import Position, Run, TrainingState
 from .seed import seed_log
 
 Log = Callable[[str], None]
+# Called after the run's files change: with the epoch's metrics when an epoch ended, else None (a
+# checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
+AfterSave = Callable[[Run, "dict | None"], None]
 ACCURACY_KEYS = ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")
 
 
@@ -139,11 +144,16 @@ def accuracy(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config
 class Interrupt:
     """Turns SIGINT and SIGTERM into a flag the loop checks between batches."""
 
+    # Signals a pool worker received before its training began (see remember_signals).
+    received: ClassVar[list[int]] = []
+
     def __init__(self) -> None:
-        self.signal: int | None = None
+        self.signal: int | None = Interrupt.received[0] if Interrupt.received else None
 
     def __enter__(self) -> Interrupt:
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Only the main thread may handle signals (Tune trains in another; it stops trials itself).
+        main = threading.current_thread() is threading.main_thread()
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,6 +162,13 @@ class Interrupt:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signal = signum
+
+
+def remember_signals() -> None:
+    """For a worker process: a SIGINT or SIGTERM that arrives outside training is remembered, not
+    fatal, so the next training stops at its first checkpoint instead of the worker dying."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda signum, frame: Interrupt.received.append(signum))
 
 
 class TrainingInterrupted(Exception):
@@ -186,8 +203,9 @@ def session(device: torch.device) -> dict:
 class Trainer:
     """One run's training: its model, optimiser, data as sequences, and where it is."""
 
-    def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log):
+    def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log, after_save: AfterSave | None):
         self.config, self.run, self.log = config, run, log
+        self.after_save = after_save or (lambda run, row: None)
         self.device = pick_device(config.device)
         data = (data.subset(config.subset) if config.subset else data).to(self.device)
         self.model, orders = initial_model(config)
@@ -218,11 +236,13 @@ class Trainer:
                 self.train_batches(order, interrupt)
                 if not math.isfinite(position.loss_sum):
                     raise diverged(self.run, position)
+                row = None
                 if position.batch == config.batches:
-                    self.end_epoch(started)
+                    row = self.end_epoch(started)
                 else:
                     position.seconds = time.perf_counter() - started
                 self.run.save_checkpoint(self.model, self.optimizer, state)
+                self.after_save(self.run, row)
                 if interrupt.signal is not None:
                     raise TrainingInterrupted(
                         interrupt.signal,
@@ -276,8 +296,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = rate
 
-    def end_epoch(self, started: float) -> None:
-        """Metrics of the finished epoch, the best weights so far, the early stop; the next position."""
+    def end_epoch(self, started: float) -> dict:
+        """Metrics of the finished epoch (returned), the best weights so far, the early stop; the next
+        position."""
         config, state = self.config, self.state
         position = state.position
         evaluate_now = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
@@ -296,6 +317,7 @@ class Trainer:
             state.stopped_early = True
             self.log(f"stopping early: no better validation accuracy since epoch {state.best_epoch}")
         state.position = Position(epoch=position.epoch + 1)
+        return row
 
     def epoch_metrics(self, position: Position, started: float, evaluate_now: bool) -> dict:
         """The row of metrics.csv: accuracy on the training and validation sets, as the seed did after
@@ -335,6 +357,7 @@ class Trainer:
         summary["sessions"] = state.sessions
         run.save_model(self.model)
         run.write_summary(summary)
+        self.after_save(run, None)
         measured = (
             f", {summary['test_acc_as_seed']:.4f} as the seed's code measured"
             if summary["test_acc_as_seed"] is not None
@@ -345,11 +368,13 @@ class Trainer:
         return summary
 
 
-def train(config: Config, data: MNIST, run: Run, resume: bool = False, log: Log = print) -> dict:
+def train(
+    config: Config, data: MNIST, run: Run, resume: bool = False, log: Log = print, after_save: AfterSave | None = None
+) -> dict:
     """Train (or continue training) the run in ``run.dir``; return its summary."""
     if not resume:
         run.start(config)
-    return Trainer(config, data, run, resume, log).fit()
+    return Trainer(config, data, run, resume, log, after_save).fit()
 
 
 def diverged(run: Run, position: Position) -> SeqmnistError:
