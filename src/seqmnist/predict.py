@@ -107,7 +107,8 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageRejected(f"not a readable image ({_reason(exc)})", 415) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageRejected(f"{width}x{height} = {width * height:,} pixels is more than the limit of {MAX_PIXELS:,}", 413)
+        pixels = f"{width}x{height} = {width * height:,} pixels"
+        raise ImageRejected(f"{pixels} is more than the limit of {MAX_PIXELS:,}", 413)
     if width < 1 or height < 1:
         raise ImageRejected(f"{width}x{height} pixels: an empty image")
     if image.format == "JPEG":

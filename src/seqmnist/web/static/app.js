@@ -30,12 +30,13 @@ let animation = null;
 async function loadModel() {
   const response = await fetch("/api/model");
   model = await response.json();
+  document.body.dataset.steps = model.steps;
   $("run").textContent = `run ${model.run}`;
   $("accuracy").textContent = model.test_acc == null ? "" : `test accuracy ${(100 * model.test_acc).toFixed(2)}%`;
   $("description").textContent = model.description;
   const unit = model.step_unit;
   const units = `${unit}s`;
-  $("heatmap-caption").textContent = `its belief in each digit, ${unit} by ${unit} (${model.steps} ${units})`;
+  $("heatmap-caption").textContent = `its belief, ${unit} by ${unit} (${model.steps} ${units})`;
   $("view-step").textContent = `each ${unit} alone`;
   $("view").hidden = model.readout === "last"; // the last state's readout: the two views are the same
   $("explain").textContent = explanation(model);
@@ -66,7 +67,6 @@ function sizeHeatmap() {
   const fraction = model.task === "rows" ? model.steps / SIDE : 1;
   heatmap.height = Math.max(10, Math.round(280 * fraction));
   heatmap.style.height = `${Math.round(196 * fraction)}px`;
-  heatmap.style.marginBottom = `${196 - Math.round(196 * fraction)}px`;
 }
 
 function buildClasses() {
@@ -321,14 +321,12 @@ function paintHeatmap(done) {
 }
 
 function markPredictions(context, done, width, band) {
-  // A small ring on each step's running prediction: where the belief goes, and when it stops moving.
-  context.strokeStyle = "#fff";
+  // A white frame on each step's running prediction: where the belief goes, and when it stops moving.
+  context.strokeStyle = "rgba(255,255,255,0.9)";
   context.lineWidth = 1.5;
   for (let t = 0; t < done; t += 1) {
     const d = result.trace[t].prediction;
-    context.beginPath();
-    context.arc((d + 0.5) * width, (t + 0.5) * band, Math.min(band, width) * 0.22, 0, 2 * Math.PI);
-    context.stroke();
+    context.strokeRect(d * width + 1.5, t * band + 1, width - 3, band - 2);
   }
 }
 
