@@ -36,7 +36,8 @@ def add_data_flag(parser: argparse.ArgumentParser) -> None:
 def preset_help() -> str:
     from .config import PRESETS
 
-    return "named settings that other flags override: " + "; ".join(f"{n}: {p.about}" for n, p in PRESETS.items())
+    presets = "; ".join(f"{n}: {p.about}" for n, p in PRESETS.items())
+    return "named settings that other flags override: " + presets.replace("%", "%%")
 
 
 def add_training_flags(train: argparse.ArgumentParser) -> None:
