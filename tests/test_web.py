@@ -238,13 +238,13 @@ def test_fifty_megabytes_are_refused_unread(server):
     """By its Content-Length at once; without one (chunked), once 10 MB have been counted."""
     head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 52428800\r\n\r\n"
     status, answer = raw_request(server, head)  # the body never sent: the answer comes first
-    assert status == 413 and "larger than the 10 MB limit" in answer["error"]
+    assert status == 413 and "the upload is larger than the 10.0 MB limit" in answer["error"]
 
     block = os.urandom(1 << 20)
     chunked = (f"{len(block):x}\r\n".encode() + block + b"\r\n" for _ in range(50))
     head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
     status, answer = raw_request(server, head, chunked)
-    assert status == 413 and "larger than the 10 MB limit" in answer["error"]
+    assert status == 413 and "the upload is larger than the 10.0 MB limit" in answer["error"]
     assert get(server + "api/health")[0] == 200
 
 
@@ -459,6 +459,13 @@ def test_page_draw_a_digit_and_watch_it_read(server, browser, tmp_path):
         driver.save_screenshot(str(tmp_path / f"page-{digit}.png"))
         if SHOTS and digit == 7:
             driver.save_screenshot(str(Path(SHOTS) / "page.png"))
+        driver.find_element("id", "replay").click()  # the reading again: the heatmap fills in step by step
+        wait_for(driver, "(n => n > 8 && n < 20)(Number(document.getElementById('heatmap').dataset.stepsPainted))")
+        if SHOTS and digit == 7:
+            driver.save_screenshot(str(Path(SHOTS) / "page-reading.png"))
+        partly = driver.execute_script(READ_HEATMAP)
+        assert 0.25 < partly["painted"] < 0.8  # the rows not yet read are not painted yet
+        wait_for(driver, "document.getElementById('heatmap').dataset.stepsPainted === '28'")
     assert (tmp_path / "page-7.png").stat().st_size > 10_000
 
 

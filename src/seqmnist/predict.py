@@ -17,7 +17,8 @@ center of mass of the pixels"):
     2. the paper: a smooth surface (a quadratic in x and y) fitted to the image with the ink left
        out, so grey paper and uneven lighting are subtracted, not mistaken for ink
     3. polarity from the image: dark ink on light paper is inverted to light on dark
-    4. the ink's contrast scaled to 1, and the paper's noise (a few of its standard deviations) cut off
+    4. the ink's contrast scaled to 1, and the paper's noise (a few of its standard deviations) cut off;
+       the lines of ruled or squared paper wiped
     5. cropped to the digit, thin pen strokes thickened to MNIST's stroke width (MNIST's
        writers used a thick pen; a ball-point photographed at 12 MP would vanish in 20 pixels)
     6. scaled so its larger side is 20 pixels, keeping its aspect ratio (antialiased)
@@ -253,6 +254,27 @@ def find_ink(gray: np.ndarray) -> Ink:
     return Ink(scaled, inverted, contrast, noise)
 
 
+def remove_rules(ink: np.ndarray) -> np.ndarray:
+    """Ruled or squared paper: three or more thin lines of ink across nearly the whole image are the
+    paper's, not the digit's. They are wiped, with a pixel either side (a stroke crossing one loses a
+    sliver, too thin to see at 28x28); one or two long lines are left, for they may be a 7's or a 5's bar."""
+    ink = ink.copy()
+    for axis in (0, 1):
+        covered = (ink > 0.02).mean(axis=1 - axis) > 0.85  # rows (axis 0) or columns (axis 1) inked across
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], covered.astype(np.int8), [0]])))
+        runs = [(start, stop) for start, stop in zip(edges[::2], edges[1::2], strict=True)]
+        thin = [(start, stop) for start, stop in runs if stop - start <= max(3, 0.02 * len(covered))]
+        if len(thin) < 3:
+            continue
+        for start, stop in thin:
+            index = slice(max(start - 1, 0), stop + 1)
+            if axis == 0:
+                ink[index, :] = 0
+            else:
+                ink[:, index] = 0
+    return ink
+
+
 def crop(ink: np.ndarray, trim: float = 0.002) -> np.ndarray:
     """The digit's bounding box, less the outermost ``trim`` of its mass on each side, so a speck of
     dirt far from the digit does not stretch the box."""
@@ -341,7 +363,7 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     if gray.shape == (SIDE, SIDE) and is_mnist(gray):
         return np.round(gray * 255).astype(np.uint8)
     found = find_ink(gray)
-    digit = centre(fit_box(mend_strokes(crop(found.ink))))
+    digit = centre(fit_box(mend_strokes(crop(remove_rules(found.ink)))))
     peak = float(digit.max())
     if peak <= 0:
         raise ImageRejected("no digit found: the image is blank or nearly so", 422)

@@ -38,6 +38,7 @@ from ..runs import TrainedModel, load_run
 
 STATIC = Path(__file__).parent / "static"
 FORM_SLACK = 64 * 1024  # a multipart body's boundaries and headers around the image
+TOO_LARGE = f"the upload is larger than the {MAX_BYTES / 2**20:.1f} MB limit"
 WORKERS = 4  # uploads decoded at once: bounds the memory a burst of large images takes
 # The page loads nothing from elsewhere, and runs no script it did not get from this server.
 PAGE_POLICY = (
@@ -138,7 +139,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     file), or the raw body. The body is refused past MAX_BYTES by its length or as it is counted."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BYTES + FORM_SLACK):
-        raise HTTPException(413, f"the upload is larger than the {MAX_BYTES // 2**20} MB limit")
+        raise HTTPException(413, TOO_LARGE)
     request = Request(request.scope, counting_receive(request.receive, MAX_BYTES + FORM_SLACK))
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -161,7 +162,7 @@ def counting_receive(receive: Callable[[], Awaitable[Message]], limit: int) -> C
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, f"the upload is larger than the {MAX_BYTES // 2**20} MB limit")
+                raise HTTPException(413, TOO_LARGE)
         return message
 
     return counted

@@ -35,8 +35,7 @@ async function loadModel() {
   $("accuracy").textContent = model.test_acc == null ? "" : `test accuracy ${(100 * model.test_acc).toFixed(2)}%`;
   $("description").textContent = model.description;
   const unit = model.step_unit;
-  const units = `${unit}s`;
-  $("heatmap-caption").textContent = `its belief, ${unit} by ${unit} (${model.steps} ${units})`;
+  $("heatmap-caption").textContent = `its belief, ${unit} by ${unit}`;
   $("view-step").textContent = `each ${unit} alone`;
   $("view").hidden = model.readout === "last"; // the last state's readout: the two views are the same
   $("explain").textContent = explanation(model);
