@@ -241,20 +241,13 @@ def build_parser() -> Parser:
     return parser
 
 
-SETTINGS = (
-    "epochs",
-    "rows",
-    "hidden",
-    "lr",
-    "batch_size",
-    "seed",
-    "rng",
-    "input_scale",
-    "subset",
-    "engine",
-    "device",
-    "eval_every",
-)
+def settings(args: argparse.Namespace) -> dict:
+    """The Config settings the command line gave (None where a flag was not given)."""
+    from dataclasses import fields
+
+    from .config import Config
+
+    return {f.name: getattr(args, f.name) for f in fields(Config) if f.name != "preset"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -263,17 +256,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runs import new_run, open_for_resume
     from .train import train
 
+    given = settings(args)
     if args.resume:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ("preset", *SETTINGS, "out")
-            if name != "epochs" and getattr(args, name) is not None
+        extra = {**given, "preset": args.preset, "out": args.out}
+        dropped = [
+            f"--{name.replace('_', '-')}" for name, value in extra.items() if name != "epochs" and value is not None
         ]
-        if given:
-            raise SeqmnistError(f"--resume uses the settings saved in the run; drop {', '.join(given)}")
+        if dropped:
+            raise SeqmnistError(f"--resume uses the settings saved in the run; drop {', '.join(dropped)}")
         run, config = open_for_resume(Path(args.resume), args.epochs)
     else:
-        config = Config.from_settings(args.preset or "seed", **{name: getattr(args, name) for name in SETTINGS})
+        config = Config.from_settings(args.preset or "seed", **given)
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     train(config, MNIST.load(args.data_dir), run, resume=bool(args.resume))
     return 0
