@@ -15,11 +15,12 @@ import torch
 
 from seqmnist.bench import PlainRNN
 from seqmnist.data import MNIST
+from seqmnist.model import ModelSpec, readout_loss, readout_scores
 
 
 def accuracy(model: PlainRNN, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+        return (readout_scores("mean-softmax", model(x)).argmax(1) == y).float().mean().item()
 
 
 def main() -> None:
@@ -29,20 +30,21 @@ def main() -> None:
     args = parser.parse_args()
 
     data = MNIST.load(args.data_dir)
+    train_x, val_x = (images.float() / 256 for images in (data.train_x, data.val_x))  # as mnist.pkl.gz
     torch.manual_seed(12345)
-    model = PlainRNN(200)
+    model = PlainRNN(ModelSpec())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        order = torch.from_numpy(np.random.default_rng([12345, epoch]).permutation(len(data.train_x)))
+        order = torch.from_numpy(np.random.default_rng([12345, epoch]).permutation(len(train_x)))
         for i in range(0, len(order), 100):
             index = order[i : i + 100]
-            loss = -torch.log(model(data.train_x[index]).gather(1, data.train_y[index, None])).mean()
+            loss = readout_loss("mean-softmax", model(train_x[index]), data.train_y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        train_acc = accuracy(model, data.train_x, data.train_y)
-        val_acc = accuracy(model, data.val_x, data.val_y)
+        train_acc = accuracy(model, train_x, data.train_y)
+        val_acc = accuracy(model, val_x, data.val_y)
         seconds = time.perf_counter() - start
         print(f"epoch {epoch:>3}/{args.epochs}  train_acc {train_acc:.4f}  val_acc {val_acc:.4f}  {seconds:.1f}s")
 

@@ -20,7 +20,6 @@ import time
 
 import torch
 
-from seqmnist import engine
 from seqmnist.model import VanillaRNN
 
 
@@ -82,11 +81,10 @@ def compare(m: int, x: torch.Tensor, y: torch.Tensor, seconds: float) -> tuple[f
     """(separate images/s, stacked images/s, worst relative gradient difference) for m models."""
     singles = [VanillaRNN(200).reset_parameters(i) for i in range(m)]
     U, W, V = (torch.stack([getattr(s, n).detach() for s in singles]) for n in "UWV")
-    ws = engine.Workspace()
 
     def separate() -> None:
         for s in singles:
-            torch.autograd.grad(engine.seed_loss(ws, x, y, s.U, s.W, s.V), [s.U, s.W, s.V])
+            torch.autograd.grad(s.loss(x, y), [s.U, s.W, s.V])
 
     def stacked() -> None:
         stacked_loss_and_grads(x, y, U, W, V)
@@ -94,7 +92,7 @@ def compare(m: int, x: torch.Tensor, y: torch.Tensor, seconds: float) -> tuple[f
     _, dU, dW, dV = stacked_loss_and_grads(x, y, U, W, V)
     worst = 0.0
     for i, s in enumerate(singles):
-        ref = torch.autograd.grad(engine.seed_loss(ws, x, y, s.U, s.W, s.V), [s.U, s.W, s.V])
+        ref = torch.autograd.grad(s.loss(x, y), [s.U, s.W, s.V])
         for got, want in zip((dU[i], dW[i], dV[i]), ref, strict=True):
             worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
     rates = {"separate": [], "stacked": []}

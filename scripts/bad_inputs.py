@@ -111,7 +111,85 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
             ["train", "--epochs", "2", "--subset", "1000", "--lr", "1e9", "--out", str(root / "div")],
         ),
     ]
-    return out
+    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root)
+
+
+def lifecycle_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """The run's lifecycle and the command line's edges."""
+    (root / "a-file").write_text("not a directory")
+    return [
+        ("--out is a file", ["train", "--out", str(root / "a-file")]),
+        ("--out cannot be created", ["train", "--out", "/proc/nope/run"]),
+        ("--subset 999999", ["train", "--subset", "999999"]),
+        ("--batch-size larger than --subset", ["train", "--subset", "50", "--batch-size", "100"]),
+        ("abbreviated flags (--epoch 1 --subse 2000)", ["train", "--epoch", "1", "--subse", "2000"]),
+        ("--resume --epochs 0", ["train", "--resume", str(root / "nowhere"), "--epochs", "0"]),
+    ]
+
+
+def beyond_cases() -> list[tuple[str, list[str]]]:
+    """Settings of the cells, readouts, tasks and recipes that make no run."""
+    return [
+        ("unknown cell", ["train", "--cell", "transformer"]),
+        ("pixels per step not dividing 784", ["train", "--task", "pixel", "--pixels-per-step", "5"]),
+        ("--rows with the pixel task", ["train", "--task", "pixel", "--rows", "14"]),
+        ("--pixels-per-step with the rows task", ["train", "--pixels-per-step", "16"]),
+        ("an init the cell cannot use", ["train", "--cell", "indrnn", "--init", "orthogonal"]),
+        ("identity init for a gated cell", ["train", "--cell", "lstm", "--init", "identity"]),
+        ("unknown permutation", ["train", "--task", "permuted", "--permutation", "shuffled"]),
+        ("a permutation without the permuted task", ["train", "--permutation", "bitrev"]),
+        ("unknown readout", ["train", "--readout", "max"]),
+        ("unknown optimizer", ["train", "--optimizer", "lbfgs"]),
+        ("--momentum 1.5", ["train", "--optimizer", "momentum", "--momentum", "1.5"]),
+        ("--clip -1", ["train", "--clip", "-1"]),
+        ("--layers 0", ["train", "--layers", "0"]),
+        ("--warmup -2", ["train", "--warmup", "-2"]),
+        ("--patience -1", ["train", "--patience", "-1"]),
+        ("bench: --all with a cell", ["bench", "--all", "--cell", "gru"]),
+    ]
+
+
+def file_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """Grid files, search files and the seed's model files that are not what they claim."""
+    good = '[settings]\npreset = "quick"\nepochs = 1\n[grid]\nhidden = [32, 64]\n'
+    grids = {
+        "grid: unknown setting": good.replace("epochs", "epoch"),
+        "grid: value out of range": good.replace("[32, 64]", "[32, -64]"),
+        "grid: empty grid": good.replace("[32, 64]", "[]"),
+        "grid: TOML syntax error": good.replace("epochs = 1", "epochs = = 1"),
+        "grid: unknown table": good + "[grids]\nseed = [1]\n",
+    }
+    (root / "good.toml").write_text(good)
+    cases = []
+    for name, text in grids.items():
+        path = root / f"{name.split(': ')[1].replace(' ', '-')}.toml"
+        path.write_text(text)
+        cases.append((name, ["sweep", str(path), "--out", str(root / "sweep")]))
+    space = root / "space.toml"
+    space.write_text('[settings]\npreset = "quick"\n[search]\nlr = {normal = [0, 1]}\n')
+    cases.append(("tune: unknown distribution", ["tune", str(space), "--out", str(root / "tune")]))
+    evil = root / "evil.model"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(root / "pwned").encode() + b"'\ntR.")
+    cases.append(
+        (
+            "import-theano: a pickle that runs a command",
+            ["import-theano", str(evil), "--rows", "28", "--out", str(root / "imp")],
+        )
+    )
+    (root / "junk.model").write_bytes(b"\x00\x01junk")
+    cases.append(
+        (
+            "import-theano: not a pickle",
+            ["import-theano", str(root / "junk.model"), "--rows", "28", "--out", str(root / "imp2")],
+        )
+    )
+    cases.append(
+        (
+            "sweep: no cluster at --ray-address",
+            ["sweep", str(root / "good.toml"), "--out", str(root / "s2"), "--ray-address", "127.0.0.1:9"],
+        )
+    )
+    return cases
 
 
 def main() -> None:
@@ -130,6 +208,8 @@ def main() -> None:
             if "\n" in message:
                 message = "MORE THAN ONE LINE: " + message.replace("\n", " / ")
             print(f"| {name} | {result.returncode} | `{message}` |", flush=True)
+        ran = (root / "pwned").exists()
+        print(f"\nThe crafted pickle's command {'RAN' if ran else 'never ran'} (no file {root.name}/pwned).")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""Two revisions of seqmnist side by side, on the seed's preset: did a change keep its speed?
+
+Checks both revisions out into temporary git worktrees, runs each with this environment's Python
+(PYTHONPATH pointing at its src/), alternating, and reports medians: `seqmnist bench`'s training
+step (images/s at batch 100, hidden 200) and a whole seed epoch (`train --preset seed --epochs 1`:
+training plus accuracy on the 50,000 + 10,000 images). Also checks both give the same model, byte
+for byte, on the same thread count. Usage:
+
+    python bench/ab.py OLD_REV [NEW_REV (default: the working tree)] [--rounds 3] [--seconds 12]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout(rev: str, where: Path) -> Path:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True, capture_output=True
+    )
+    return where / "src"
+
+
+def run(src: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(src), "TQDM_DISABLE": "1"}
+    result = subprocess.run([sys.executable, "-m", "seqmnist.cli", *args], env=env, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{src}: seqmnist {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
+    return result
+
+
+def seed_epoch(src: Path, out: Path) -> tuple[float, str]:
+    """Seconds of one seed epoch (as its metrics.csv records them) and the model's SHA-256."""
+    run(src, "train", "--preset", "seed", "--epochs", "1", "--out", str(out))
+    seconds = float((out / "metrics.csv").read_text().splitlines()[1].split(",")[-1])
+    return seconds, hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new", nargs="?")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
+        root = Path(tmp)
+        sources = {"old": checkout(args.old, root / "old")}
+        sources["new"] = checkout(args.new, root / "new") if args.new else ROOT / "src"
+        try:
+            step = {name: [] for name in sources}
+            epoch = {name: [] for name in sources}
+            models = {name: set() for name in sources}
+            for i in range(args.rounds):
+                for name, src in sources.items():
+                    bench = json.loads(run(src, "bench", "--json", "--seconds", str(args.seconds)).stdout)
+                    step[name].append(bench["samples_per_s"])
+                    seconds, digest = seed_epoch(src, root / f"{name}-{i}")
+                    epoch[name].append(seconds)
+                    models[name].add(digest)
+        finally:
+            for name in ("old", "new"):
+                if (root / name).exists():
+                    subprocess.run(
+                        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / name)], capture_output=True
+                    )
+    result = {
+        "old": args.old,
+        "new": args.new or "working tree",
+        "step_images_per_s": {n: statistics.median(v) for n, v in step.items()},
+        "seed_epoch_s": {n: statistics.median(v) for n, v in epoch.items()},
+        "same_model": len(models["old"] | models["new"]) == 1,
+    }
+    result["step_ratio"] = result["step_images_per_s"]["new"] / result["step_images_per_s"]["old"]
+    result["epoch_ratio"] = result["seed_epoch_s"]["old"] / result["seed_epoch_s"]["new"]
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"old: {result['old']}, new: {result['new']}, {args.rounds} interleaved rounds")
+    for key, unit in (("step_images_per_s", "images/s"), ("seed_epoch_s", "s")):
+        old, new = result[key]["old"], result[key]["new"]
+        print(f"  {key:<18} old {old:9.1f} {unit:<8} new {new:9.1f} {unit}")
+    print(f"  new/old speed: training step {result['step_ratio']:.3f}x, seed epoch {result['epoch_ratio']:.3f}x")
+    print(f"  same model after one seed epoch, byte for byte: {result['same_model']}")
+
+
+if __name__ == "__main__":
+    main()
