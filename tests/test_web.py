@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import assert_one_line_error, run_cli
+from conftest import run_cli
 from test_predict import encode, photographed, png_header
 
 LOAD_CLIENTS = 8
@@ -269,13 +269,19 @@ def test_other_methods_and_paths(server):
     connection.close()
 
 
-def test_serve_refuses_a_bad_run_and_a_taken_port(run_dir, tmp_path):
-    assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "config.json: file not found")
+def test_serve_refuses_a_bad_run_and_a_taken_port(run_dir, tmp_path, capsys):
+    """One line and exit 2, before anything listens (in this process: both fail before the server runs)."""
+    from seqmnist.cli import main
+
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err == f"seqmnist: error: {tmp_path / 'nothing' / 'config.json'}: file not found\n"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert_one_line_error(run_cli("serve", run_dir, "--port", port), f"cannot listen on 127.0.0.1:{port}")
+        assert main(["serve", str(run_dir), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"seqmnist: error: cannot listen on 127.0.0.1:{port} (") and err.count("\n") == 1, err
 
 
 # --- load -----------------------------------------------------------------------------------------------------
@@ -459,13 +465,14 @@ def test_page_draw_a_digit_and_watch_it_read(server, browser, tmp_path):
         driver.save_screenshot(str(tmp_path / f"page-{digit}.png"))
         if SHOTS and digit == 7:
             driver.save_screenshot(str(Path(SHOTS) / "page.png"))
-        driver.find_element("id", "replay").click()  # the reading again: the heatmap fills in step by step
-        wait_for(driver, "(n => n > 8 && n < 20)(Number(document.getElementById('heatmap').dataset.stepsPainted))")
-        if SHOTS and digit == 7:
-            driver.save_screenshot(str(Path(SHOTS) / "page-reading.png"))
-        partly = driver.execute_script(READ_HEATMAP)
-        assert 0.25 < partly["painted"] < 0.8  # the rows not yet read are not painted yet
-        wait_for(driver, "document.getElementById('heatmap').dataset.stepsPainted === '28'")
+        if digit == 7:  # the reading again: the heatmap fills in step by step
+            driver.find_element("id", "replay").click()
+            wait_for(driver, "(n => n > 8 && n < 20)(Number(document.getElementById('heatmap').dataset.stepsPainted))")
+            if SHOTS:
+                driver.save_screenshot(str(Path(SHOTS) / "page-reading.png"))
+            partly = driver.execute_script(READ_HEATMAP)
+            assert 0.25 < partly["painted"] < 0.8  # the rows not yet read are not painted yet
+            wait_for(driver, "document.getElementById('heatmap').dataset.stepsPainted === '28'")
     assert (tmp_path / "page-7.png").stat().st_size > 10_000
 
 

@@ -196,9 +196,9 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, announce: Ca
 
     if not 0 <= port <= 65535:
         raise SeqmnistError(f"--port must be in 0..65535 (got {port})")
-    torch.set_num_threads(1)
     app = create_app(run_dir)
     sock = listen(host, port)
+    torch.set_num_threads(1)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     announce(f"serving {run_dir} at http://{shown}:{bound_port}/ (Ctrl-C to stop)")
