@@ -32,11 +32,16 @@ def mnist(mnist_dir):
     return MNIST.load(mnist_dir)
 
 
+def cli_command(*args: object) -> list[str]:
+    """The command line of ``seqmnist ARGS`` as a real process (for Popen and shells)."""
+    return [sys.executable, "-m", "seqmnist.cli", *map(str, args)]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
     """Run ``python -m seqmnist.cli`` as a real process; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "seqmnist.cli", *map(str, args)],
+        cli_command(*args),
         capture_output=True,
         text=True,
         env=full_env,

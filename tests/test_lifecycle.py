@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_command, run_cli
 from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.runs import Run, new_run
@@ -25,10 +25,6 @@ from seqmnist.train import TrainingInterrupted, step_logits, train
 
 # A modern recipe: Adam's state and a cosine schedule must survive an interruption exactly.
 ADAM = ["--preset", "quick", "--epochs", "3", "--subset", "6000", "--eval-every", "2"]
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "seqmnist.cli", *args]
 
 
 def without_session(run: Path) -> dict:
@@ -53,24 +49,25 @@ def test_output_directory_problems_are_one_line_before_the_data_loads(tmp_path):
     assert not (tmp_path / "new").exists()  # the check leaves nothing behind
 
 
-def test_a_closed_pipe_ends_quietly(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    assert (
-        run_cli(
-            "train",
-            "--preset",
-            "quick",
-            "--epochs",
-            "1",
-            "--subset",
-            "1000",
-            "--out",
-            run,
-            env={"SEQMNIST_DATA": str(mnist_dir)},
-        ).returncode
-        == 0
+@pytest.fixture(scope="module")
+def tiny_run(mnist_dir, tmp_path_factory) -> Path:
+    """A one-epoch run, trained under umask 022 like most users' shells."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train = " ".join(cli_command("train", "--preset", "quick", "--epochs", "1", "--subset", "1000", "--out", run))
+    result = subprocess.run(
+        f"umask 022 && {train}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SEQMNIST_DATA": str(mnist_dir)},
+        timeout=300,
     )
-    shell = f"{sys.executable} -m seqmnist.cli evaluate {run} --json | head -c 20"
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_a_closed_pipe_ends_quietly(tiny_run, mnist_dir):
+    shell = " ".join(cli_command("evaluate", tiny_run, "--json")) + " | head -c 20"
     piped = subprocess.run(
         shell,
         shell=True,
@@ -102,7 +99,7 @@ def test_optimizer_state_survives_an_interruption(adam_reference, mnist_dir, tmp
     out = tmp_path / "run"
     env = {**os.environ, "SEQMNIST_DATA": str(mnist_dir)}
     process = subprocess.Popen(
-        cli("train", *ADAM, "--out", str(out)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cli_command("train", *ADAM, "--out", out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 300
     while not (out / "metrics.csv").exists():
@@ -127,39 +124,13 @@ def test_optimizer_state_survives_an_interruption(adam_reference, mnist_dir, tmp
     assert {"threads", "engine", "device", "torch", "numpy"} <= set(summary["sessions"][0])
 
 
-def test_files_honour_the_umask(mnist_dir, tmp_path):
-    result = subprocess.run(
-        f"umask 022 && {sys.executable} -m seqmnist.cli train --preset quick --epochs 1 --subset 1000 --out "
-        f"{tmp_path / 'run'}",
-        shell=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SEQMNIST_DATA": str(mnist_dir)},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+def test_files_honour_the_umask(tiny_run):
     for name in ("config.json", "metrics.csv", "checkpoint.safetensors", "model.safetensors", "summary.json"):
-        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+        assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o644, name
 
 
-def test_summary_confusion_matrix_reads_one_line_per_digit(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    assert (
-        run_cli(
-            "train",
-            "--preset",
-            "quick",
-            "--epochs",
-            "1",
-            "--subset",
-            "1000",
-            "--out",
-            run,
-            env={"SEQMNIST_DATA": str(mnist_dir)},
-        ).returncode
-        == 0
-    )
-    lines = (run / "summary.json").read_text().splitlines()
+def test_summary_confusion_matrix_reads_one_line_per_digit(tiny_run):
+    lines = (tiny_run / "summary.json").read_text().splitlines()
     start = lines.index('  "confusion_matrix": [')
     assert all(line.strip().startswith("[") and line.count(",") >= 9 for line in lines[start + 1 : start + 11])
 
@@ -185,7 +156,7 @@ def test_the_autograd_engine_never_uses_the_fast_one(mnist, tmp_path, monkeypatc
 
 
 def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_dir, tmp_path):
-    args = cli("train", "--preset", "quick", "--epochs", "2", "--subset", "3000", "--out", str(tmp_path / "a"))
+    args = cli_command("train", "--preset", "quick", "--epochs", "2", "--subset", "3000", "--out", tmp_path / "a")
     env = {**os.environ, "SEQMNIST_DATA": str(mnist_dir)}
     piped = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert piped.returncode == 0

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_command, run_cli
 from seqmnist.errors import SeqmnistError
 from seqmnist.sweep import load_grid
 
@@ -118,17 +118,7 @@ def test_an_interrupted_sweep_says_how_to_go_on_and_finishes(mnist_dir, tmp_path
     # (the pickled interruption used to break the pool into a traceback).
     (tmp_path / "grid.toml").write_text(GRID.replace("epochs = 1", "epochs = 2"))
     env = {**os.environ, "SEQMNIST_DATA": str(mnist_dir)}
-    command = [
-        sys.executable,
-        "-m",
-        "seqmnist.cli",
-        "sweep",
-        str(tmp_path / "grid.toml"),
-        "--out",
-        str(tmp_path / "out"),
-        "--jobs",
-        "2",
-    ]
+    command = cli_command("sweep", tmp_path / "grid.toml", "--out", tmp_path / "out", "--jobs", "2")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list((tmp_path / "out" / "runs").glob("*/metrics.csv")):
@@ -227,17 +217,7 @@ def test_ray_gives_the_local_table_even_when_a_worker_is_killed(cluster, mnist_d
     local = run_cli("sweep", tmp_path / "grid.toml", "--out", tmp_path / "local", "--jobs", "2", env=env)
     assert local.returncode == 0, local.stderr
 
-    command = [
-        sys.executable,
-        "-m",
-        "seqmnist.cli",
-        "sweep",
-        str(tmp_path / "grid.toml"),
-        "--out",
-        str(tmp_path / "ray"),
-        "--ray-address",
-        cluster,
-    ]
+    command = cli_command("sweep", tmp_path / "grid.toml", "--out", tmp_path / "ray", "--ray-address", cluster)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 400
     # Once a trial has shipped its first epoch to the driver, kill its worker in the middle of the next.
