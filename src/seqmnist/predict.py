@@ -112,7 +112,7 @@ def decode_image(data: bytes) -> Image.Image:
         raise ImageRejected(f"{pixels} is more than the limit of {MAX_PIXELS:,}", 413)
     if width < 1 or height < 1:
         raise ImageRejected(f"{width}x{height} pixels: an empty image")
-    if image.format == "JPEG":
+    if image.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture in it
         image.draft(None, (WORK_SIDE, WORK_SIDE))  # a big JPEG decoded at 1/2, 1/4 or 1/8 size: quicker, smaller
     try:
         image.load()
