@@ -308,3 +308,21 @@ def test_every_kind_of_run(other_runs, mnist, mnist_pngs, capsys, name, steps, u
     photo = mnist_pngs[0].parent / "photo.jpg"
     photo.write_bytes(variants(mnist.test_x[0].numpy())["photographed.jpg"])
     assert predict_json(capsys, run, photo)[0]["steps"] == steps
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_corrupted_files_are_refused_not_crashed_on(fmt):
+    """A file with a few random bytes changed decodes, or is refused with a status: never another error."""
+    rng = np.random.default_rng(0)
+    data = encode(Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)), fmt)
+    statuses = set()
+    for _ in range(100):
+        damaged = bytearray(data)
+        for _ in range(rng.integers(1, 6)):
+            damaged[rng.integers(0, len(damaged))] = rng.integers(0, 256)
+        try:
+            P.prepare(bytes(damaged))
+            statuses.add(200)
+        except P.ImageRejected as exc:
+            statuses.add(exc.status)
+    assert statuses <= {200, 400, 413, 415, 422} and statuses & {400, 415}
