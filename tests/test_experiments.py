@@ -40,7 +40,7 @@ def test_quick_reproduction_writes_every_file(quick):
         run = out / "runs" / f"rows-{rows:02d}"
         for name in ("config.json", "metrics.csv", "model.safetensors", "summary.json", "checkpoint.safetensors"):
             assert (run / name).exists(), run / name
-        assert f"[rows {rows:>2}] epoch   2/2" in result.stdout
+        assert f"[rows-{rows:02d}] epoch   2/2" in result.stdout
     for name in FIGURES:
         assert_png(out / "figures" / name)
     report = (out / "report.md").read_text()
