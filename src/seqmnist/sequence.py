@@ -93,5 +93,6 @@ class Sequencer:
     def describe(self) -> str:
         if self.task == "rows":
             return f"rows: {self.rows} steps of 28 pixels"
-        what = "pixels in reading order" if self.task == "pixel" else f"pixels permuted ({self.permutation})"
-        return f"{self.task}: {self.steps} steps of {self.pixels_per_step} {what}"
+        pixels = "1 pixel" if self.pixels_per_step == 1 else f"{self.pixels_per_step} pixels"
+        order = "in reading order" if self.task == "pixel" else f"permuted ({self.permutation})"
+        return f"{self.task}: {self.steps} steps of {pixels} {order}"
