@@ -1,7 +1,10 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,6 +51,20 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def call_main(*args: object) -> SimpleNamespace:
+    """``seqmnist ARGS`` through the real ``cli.main`` in this process, for the many cases where a
+    new process (two seconds of imports each) would test nothing more; stdout and stderr captured."""
+    from seqmnist.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

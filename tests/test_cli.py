@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, call_main, run_cli
 
 
 @pytest.mark.parametrize(
@@ -37,10 +37,17 @@ from conftest import assert_one_line_error, run_cli
         (["train", "--resume", "x", "--cell", "gru"], ["--resume uses the settings saved in the run; drop --cell"]),
     ],
 )
-def test_errors_are_one_line_with_exit_2(args, fragments, tmp_path):
-    result = run_cli(*args, cwd=tmp_path)
+def test_errors_are_one_line_with_exit_2(args, fragments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = call_main(*args)
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize("args", [["train", "--no-such-flag"], ["train", "--rows", "40"], ["evaluate", "/no/run"]])
+def test_errors_are_one_line_from_a_real_process(args, tmp_path):
+    assert_one_line_error(run_cli(*args, cwd=tmp_path))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_data_dir_from_environment(tmp_path):

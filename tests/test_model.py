@@ -48,10 +48,10 @@ def weights(model):
     return model.U, model.W, model.V
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
 def threads(request):
-    """The compiled loops give each thread its own slice of the batch: run on one, two and three slices
-    (three split a batch of 100 unevenly)."""
+    """The compiled loops give each thread its own slice of the batch: run on one slice and on three
+    (three split a batch of 100 unevenly; two, this machine's default, every other test runs on)."""
     before = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist.config import Config
 from seqmnist.model import VanillaRNN
 from seqmnist.seed import read_theano_model, seed_confusion, seed_sweep
@@ -117,7 +117,7 @@ def test_model_files_are_checked(arrays, extra, message, tmp_path):
     if message is None:
         assert read_theano_model(path)["W"].shape == (8, 8)
         return
-    result = run_cli("import-theano", path, "--rows", 28, "--out", tmp_path / "run")
+    result = call_main("import-theano", path, "--rows", 28, "--out", tmp_path / "run")
     assert_one_line_error(result, message)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, cli_command, run_cli
+from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist.errors import SeqmnistError
 from seqmnist.sweep import load_grid
 
@@ -99,7 +99,7 @@ def test_include_and_exclude(tmp_path):
 )
 def test_bad_grid_files_are_one_line_before_anything_trains(text, fragments, tmp_path):
     (tmp_path / "grid.toml").write_text(text)
-    result = run_cli("sweep", tmp_path / "grid.toml", "--out", tmp_path / "out")
+    result = call_main("sweep", tmp_path / "grid.toml", "--out", tmp_path / "out")
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "out").exists()
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from . import engine
 from .config import Config
-from .model import CELLS, NUM_CLASSES, Draws, ModelSpec, build_model, readout_loss
+from .model import CELLS, NUM_CLASSES, Draws, GatedRNN, ModelSpec, SequenceClassifier, build_model, readout_loss
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -37,8 +37,9 @@ class PlainRNN(nn.Module):
         super().__init__()
         self.spec = spec
         if spec.cell == "indrnn":
-            self.cell = nn.Linear(spec.inputs, spec.hidden, bias=spec.bias)
-            self.w = nn.Parameter(torch.rand(spec.hidden))
+            sizes = [spec.inputs] + [spec.hidden] * (spec.layers - 1)
+            self.cells = nn.ModuleList(nn.Linear(n, spec.hidden, bias=spec.bias) for n in sizes)
+            self.w = nn.ParameterList(nn.Parameter(torch.rand(spec.hidden)) for _ in sizes)
         else:
             modules = {"lstm": nn.LSTM, "gru": nn.GRU}
             kind = modules.get(spec.cell, nn.RNN)
@@ -49,17 +50,40 @@ class PlainRNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step logits, (steps, batch, classes)."""
         if self.spec.cell == "indrnn":
-            s, states = x.new_zeros(x.shape[0], self.spec.hidden), []
-            for step in self.cell(x).unbind(1):  # unbind: x[:, t]'s backward would zero all of x every step
-                s = torch.relu(step + self.w * s)
-                states.append(s)
-            return self.readout(torch.stack(states))
+            for cell, w in zip(self.cells, self.w, strict=True):
+                s, states = x.new_zeros(x.shape[0], self.spec.hidden), []
+                for step in cell(x).unbind(1):  # unbind: x[:, t]'s backward would zero all of x every step
+                    s = torch.relu(step + w * s)
+                    states.append(s)
+                x = torch.stack(states, 1)
+            return self.readout(x).transpose(0, 1)
         states, _ = self.rnn(x)
         return self.readout(states).transpose(0, 1)
 
+    @torch.no_grad()
+    def start_from(self, model: SequenceClassifier) -> PlainRNN:
+        """Take the weights of one of our models, so both loops start from the same numbers: a cell's
+        initialisation decides how fast its gradients fade (and how often they turn denormal)."""
+        if isinstance(model, GatedRNN):
+            self.rnn.load_state_dict(model.rnn.state_dict())
+            self.readout.weight.copy_(model.V.T)
+        elif model.diagonal:
+            for (U, W, b), cell, w in zip(model.layer_weights(), self.cells, self.w, strict=True):
+                cell.weight.copy_(U.T)
+                w.copy_(W)
+                if b is not None:
+                    cell.bias.copy_(b)
+            self.readout.weight.copy_(model.V.T)
+        else:
+            rnn, self.readout = model.to_torch()
+            self.rnn.load_state_dict(rnn.state_dict())
+        if model.c is not None:
+            self.readout.bias.copy_(model.c)
+        return self
+
 
 def plain_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
-    model = PlainRNN(spec)
+    model = PlainRNN(spec).start_from(our_model(spec))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -71,9 +95,13 @@ def plain_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
     return step
 
 
+def our_model(spec: ModelSpec) -> SequenceClassifier:
+    return build_model(spec).init_weights(Draws(torch.Generator().manual_seed(0)))
+
+
 def our_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
     """The project's training step, as the training loop takes it."""
-    model = build_model(spec).init_weights(Draws(torch.Generator().manual_seed(0)))
+    model = our_model(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
