@@ -412,7 +412,7 @@ class GatedRNN(SequenceClassifier):
 
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
         states = self.rnn(x)[0] if fast else self.definition(x)
-        z = states.transpose(0, 1) @ self.V
+        z = (states @ self.V).transpose(0, 1)  # one multiply of the contiguous states, then the view
         return z if self.c is None else z + self.c
 
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
