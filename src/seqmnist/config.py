@@ -234,6 +234,7 @@ class Preset:
 _MODERN = {"input_scale": 255, "rng": "torch", "bias": True, "optimizer": "adam", "eval_train": False}
 # The recipe the beyond presets share: the final state's readout, a warm-up into a cosine, clipping.
 _RECIPE = {**_MODERN, "readout": "last", "schedule": "cosine", "warmup": 1.0, "clip": 1.0}
+_GATED = {**_RECIPE, "cell": "lstm", "hidden": 192, "optimizer": "adamw", "weight_decay": 0.05, "lr": 2e-3}
 _PIXEL = {**_RECIPE, "task": "pixel", "cell": "indrnn", "hidden": 128, "layers": 2, "lr": 5e-4, "epochs": 14}
 
 PRESETS: dict[str, Preset] = {
@@ -250,25 +251,11 @@ PRESETS: dict[str, Preset] = {
         {**_RECIPE, "cell": "irnn", "hidden": 256, "lr": 5e-4, "epochs": 40},
         "rows: an IRNN of 256 (Le et al. 2015)",
     ),
-    "rows-lstm": Preset(
-        {
-            **_RECIPE,
-            "cell": "lstm",
-            "hidden": 192,
-            "optimizer": "adamw",
-            "weight_decay": 0.05,
-            "lr": 2e-3,
-            "epochs": 20,
-        },
-        "rows: an LSTM of 192",
-    ),
-    "rows-gru": Preset(
-        {**_RECIPE, "cell": "gru", "hidden": 192, "optimizer": "adamw", "weight_decay": 0.05, "lr": 2e-3, "epochs": 20},
-        "rows: a GRU of 192",
-    ),
+    "rows-lstm": Preset({**_GATED, "epochs": 20}, "rows: an LSTM of 192"),
+    "rows-gru": Preset({**_GATED, "cell": "gru", "epochs": 20}, "rows: a GRU of 192"),
     "pixel16-lstm": Preset(
-        {**_RECIPE, "task": "pixel", "pixels_per_step": 16, "cell": "lstm", "hidden": 128, "lr": 2e-3, "epochs": 12},
-        "16 pixels a step (49 steps): an LSTM of 128",
+        {**_GATED, "task": "pixel", "pixels_per_step": 16, "epochs": 16},
+        "16 pixels a step (49 steps): an LSTM of 192",
     ),
     "pixel-indrnn": Preset(_PIXEL, "pixel by pixel (784 steps): two IndRNN layers of 128 (Li et al. 2018)"),
     "permuted-indrnn": Preset(
