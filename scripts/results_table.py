@@ -146,6 +146,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tried(runs: list[Path]) -> str:
+    """Single runs tried on the way to the presets (copied to docs/results/tried/): what did not make it."""
+    lines = [
+        "| task | cell | layers x hidden | recipe | epochs | seed | test acc at best val, % | minutes | files |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for run in runs:
+        target = DOCS / "results" / "tried" / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in EVIDENCE:
+            if (run / name).exists():
+                shutil.copy(run / name, target / name)
+        config = Config.from_file(run / "config.json")
+        r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
+        lines.append(
+            f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.seed} "
+            f"| {mean_sd(r['best'])} | {r['minutes']:.1f} | `docs/results/tried/{run.name}` |"
+        )
+    return "\n".join(lines)
+
+
 def literature() -> str:
     lines = [
         "| paper | model | sequential (pixel) MNIST, % | permuted MNIST, % | permutation | which epoch |",
@@ -159,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=DOCS / "results.md")
+    parser.add_argument("--tried", nargs="*", type=Path, default=[], help="run directories tried and not kept")
     args = parser.parse_args()
     rows = []
     for sweep in args.sweeps:
@@ -166,6 +188,7 @@ def main() -> None:
         rows += rows_of(sweep)
     text = (DOCS / "results.template.md").read_text()
     text = text.replace("{{OURS}}", markdown(rows)).replace("{{LITERATURE}}", literature())
+    text = text.replace("{{TRIED}}", tried(args.tried))
     args.out.write_text(text)
     print(f"{args.out}: {len(rows)} presets")
 

@@ -1,5 +1,5 @@
-"""Grids of trainings on the local pool: expansion, the results table, re-runs, interruptions and bad
-grid files (the Ray executor: tests/test_ray.py)."""
+"""Grids of trainings: expansion, the results table, re-runs, interruptions and bad grid files on the
+local pool; the same grid, a killed worker and a Tune search on a real Ray cluster of local processes."""
 
 import csv
 import os
