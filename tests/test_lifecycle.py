@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, cli_command, run_cli
+from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.files import read_tensors
@@ -187,10 +187,10 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_
 
 
 def test_help_version_and_module(tmp_path):
-    help_text = run_cli("train", "--help").stdout
+    help_text = call_main("train", "--help").stdout
     assert "{seed,quick" in help_text and "quick: a first look" in help_text
     assert "{vanilla,relu,irnn,indrnn,lstm,gru}" in help_text and "{rows,pixel,permuted}" in help_text
-    assert "RUN_DIR         a run directory (from train" in run_cli("evaluate", "--help").stdout
+    assert "RUN_DIR         a run directory (from train" in call_main("evaluate", "--help").stdout
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("seqmnist ")
     module = subprocess.run([sys.executable, "-m", "seqmnist", "--version"], capture_output=True, text=True)

@@ -50,21 +50,22 @@ def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("k", [6, 14, 28])
-def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_models_dir, tmp_path):
+def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_models_dir, tmp_path, monkeypatch):
     model_file = seed_models_dir / f"rnn_step{k}.model"
     expected = dict(line.split()[::-1] for line in (seed_models_dir / "SHA256SUMS").read_text().splitlines())
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() == expected[model_file.name]
     out = tmp_path / "run"
-    env = {"SEQMNIST_DATA": str(mnist_dir)}
-    result = run_cli("import-theano", model_file, "--rows", k, "--out", out, env=env)
+    monkeypatch.setenv("SEQMNIST_DATA", str(mnist_dir))
+    result = call_main("import-theano", model_file, "--rows", k, "--out", out)  # the CLI's own code, in-process
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["rows"] == k
-    evaluated = run_cli("evaluate", out, "--json", env=env)
+    evaluated = call_main("evaluate", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads(evaluated.stdout)
     assert round(summary["test_acc_as_seed"], 4) == seed_sweep()[k]["test_acc"]
     assert np.array_equal(np.array(summary["confusion_matrix"]), seed_confusion(k))
-    assert run_cli("plot", out, env=env).returncode == 0  # a run like any other
+    if k == 28:
+        assert run_cli("plot", out).returncode == 0  # a run like any other, in a process of its own
 
 
 class Payload:

@@ -282,7 +282,8 @@ def ray_trial(trial: Trial, arrays: dict, store, threads: int, on_epoch: Callabl
         data = MNIST.from_arrays(arrays, Path("ray-object-store"))
 
         def log(line: str) -> None:  # this node's scratch path means nothing to the driver
-            store.log.remote(f"[{trial.name}] {line.replace(str(local), trial.name)}")
+            # Waited for, so every line is in the store before the trial's result can reach the driver.
+            ray.get(store.log.remote(f"[{trial.name}] {line.replace(str(local), trial.name)}"))
 
         return run_trial(trial, scratch, data, log, ship)
     finally:
