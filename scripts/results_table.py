@@ -6,7 +6,7 @@ not the weights) to docs/results/NAME/, groups the trials by preset, and writes 
 accuracy at the epoch of best validation accuracy, mean and sample standard deviation over seeds,
 beside the papers' figures.
 
-    python scripts/results_table.py results/rows results/pixel16 results/pixel results/permuted
+    python scripts/results_table.py results/rows results/pixel16 results/pixel results/permuted [--tried RUN...]
 """
 
 import argparse
