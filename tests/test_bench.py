@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import assert_one_line_error, call_main, run_cli
-from seqmnist.bench import PlainRNN, flops_per_image, format_seed_table
+from seqmnist.bench import PlainRNN, flops_per_image, format_cells_table, format_seed_table
 
 
 def test_flop_count_of_one_training_image():
@@ -66,6 +66,9 @@ def test_bench_one_cell_and_task():
     (row,) = json.loads(result.stdout)["comparisons"]
     assert (row["cell"], row["task"], row["steps"], row["inputs"], row["bias"]) == ("indrnn", "pixel", 49, 16, True)
     assert row["samples_per_s"] > 0 and row["path"] == "compiled"
+    low, high = row["speedup_range"]  # each round's own ratio
+    assert 0 < low <= high
+    assert f"{low:.2f}-{high:.2f}" in format_cells_table(json.loads(result.stdout))
 
 
 def test_bench_rejects_a_bad_budget():

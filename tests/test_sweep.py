@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -198,17 +199,26 @@ def cluster(tmp_path_factory):
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def trial_workers() -> list[int]:
-    """Processes of Ray workers running a trial (Ray titles them after the task)."""
-    pids = []
+def trial_workers() -> dict[str, int]:
+    """Ray workers running a trial, by trial name (each task is titled ray::ray_trial:NAME)."""
+    pids = {}
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::ray_trial"):
-                    pids.append(int(entry))
-        except (OSError, ValueError):
+                title = f.read().split(b"\0")[0]
+        except OSError:
             continue
+        if title.startswith(b"ray::ray_trial:"):
+            pids[title.removeprefix(b"ray::ray_trial:").decode()] = int(entry)
     return pids
+
+
+def checkpointed_trial_worker(runs: Path) -> int | None:
+    """The worker of a trial that has shipped a checkpoint to the driver and is still training."""
+    for name, pid in trial_workers().items():
+        if (runs / name / "checkpoint.safetensors").exists() and not (runs / name / "summary.json").exists():
+            return pid
+    return None
 
 
 def test_ray_gives_the_local_table_even_when_a_worker_is_killed(cluster, mnist_dir, tmp_path):
@@ -220,12 +230,10 @@ def test_ray_gives_the_local_table_even_when_a_worker_is_killed(cluster, mnist_d
     command = cli_command("sweep", tmp_path / "grid.toml", "--out", tmp_path / "ray", "--ray-address", cluster)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 400
-    # Once a trial has shipped its first epoch to the driver, kill its worker in the middle of the next.
-    while not list((tmp_path / "ray" / "runs").glob("*/metrics.csv")) or not trial_workers():
+    # Once a trial has shipped its first epoch's checkpoint to the driver, kill its worker in the next.
+    while (killed := checkpointed_trial_worker(tmp_path / "ray" / "runs")) is None:
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-        time.sleep(0.1)
-    time.sleep(0.5)
-    killed = trial_workers()[0]
+        time.sleep(0.05)
     os.kill(killed, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=400)
     assert process.returncode == 0, stderr

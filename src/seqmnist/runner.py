@@ -305,8 +305,9 @@ def _on_ray(trials: list[Trial], runs: Path, data: MNIST, address: str, cpus: in
     try:
         store = run_store(ray, runs)
         arrays = ray.put(mnist_arrays(data))
-        remote = ray.remote(ray_trial).options(num_cpus=cpus, num_gpus=gpus, max_retries=3, retry_exceptions=False)
-        refs = {remote.remote(t, arrays, store, cpus): t for t in trials}
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=3, retry_exceptions=False)(ray_trial)
+        # Named after its trial, so the worker's process title (ray::ray_trial:NAME) says which it runs.
+        refs = {remote.options(name=f"ray_trial:{t.name}").remote(t, arrays, store, cpus): t for t in trials}
         summaries, pending = {}, list(refs)
         started = time.perf_counter()
         while pending:
