@@ -25,7 +25,7 @@ seed: setup
 
 test: setup
 	.venv/bin/ruff check src tests bench scripts
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	.venv/bin/seqmnist bench

@@ -72,7 +72,7 @@ def test_bench_one_cell_and_task():
 
 
 def test_bench_rejects_a_bad_budget():
-    assert_one_line_error(run_cli("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
+    assert_one_line_error(call_main("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
     assert_one_line_error(
         call_main("bench", "--all", "--cell", "gru"), "--all runs its own configurations; drop --cell"
     )

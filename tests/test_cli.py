@@ -50,13 +50,14 @@ def test_errors_are_one_line_from_a_real_process(args, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_data_dir_from_environment(tmp_path):
+def test_bad_data_dir_from_environment(tmp_path, monkeypatch):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
-    result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", env={"SEQMNIST_DATA": str(tmp_path)})
+    monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path))
+    result = call_main("train", "--epochs", "1", "--out", tmp_path / "run")
     assert_one_line_error(result, "train-images-idx3-ubyte.gz: not a gzip file")
 
 
-def test_train_then_evaluate(mnist_dir, tmp_path):
+def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     env = {"SEQMNIST_DATA": str(mnist_dir)}
     result = run_cli("train", "--preset", "quick", "--epochs", "1", "--subset", "3000", "--out", out, env=env)
@@ -71,12 +72,13 @@ def test_train_then_evaluate(mnist_dir, tmp_path):
     assert evaluated["test_acc_as_seed"] == pytest.approx(summary["test_acc_as_seed"], abs=1e-9)
     assert evaluated["confusion_matrix"] == summary["confusion_matrix"]
 
-    result = run_cli("evaluate", out, env=env)
+    monkeypatch.setenv("SEQMNIST_DATA", str(mnist_dir))  # the rest through cli.main in this process
+    result = call_main("evaluate", out)
     assert f"test accuracy {summary['test_acc']:.4f}" in result.stdout
 
-    again = run_cli("train", "--out", out, "--epochs", "1", env=env)
+    again = call_main("train", "--out", out, "--epochs", "1")
     assert_one_line_error(again, "is a finished run (1 epochs, test accuracy", "--resume", "--epochs N (N > 1)")
-    resumed = run_cli("train", "--resume", out, "--lr", "0.5", env=env)
+    resumed = call_main("train", "--resume", out, "--lr", "0.5")
     assert_one_line_error(resumed, "--resume uses the settings saved in the run; drop --lr")
     finished = run_cli("train", "--resume", out, env=env)
     assert_one_line_error(finished, "is a finished run", "to train it further: seqmnist train --resume")

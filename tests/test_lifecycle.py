@@ -37,15 +37,15 @@ def rows_without_seconds(run: Path) -> list[str]:
     return [",".join(line.split(",")[:-1]) for line in (run / "metrics.csv").read_text().splitlines()]
 
 
-def test_output_directory_problems_are_one_line_before_the_data_loads(tmp_path):
+def test_output_directory_problems_are_one_line_before_the_data_loads(tmp_path, monkeypatch):
     # No data anywhere: had the data loaded first, the error would be about the data.
-    env = {"SEQMNIST_DATA": str(tmp_path / "no-data")}
+    monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "no-data"))
     (tmp_path / "a-file").write_text("x")
-    result = run_cli("train", "--out", tmp_path / "a-file", env=env)
+    result = call_main("train", "--out", tmp_path / "a-file")
     assert_one_line_error(result, "a-file: exists and is not a directory")
-    result = run_cli("train", "--out", "/proc/nope/run", env=env)
+    result = call_main("train", "--out", "/proc/nope/run")
     assert_one_line_error(result, "/proc/nope/run: cannot create the run directory")
-    result = run_cli("train", "--out", tmp_path / "new" / "run", env=env)
+    result = call_main("train", "--out", tmp_path / "new" / "run")
     assert_one_line_error(result, "no-data: not a directory")
     assert not (tmp_path / "new").exists()  # the check leaves nothing behind
 
@@ -197,8 +197,9 @@ def test_help_version_and_module(tmp_path):
     assert module.returncode == 0 and module.stdout == version.stdout
 
 
-def test_flags_cannot_be_abbreviated(tmp_path):
-    result = run_cli("train", "--epoch", "1", "--subse", "2000", cwd=tmp_path)
+def test_flags_cannot_be_abbreviated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = call_main("train", "--epoch", "1", "--subse", "2000")
     assert_one_line_error(result, "unrecognized arguments: --epoch 1 --subse 2000")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, call_main, run_cli
 
 # Epoch 1 is not evaluated (NaN accuracies), so resuming is also checked across a skipped evaluation.
 SETTINGS = ["--epochs", "3", "--subset", "10000", "--lr", "0.1", "--eval-every", "2"]
@@ -125,7 +125,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(mnist_dir, tmp_path)
 
 
 def test_resume_of_a_run_that_never_existed(tmp_path):
-    result = run_cli("train", "--resume", tmp_path / "nothing")
+    result = call_main("train", "--resume", tmp_path / "nothing")
     assert_one_line_error(result, "config.json: file not found")
 
 
