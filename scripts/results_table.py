@@ -97,10 +97,11 @@ def rows_of(sweep: Path) -> list[dict]:
 
 
 def describe(preset: str, members: list[dict]) -> dict:
+    members = sorted(members, key=lambda m: m["config"].seed)
     config = members[0]["config"]
     best = [m["summary"]["best"]["test_acc"] for m in members]
     final = [m["summary"]["test_acc"] for m in members]
-    minutes = [m["summary"]["minutes"] for m in members]
+    minutes = [minutes_of(m["summary"]) for m in members]
     steps, per_step = config.steps_inputs
     task = {"rows": f"rows ({steps} x {per_step})", "pixel": f"pixel ({steps} x {per_step})"}.get(
         config.task, f"permuted ({steps} x {per_step}, {config.sequencer().permutation})"
@@ -120,9 +121,15 @@ def describe(preset: str, members: list[dict]) -> dict:
         "epochs": config.epochs,
         "best": best,
         "final": final,
-        "minutes": statistics.fmean(minutes),
-        "seeds": sorted(m["config"].seed for m in members),
+        "minutes": ", ".join(minutes),
+        "seeds": [m["config"].seed for m in members],
     }
+
+
+def minutes_of(summary: dict) -> str:
+    """A run's minutes, marked * where it trained on one thread (two trials side by side, --jobs 2)."""
+    one_thread = all(session["threads"] == 1 for session in summary["sessions"])
+    return f"{summary['minutes']:.1f}" + ("*" if one_thread else "")
 
 
 def mean_sd(values: list[float]) -> str:
@@ -133,14 +140,14 @@ def mean_sd(values: list[float]) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| task | cell | layers x hidden | parameters | recipe | epochs | test acc at best val, % (n) "
-        "| test acc after the last epoch, % | minutes per run | command |",
+        "| test acc after the last epoch, % | minutes per run (seed order) | command |",
         "|---|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['parameters']:,} | {r['recipe']} | {r['epochs']} "
-            f"| **{mean_sd(r['best'])}** ({len(r['best'])}) | {mean_sd(r['final'])} | {r['minutes']:.1f} "
+            f"| **{mean_sd(r['best'])}** ({len(r['best'])}) | {mean_sd(r['final'])} | {r['minutes']} "
             f"| `seqmnist train --preset {r['preset']} --seed S` (S = {seeds}) |"
         )
     return "\n".join(lines)
@@ -162,7 +169,7 @@ def tried(runs: list[Path]) -> str:
         r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.seed} "
-            f"| {mean_sd(r['best'])} | {r['minutes']:.1f} | `docs/results/tried/{run.name}` |"
+            f"| {mean_sd(r['best'])} | {r['minutes']} | `docs/results/tried/{run.name}` |"
         )
     return "\n".join(lines)
 
