@@ -273,7 +273,7 @@ def format_cells_table(result: dict) -> str:
         )
     lines += ["", "rounds: each round's own ratio, the spread the machine's drift gives", _path_note(result["native"])]
     if any(row["path"] == "nn module" for row in result["comparisons"]):
-        lines.append("on the same module (lstm, gru), both do equal work: 1.0x within the rounds' spread")
+        lines.append("lstm, gru: the same PyTorch module on both sides, so a tie is the most they can show")
     return "\n".join(lines)
 
 
