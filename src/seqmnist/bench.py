@@ -150,15 +150,14 @@ def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
         step(xs[0], ys[0])
         per_batch[name] = _seconds(lambda s=step: [s(x, y) for x, y in zip(xs, ys, strict=True)]) / n_batches
     rates: dict[str, list[float]] = {name: [] for name in trainers}
+    order = list(trainers.items())
     for round_ in range(rounds):
-        order = list(trainers.items())
         for name, step in order if round_ % 2 == 0 else order[::-1]:  # neither always runs first
             count = max(2, round(seconds / (len(trainers) * rounds) / per_batch[name]))
             elapsed = _seconds(lambda s=step, k=count: [s(xs[i % n_batches], ys[i % n_batches]) for i in range(k)])
             rates[name].append(count * batch / elapsed)
     plain, ours = statistics.median(rates["plain"]), statistics.median(rates["ours"])
-    # Each round's own ratio: how far the machine's drift moves the answer (a cell on the same module as
-    # the plain loop should straddle 1.0).
+    # Each round's own ratio: how far the machine's drift moves the answer.
     round_ratios = [o / p for o, p in zip(rates["ours"], rates["plain"], strict=True)]
     return {
         "cell": spec.cell,
@@ -272,7 +271,7 @@ def format_cells_table(result: dict) -> str:
             f"{low:>5.2f}-{high:<5.2f}  {row['path']}"
         )
     lines += ["", "rounds: each round's own ratio, the spread the machine's drift gives", _path_note(result["native"])]
-    if any(row["path"] == "nn module" for row in result["comparisons"]):
+    if any(CELLS[row["cell"]].family == "gated" for row in result["comparisons"]):
         lines.append("lstm, gru: the same PyTorch module on both sides, so a tie is the most they can show")
     return "\n".join(lines)
 
