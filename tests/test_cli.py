@@ -91,7 +91,7 @@ def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
-    assert_one_line_error(run_cli("train", "--resume", out, "--epochs", "1", env=env), "already trained 2 epochs")
+    assert_one_line_error(call_main("train", "--resume", out, "--epochs", "1"), "already trained 2 epochs")
 
 
 def test_evaluate_rejects_a_model_of_the_wrong_shape(mnist_dir, tmp_path):

@@ -274,9 +274,9 @@ def test_tune_searches_on_the_cluster_and_names_the_best(cluster, mnist_dir, tmp
 def test_bad_search_files_are_one_line(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text('[settings]\npreset = "quick"\n[search]\nlr = {normal = [0, 1]}\n')
-    assert_one_line_error(run_cli("tune", space, "--out", tmp_path / "o"), "space.toml:4: lr: must be {DIST")
+    assert_one_line_error(call_main("tune", space, "--out", tmp_path / "o"), "space.toml:4: lr: must be {DIST")
     space.write_text('[settings]\npreset = "quick"\n[search]\nhidden = {choice = [16, 0]}\n')
-    assert_one_line_error(run_cli("tune", space, "--out", tmp_path / "o"), "space.toml:4: hidden:", "--hidden")
+    assert_one_line_error(call_main("tune", space, "--out", tmp_path / "o"), "space.toml:4: hidden:", "--hidden")
 
 
 def test_a_cluster_that_is_not_there(tmp_path, mnist_dir):
