@@ -275,6 +275,7 @@ def test_the_compiled_loops_read_only_what_they_write(threads):
     # They keep each step's product in cache and write only the logits, and the logits' gradients, to
     # the whole-batch buffers: whatever else those hold must not matter.
     model, x, y = random_case(batch=70, rows=6, hidden=40)
+    x[::3, :2] = 0  # and a third of the images start blank: the rows the loops leave out
 
     def loss_and_grads():
         loss = model.loss(x, y)
@@ -288,6 +289,47 @@ def test_the_compiled_loops_read_only_what_they_write(threads):
     ws.grad[..., top + 10 :].fill_(float("nan"))
     for got, expected in zip(loss_and_grads(), want, strict=True):
         assert torch.equal(got, expected)
+
+
+def _blank_led(batch: int, steps: int, inputs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences whose first 0..steps steps are blank (all of them, for some), sparse after, as MNIST's."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, steps, inputs, generator=g)
+    first = torch.randint(0, steps + 1, (batch,), generator=g)
+    x[torch.arange(steps)[None, :] < first[:, None]] = 0
+    x[x < 0.3] = 0
+    return x, torch.randint(0, 10, (batch,), generator=g)
+
+
+def test_first_inked_steps():
+    x = torch.zeros(4, 5, 3)
+    x[0, 0, 2], x[1, 3, 0], x[2, 4, 1] = 1.0, -0.5, 1e-30
+    assert engine.native_loops().first_inked_steps(x).tolist() == [0, 3, 4, 5]
+    assert engine.native_loops().first_inked_steps(x[:, :3]).tolist() == [0, 3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("cell", "readout", "layers", "shape"),
+    [
+        *itertools.product(ELEMENTWISE, READOUTS, [1, 2], [(100, 28, 28)]),
+        # 300 rows a slice on one thread: the backward pass computes them all (kMaxExactSumRows).
+        *itertools.product(["vanilla", "indrnn"], ["mean-softmax"], [1, 2], [(7, 28, 28), (300, 60, 1)]),
+    ],
+)
+def test_leaving_out_blank_steps_changes_no_bit(cell, readout, layers, shape, threads):
+    # The engine skips each image's steps before its first ink (engine.cpp's ActiveRows): the loss,
+    # every gradient and the logits must be the bits it computes without skipping.
+    batch, steps, inputs = shape
+    spec = ModelSpec(cell, inputs, 200 if batch == 100 else 24, layers, False, readout, None, steps)
+    model = _perturbed(spec, seed=layers)
+    x, y = _blank_led(batch, steps, inputs, seed=steps)
+    results = []
+    for skip in (False, True):
+        model._workspace = engine.Workspace(skip_blank=skip)
+        loss = model.loss(x, y)
+        results.append([loss.detach(), *torch.autograd.grad(loss, list(model.parameters())), model.logits(x)])
+    for without, with_skips in zip(*results, strict=True):
+        assert torch.equal(without, with_skips)
 
 
 def test_workspace_misuse_is_caught():

@@ -53,6 +53,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -71,6 +72,8 @@ using Vec = at::vec::Vectorized<float>;
 
 // A slice smaller than this gives the multiply too few rows to run well.
 constexpr int64_t kMinSliceRows = 32;
+// The backward pass leaves blank rows out of a slice of at most this many (ActiveRows).
+constexpr int64_t kMaxExactSumRows = 128;
 
 enum Activation : int64_t { kTanh = 0, kRelu = 1 };
 enum Readout : int64_t { kMeanSoftmax = 0, kLast = 1, kMeanLogits = 2 };
@@ -138,6 +141,75 @@ void over_batch_slices(int64_t batch, int64_t slices, const Body& body) {
       body(s, begin, batch * (s + 1) / slices - begin);
     }
   });
+}
+
+// The rows of a slice that step k must compute. Without a bias, an image whose first rows are blank
+// keeps r = 0 and z = 0 exactly until it reads its first inked row: phi(0 U + 0 W) = 0. Its rows of
+// those steps add exact zeros to every sum, so they are left out: MNIST's first ~5 rows are blank
+// (17% of the 28-row model's row-steps, 60% of the 8-row one's, nearly all the 2-row one's).
+// What is computed keeps its bits: the rows left keep their order; the weight gradients' sums over
+// the batch only lose terms that are zero (up to kMaxExactSumRows rows, one block of MKL's); the
+// first kMinActive rows of a slice are always computed, because MKL multiplies fewer than 4 rows
+// another way (other roundings), while from 4 up each row's product is the same bits whatever rows
+// share the multiply. Tests hold the engine with and without skipping to the same bits.
+class ActiveRows {
+ public:
+  static constexpr int64_t kMinActive = 4;
+
+  // lead[i]: image i's first inked step (first_inked_steps; nullptr: every row, every step).
+  ActiveRows(const int64_t* lead, int64_t begin, int64_t count) : lead_(lead), begin_(begin), count_(count) {
+    for (int64_t i = kMinActive; lead && i < count; ++i) everyone_from_ = std::max(everyone_from_, lead[begin + i]);
+  }
+  bool all(int64_t k) const { return k >= everyone_from_; }
+  bool active(int64_t i, int64_t k) const { return all(k) || i < kMinActive || lead_[begin_ + i] <= k; }
+  // The active rows of step k, in order (slice-relative).
+  const std::vector<int64_t>& at(int64_t k) {
+    rows_.clear();
+    for (int64_t i = 0; i < count_; ++i)
+      if (active(i, k)) rows_.push_back(i);
+    return rows_;
+  }
+
+ private:
+  const int64_t* lead_;
+  int64_t begin_, count_, everyone_from_ = 0;
+  std::vector<int64_t> rows_;
+};
+
+// Copies rows[j] of src (row stride ld, n floats each) to row j of dst (same stride).
+void gather_rows(const float* src, const std::vector<int64_t>& rows, int64_t n, int64_t ld, float* dst) {
+  for (size_t j = 0; j < rows.size(); ++j) std::copy_n(src + rows[j] * ld, n, dst + j * ld);
+}
+
+// Each image's first step with any nonzero input (the number of steps where none): until then a
+// cell without a bias keeps a state of exactly zero (ActiveRows). A scan that stops at the first ink:
+// ~1 us a batch, where PyTorch's reductions over the rows took ~300.
+at::Tensor first_inked_steps(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1,
+              "engine inputs must be float32 (batch, steps, inputs) on the CPU");
+  const int64_t batch = x.size(0), steps = x.size(1), n = x.size(2);
+  at::Tensor lead = at::empty({batch}, x.options().dtype(at::kLong));
+  int64_t* out = lead.data_ptr<int64_t>();
+  const float* X = x.const_data_ptr<float>();
+  for (int64_t i = 0; i < batch; ++i) {
+    int64_t k = 0;
+    for (; k < steps; ++k) {
+      const float* row = X + i * x.stride(0) + k * x.stride(1);
+      if (std::any_of(row, row + n, [](float v) { return v != 0.f; })) break;
+    }
+    out[i] = k;
+  }
+  return lead;
+}
+
+// The first-inked steps a layer may skip by, checked; nullptr without them (every row, every step).
+const int64_t* first_inked(const std::optional<at::Tensor>& lead, int64_t batch, bool bias) {
+  if (!lead) return nullptr;
+  TORCH_CHECK(!bias, "engine: with a bias, blank steps are not zero (phi(b), c) and cannot be skipped");
+  TORCH_CHECK(lead->device().is_cpu() && lead->scalar_type() == at::kLong && lead->dim() == 1 &&
+                  lead->is_contiguous() && lead->numel() == batch,
+              "engine: first inked steps must be one int64 per image, on the CPU");
+  return lead->const_data_ptr<int64_t>();
 }
 
 void check_buffer(const at::Tensor& t, int64_t dims) {
@@ -358,7 +430,8 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
                                         const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& V,
                                         const std::optional<at::Tensor>& c, const at::Tensor& M, int64_t activation,
                                         double input_scale, const std::optional<at::Tensor>& labels,
-                                        const std::optional<at::Tensor>& grad, int64_t readout) {
+                                        const std::optional<at::Tensor>& grad, int64_t readout,
+                                        const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
   check_buffer(state, 3);
   check_buffer(M, 2);
@@ -393,29 +466,46 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
   const int64_t sx_image = x.stride(0), sx_step = x.stride(1);
   const float* weights = M.const_data_ptr<float>();
   float* loss = losses ? losses->data_ptr<float>() : nullptr;
+  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
   pybind11::gil_scoped_release no_gil;
   over_batch_slices(batch, slice_count(batch), [&](int64_t, int64_t begin, int64_t count) {
     // Each step's product lands in this slice's own small buffer, which stays in cache; only the
     // logits go on to fused (the activation consumes the rest at once).
     std::vector<float> product(count * width);
     float* f = product.data();
+    ActiveRows active(lead, begin, count);
+    std::vector<float> gathered(active.all(0) ? 0 : count * stride);
     for (int64_t k = 0; k < rows; ++k) {
       float* s = S + (k * batch + begin) * stride;
       for (int64_t i = 0; i < count; ++i)
         std::copy_n(X + (begin + i) * sx_image + k * sx_step, n, s + i * stride + H);
-      if (k == 0 || L.diagonal) {  // r_0 = 0, or a diagonal recurrence: [x_k | 1] alone is multiplied
-        gemm(false, count, width, reads - H, 1.f, s + H, stride, weights + H * width, width, 0.f, f, width);
-        if (k > 0 && C > 0)  // z_k's s_k V part
-          gemm(false, count, C, H, 1.f, s, stride, weights + H, width, 1.f, f + H, width);
-      } else {
-        gemm(false, count, width, reads, 1.f, s, stride, weights, width, 0.f, f, width);
+      const bool all = active.all(k);
+      const std::vector<int64_t>* some = all ? nullptr : &active.at(k);
+      const int64_t m = all ? count : static_cast<int64_t>(some->size());
+      const float* a = s;  // [r_k | x_k | 1] of the rows computed
+      if (!all) {
+        gather_rows(s, *some, reads, stride, gathered.data());
+        a = gathered.data();
       }
-      for (int64_t i = 0; i < count; ++i) {
-        float* p = f + i * width;
+      if (k == 0 || L.diagonal) {  // r_0 = 0, or a diagonal recurrence: [x_k | 1] alone is multiplied
+        gemm(false, m, width, reads - H, 1.f, a + H, stride, weights + H * width, width, 0.f, f, width);
+        if (k > 0 && C > 0)  // z_k's s_k V part
+          gemm(false, m, C, H, 1.f, a, stride, weights + H, width, 1.f, f + H, width);
+      } else {
+        gemm(false, m, width, reads, 1.f, a, stride, weights, width, 0.f, f, width);
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t i = all ? j : (*some)[j];
+        float* p = f + j * width;
         if (L.diagonal && k > 0)
-          for (int64_t j = 0; j < H; ++j) p[j] += diagonal[j] * s[i * stride + j];
+          for (int64_t h = 0; h < H; ++h) p[h] += diagonal[h] * a[j * stride + h];
         activate(L.activation, p, s + (batch + i) * stride, H);
         if (C) std::copy_n(p + H, C, F + (k * batch + begin + i) * width + H);
+      }
+      for (int64_t i = 0; i < count && !all; ++i) {
+        if (active.active(i, k)) continue;  // still blank: r_{k+1} = 0, z_k = 0
+        std::fill_n(s + (batch + i) * stride, H, 0.f);
+        if (C) std::fill_n(F + (k * batch + begin + i) * width + H, C, 0.f);
       }
     }
     if (C) {  // the last step's logits: [r_T | 0 | 1] [sigma V ; 0 ; c] (without a bias, r_T alone)
@@ -449,7 +539,8 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
                                        const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& V,
                                        const std::optional<at::Tensor>& c, const at::Tensor& Bt, int64_t padded,
                                        int64_t activation, double input_scale, double scale,
-                                       const std::optional<at::Tensor>& below, double kappa_below) {
+                                       const std::optional<at::Tensor>& below, double kappa_below,
+                                       const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
   check_buffer(state, 3);
   check_buffer(Bt, 2);
@@ -480,57 +571,86 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
   const float* S = state.const_data_ptr<float>();
   const float* weights = Bt.const_data_ptr<float>();
   const float kappa = L.f.kappa;
+  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
   std::vector<float> diagonal(L.diagonal ? H : 0);  // kappa w
   for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = kappa * L.W[j];
   {
     pybind11::gil_scoped_release no_gil;
     over_batch_slices(batch, slices, [&](int64_t slice, int64_t begin, int64_t count) {
       float* sum = sums.data_ptr<float>() + slice * reads * width;
+      // g_k's rows are those of the rows step k computed (ActiveRows), in order: all of them for g_T.
       std::vector<float> two_rows(2 * count * width, 0.f);  // g_T's dL/da_{T+1} = 0 and the padding stay 0
       auto g_row = [&](int64_t k) { return two_rows.data() + (k % 2) * count * width; };
-      auto with_logit_grads = [&](int64_t k) {
-        float* g = g_row(k);
-        for (int64_t i = 0; i < count; ++i)
-          std::copy_n(dZ + (k * batch + begin + i) * width + H, C, g + i * width + H);
-        return g;
+      // Past ~192 rows MKL sums the batch in blocks, whose bounds the left-out rows would move.
+      ActiveRows active(count <= kMaxExactSumRows ? lead : nullptr, begin, count);
+      std::vector<int64_t> every(count), before;  // before: the rows of g_{k+1}
+      std::iota(every.begin(), every.end(), 0);
+      const bool skips = !active.all(0);
+      std::vector<float> gathered(skips ? count * stride : 0), inputs(skips && D ? count * n : 0);
+      auto with_logit_grads = [&](float* g, int64_t k, const std::vector<int64_t>& some) {
+        for (size_t j = 0; j < some.size(); ++j)
+          std::copy_n(dZ + (k * batch + begin + some[j]) * width + H, C, g + j * width + H);
       };
-      auto inputs_gradient = [&](const float* g, int64_t k) {  // kappa_below dL/dx_k into below[k + 1]
-        gemm(false, count, n, H, 1.f, g, width, weights + padded, cols, 0.f, D + ((k + 1) * batch + begin) * n, n);
+      auto inputs_gradient = [&](const float* g, int64_t k, const std::vector<int64_t>& some, bool all) {
+        // kappa_below dL/dx_k into below[k + 1]; 0 for a row still blank (the layer below leaves it out too)
+        float* d = D + ((k + 1) * batch + begin) * n;
+        if (all) {
+          gemm(false, count, n, H, 1.f, g, width, weights + padded, cols, 0.f, d, n);
+          return;
+        }
+        gemm(false, some.size(), n, H, 1.f, g, width, weights + padded, cols, 0.f, inputs.data(), n);
+        std::fill_n(d, count * n, 0.f);
+        for (size_t j = 0; j < some.size(); ++j) std::copy_n(inputs.data() + j * n, n, d + some[j] * n);
       };
       const float* last = S + (rows * batch + begin) * stride;
-      gemm(true, reads, width, count, 1.f, last, stride, C ? with_logit_grads(rows) : g_row(rows), width, 0.f, sum,
-           width);
+      if (C) with_logit_grads(g_row(rows), rows, every);
+      gemm(true, reads, width, count, 1.f, last, stride, g_row(rows), width, 0.f, sum, width);
+      before = every;
       for (int64_t k = rows - 1; k >= 0; --k) {
         float* g = g_row(k);
         const float* next = g_row(k + 1);
+        const bool all = active.all(k);
+        const std::vector<int64_t>& some = all ? every : active.at(k);
+        const int64_t m = some.size();
+        if (m < static_cast<int64_t>(before.size())) {  // keep g_{k+1}'s rows of the rows step k computes
+          float* kept = g_row(k + 1);
+          for (size_t j = 0, from = 0; j < some.size(); ++j, ++from) {
+            while (before[from] != some[j]) ++from;
+            if (from != j) std::copy_n(kept + from * width, width, kept + j * width);
+          }
+        }
         const float* s = S + (k * batch + begin) * stride;
         const float* r = s + batch * stride;  // r_{k+1}
         float beta = 0.f;
         if (E) {  // kappa E_{k+1} (the layer above scaled it), to which the recurrence's part is added
-          for (int64_t i = 0; i < count; ++i)
-            std::copy_n(E + ((k + 1) * batch + begin + i) * H, H, g + i * width);
+          for (int64_t j = 0; j < m; ++j) std::copy_n(E + ((k + 1) * batch + begin + some[j]) * H, H, g + j * width);
           beta = 1.f;
         }
         if (!L.diagonal) {
-          gemm(false, count, columns, width, 1.f, next, width, weights, cols, beta, g, width);
+          gemm(false, m, columns, width, 1.f, next, width, weights, cols, beta, g, width);
         } else {
-          if (C > 0) gemm(false, count, H, C, 1.f, next + H, width, weights + H * cols, cols, beta, g, width);
-          for (int64_t i = 0; i < count; ++i) {
-            float* gi = g + i * width;
-            const float* ni = next + i * width;
-            for (int64_t j = 0; j < H; ++j) gi[j] = (C > 0 || E ? gi[j] : 0.f) + diagonal[j] * ni[j];
+          if (C > 0) gemm(false, m, H, C, 1.f, next + H, width, weights + H * cols, cols, beta, g, width);
+          for (int64_t j = 0; j < m; ++j) {
+            float* gj = g + j * width;
+            const float* nj = next + j * width;
+            for (int64_t h = 0; h < H; ++h) gj[h] = (C > 0 || E ? gj[h] : 0.f) + diagonal[h] * nj[h];
           }
         }
-        for (int64_t i = 0; i < count; ++i) scale_by_slope(L.activation, g + i * width, r + i * stride, H);
-        if (C) with_logit_grads(k);
-        if (D && k + 1 < rows) inputs_gradient(next, k + 1);
-        if (k == 0) {  // r_0 = 0: only [x_0 | 1] adds to the sums
-          gemm(true, reads - H, width, count, 1.f, s + H, stride, g, width, 1.f, sum + H * width, width);
-        } else {
-          gemm(true, reads, width, count, 1.f, s, stride, g, width, 1.f, sum, width);
+        for (int64_t j = 0; j < m; ++j) scale_by_slope(L.activation, g + j * width, r + some[j] * stride, H);
+        if (C) with_logit_grads(g, k, some);
+        if (D) inputs_gradient(g, k, some, all);
+        const float* a = s;  // [r_k | x_k | 1] of the rows computed
+        if (!all) {
+          gather_rows(s, some, reads, stride, gathered.data());
+          a = gathered.data();
         }
+        if (k == 0) {  // r_0 = 0: only [x_0 | 1] adds to the sums
+          gemm(true, reads - H, width, m, 1.f, a + H, stride, g, width, 1.f, sum + H * width, width);
+        } else {
+          gemm(true, reads, width, m, 1.f, a, stride, g, width, 1.f, sum, width);
+        }
+        before = some;
       }
-      if (D) inputs_gradient(g_row(0), 0);
     });
   }
   return weight_gradients(L, sums, scale);
@@ -539,4 +659,5 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);
+  m.def("first_inked_steps", &first_inked_steps);
 }

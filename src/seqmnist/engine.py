@@ -29,6 +29,10 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's sha
   for the states), the padding held at zero: when the input projection was a separate multiply, MKL
   wrote an evaluation chunk's (28,000 x 28)(28 x 210) at ~20 GFLOP/s with 840-byte rows, at ~50
   with 64-byte-aligned ones. Evaluation got 1.3-1.4x faster, a training batch 1.06-1.12x.
+* The steps before an image's first inked row are skipped (engine.cpp's ActiveRows): without a bias
+  its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, measured
+  (alternating, one thread): a 28-row training batch 1.16x faster; one epoch (training and accuracy on
+  60,000 images) of all fourteen models of ``reproduce``, summed, 1.19x, the 2- to 10-row ones 1.5-2.3x.
 * Preallocated buffers, reused batch after batch: the hot loop allocates nothing.
 * Layers above the first read the states of the layer below in place (no copy), and hand it the
   gradient in its states, already multiplied by its tanh' factor, from an extra block of columns of
@@ -158,9 +162,12 @@ class Workspace:
     counter turns such misuse into an error.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, skip_blank: bool = True) -> None:
         self.key: tuple | None = None
         self.generation = 0
+        # Leave out the steps before an image's first inked row (engine.cpp's ActiveRows): same bits, less work.
+        self.skip_blank = skip_blank
+        self.inked_from: torch.Tensor | None = None
 
     def ensure(self, x: torch.Tensor, layers: list[LayerWeights], classes: int) -> None:
         shapes = tuple((U.shape[0], U.shape[1], b is not None) for U, _, b in layers)
@@ -235,6 +242,8 @@ def _forward(
         ws.ensure_backward()
     native = native_loops()
     code = ACTIVATIONS[activation]
+    unbiased = c is None and all(b is None for _, _, b in layers)
+    ws.inked_from = native.first_inked_steps(ws.inputs(x, 0)) if ws.skip_blank and unbiased else None
     losses = None
     for depth, (U, W, b) in enumerate(layers):
         top = depth == len(layers) - 1
@@ -250,6 +259,7 @@ def _forward(
             y.contiguous() if top and y is not None else None,
             ws.grad if top and y is not None else None,
             READOUT_CODES[readout],
+            ws.inked_from,
         )
     return losses
 
@@ -293,6 +303,7 @@ class _LayersLoss(torch.autograd.Function):
                 scale,
                 ws.above[depth - 1] if depth else None,
                 KAPPA[activation],
+                ws.inked_from,
             )
             if top:  # [dU, dW, db?, dV, dc?]: the readout's last
                 readout = layer[2 + bias :]
