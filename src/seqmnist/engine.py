@@ -30,9 +30,9 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's sha
   wrote an evaluation chunk's (28,000 x 28)(28 x 210) at ~20 GFLOP/s with 840-byte rows, at ~50
   with 64-byte-aligned ones. Evaluation got 1.3-1.4x faster, a training batch 1.06-1.12x.
 * The steps before an image's first inked row are skipped (engine.cpp's ActiveRows): without a bias
-  its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, measured
-  (alternating, one thread): a 28-row training batch 1.16x faster; one epoch (training and accuracy on
-  60,000 images) of all fourteen models of ``reproduce``, summed, 1.19x, the 2- to 10-row ones 1.5-2.3x.
+  its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, and
+  (bench/blank_rows.py: training and evaluation, alternating, one thread) 1.14x for a 28-row model,
+  1.3-2.4x for 2 to 14 rows; the full ``reproduce`` took 65.8 minutes instead of 79.9.
 * Preallocated buffers, reused batch after batch: the hot loop allocates nothing.
 * Layers above the first read the states of the layer below in place (no copy), and hand it the
   gradient in its states, already multiplied by its tanh' factor, from an extra block of columns of
