@@ -21,6 +21,7 @@ import torch
 from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.data import MNIST
+from seqmnist.recipes import make_optimizer
 from seqmnist.train import accuracy, initial_model
 
 
@@ -28,7 +29,7 @@ def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -
     """Seconds for the slice from the seed's initial weights, and the weights it ends with."""
     model, _ = initial_model(config)
     model._workspace = engine.Workspace(skip_blank=skip)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
     started = time.perf_counter()
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]

@@ -157,28 +157,36 @@ class ActiveRows {
   static constexpr int64_t kMinActive = 4;
 
   // lead[i]: image i's first inked step (first_inked_steps; nullptr: every row, every step).
-  ActiveRows(const int64_t* lead, int64_t begin, int64_t count) : lead_(lead), begin_(begin), count_(count) {
+  ActiveRows(const int64_t* lead, int64_t begin, int64_t count) : lead_(lead), begin_(begin), every_(count) {
+    std::iota(every_.begin(), every_.end(), 0);
     for (int64_t i = kMinActive; lead && i < count; ++i) everyone_from_ = std::max(everyone_from_, lead[begin + i]);
   }
   bool all(int64_t k) const { return k >= everyone_from_; }
   bool active(int64_t i, int64_t k) const { return all(k) || i < kMinActive || lead_[begin_ + i] <= k; }
-  // The active rows of step k, in order (slice-relative).
+  // Every row of the slice, 0..count-1.
+  const std::vector<int64_t>& every() const { return every_; }
+  // The active rows of step k, in order (slice-relative); valid until the next call.
   const std::vector<int64_t>& at(int64_t k) {
+    if (all(k)) return every_;
     rows_.clear();
-    for (int64_t i = 0; i < count_; ++i)
+    for (int64_t i : every_)
       if (active(i, k)) rows_.push_back(i);
     return rows_;
   }
 
  private:
   const int64_t* lead_;
-  int64_t begin_, count_, everyone_from_ = 0;
-  std::vector<int64_t> rows_;
+  int64_t begin_, everyone_from_ = 0;
+  std::vector<int64_t> every_, rows_;
 };
 
-// Copies rows[j] of src (row stride ld, n floats each) to row j of dst (same stride).
-void gather_rows(const float* src, const std::vector<int64_t>& rows, int64_t n, int64_t ld, float* dst) {
-  for (size_t j = 0; j < rows.size(); ++j) std::copy_n(src + rows[j] * ld, n, dst + j * ld);
+// [r_k | x_k | 1] (`reads` floats a row, row stride `stride`) of the rows a step computes, one after
+// another: the slice's own rows s where it computes all of them, else those rows copied into `buffer`.
+const float* rows_read(const float* s, const std::vector<int64_t>& rows, bool all, int64_t reads, int64_t stride,
+                       std::vector<float>& buffer) {
+  if (all) return s;
+  for (size_t j = 0; j < rows.size(); ++j) std::copy_n(s + rows[j] * stride, reads, buffer.data() + j * stride);
+  return buffer.data();
 }
 
 // Each image's first step with any nonzero input (the number of steps where none): until then a
@@ -480,13 +488,9 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
       for (int64_t i = 0; i < count; ++i)
         std::copy_n(X + (begin + i) * sx_image + k * sx_step, n, s + i * stride + H);
       const bool all = active.all(k);
-      const std::vector<int64_t>* some = all ? nullptr : &active.at(k);
-      const int64_t m = all ? count : static_cast<int64_t>(some->size());
-      const float* a = s;  // [r_k | x_k | 1] of the rows computed
-      if (!all) {
-        gather_rows(s, *some, reads, stride, gathered.data());
-        a = gathered.data();
-      }
+      const std::vector<int64_t>& some = active.at(k);
+      const int64_t m = some.size();
+      const float* a = rows_read(s, some, all, reads, stride, gathered);
       if (k == 0 || L.diagonal) {  // r_0 = 0, or a diagonal recurrence: [x_k | 1] alone is multiplied
         gemm(false, m, width, reads - H, 1.f, a + H, stride, weights + H * width, width, 0.f, f, width);
         if (k > 0 && C > 0)  // z_k's s_k V part
@@ -495,7 +499,7 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
         gemm(false, m, width, reads, 1.f, a, stride, weights, width, 0.f, f, width);
       }
       for (int64_t j = 0; j < m; ++j) {
-        const int64_t i = all ? j : (*some)[j];
+        const int64_t i = some[j];
         float* p = f + j * width;
         if (L.diagonal && k > 0)
           for (int64_t h = 0; h < H; ++h) p[h] += diagonal[h] * a[j * stride + h];
@@ -583,8 +587,7 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
       auto g_row = [&](int64_t k) { return two_rows.data() + (k % 2) * count * width; };
       // Past ~192 rows MKL sums the batch in blocks, whose bounds the left-out rows would move.
       ActiveRows active(count <= kMaxExactSumRows ? lead : nullptr, begin, count);
-      std::vector<int64_t> every(count), before;  // before: the rows of g_{k+1}
-      std::iota(every.begin(), every.end(), 0);
+      std::vector<int64_t> before = active.every();  // the rows of g_{k+1}
       const bool skips = !active.all(0);
       std::vector<float> gathered(skips ? count * stride : 0), inputs(skips && D ? count * n : 0);
       auto with_logit_grads = [&](float* g, int64_t k, const std::vector<int64_t>& some) {
@@ -603,14 +606,13 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
         for (size_t j = 0; j < some.size(); ++j) std::copy_n(inputs.data() + j * n, n, d + some[j] * n);
       };
       const float* last = S + (rows * batch + begin) * stride;
-      if (C) with_logit_grads(g_row(rows), rows, every);
+      if (C) with_logit_grads(g_row(rows), rows, before);
       gemm(true, reads, width, count, 1.f, last, stride, g_row(rows), width, 0.f, sum, width);
-      before = every;
       for (int64_t k = rows - 1; k >= 0; --k) {
         float* g = g_row(k);
         const float* next = g_row(k + 1);
         const bool all = active.all(k);
-        const std::vector<int64_t>& some = all ? every : active.at(k);
+        const std::vector<int64_t>& some = active.at(k);
         const int64_t m = some.size();
         if (m < static_cast<int64_t>(before.size())) {  // keep g_{k+1}'s rows of the rows step k computes
           float* kept = g_row(k + 1);
@@ -639,11 +641,7 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
         for (int64_t j = 0; j < m; ++j) scale_by_slope(L.activation, g + j * width, r + some[j] * stride, H);
         if (C) with_logit_grads(g, k, some);
         if (D) inputs_gradient(g, k, some, all);
-        const float* a = s;  // [r_k | x_k | 1] of the rows computed
-        if (!all) {
-          gather_rows(s, some, reads, stride, gathered.data());
-          a = gathered.data();
-        }
+        const float* a = rows_read(s, some, all, reads, stride, gathered);
         if (k == 0) {  // r_0 = 0: only [x_0 | 1] adds to the sums
           gemm(true, reads - H, width, m, 1.f, a + H, stride, g, width, 1.f, sum + H * width, width);
         } else {
