@@ -3,10 +3,12 @@
 Checks both revisions out into temporary git worktrees, runs each with this environment's Python
 (PYTHONPATH pointing at its src/), alternating, and reports medians: `seqmnist bench`'s training
 step (images/s at batch 100, hidden 200) and a whole seed epoch (`train --preset seed --epochs 1`:
-training plus accuracy on the 50,000 + 10,000 images). Also checks both give the same model, byte
-for byte, on the same thread count. Usage:
+training plus accuracy on the 50,000 + 10,000 images), at each of `--rows` (28, the seed's, unless
+told; `reproduce` trains 2, 4, ... 28, and the sum over them is what its time sees). Also checks both
+give the same models, byte for byte, on the same thread count. Usage:
 
     python bench/ab.py OLD_REV [NEW_REV (default: the working tree)] [--rounds 3] [--seconds 12]
+                       [--rows 28 ...]
 """
 
 import argparse
@@ -37,9 +39,9 @@ def run(src: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def seed_epoch(src: Path, out: Path) -> tuple[float, str]:
+def seed_epoch(src: Path, out: Path, rows: int) -> tuple[float, str]:
     """Seconds of one seed epoch (as its metrics.csv records them) and the model's SHA-256."""
-    run(src, "train", "--preset", "seed", "--epochs", "1", "--out", str(out))
+    run(src, "train", "--preset", "seed", "--rows", str(rows), "--epochs", "1", "--out", str(out))
     seconds = float((out / "metrics.csv").read_text().splitlines()[1].split(",")[-1])
     return seconds, hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("new", nargs="?")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--rows", type=int, nargs="+", default=[28])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -59,27 +62,30 @@ def main() -> None:
         sources["new"] = checkout(args.new, root / "new") if args.new else ROOT / "src"
         try:
             step = {name: [] for name in sources}
-            epoch = {name: [] for name in sources}
+            epoch = {(name, rows): [] for name in sources for rows in args.rows}
             models = {name: set() for name in sources}
             for i in range(args.rounds):
                 for name, src in sources.items():
                     bench = json.loads(run(src, "bench", "--json", "--seconds", str(args.seconds)).stdout)
                     step[name].append(bench["samples_per_s"])
-                    seconds, digest = seed_epoch(src, root / f"{name}-{i}")
-                    epoch[name].append(seconds)
-                    models[name].add(digest)
+                    for rows in args.rows:
+                        seconds, digest = seed_epoch(src, root / f"{name}-{rows}-{i}", rows)
+                        epoch[name, rows].append(seconds)
+                        models[name].add((rows, digest))
         finally:
             for name in ("old", "new"):
                 if (root / name).exists():
                     subprocess.run(
                         ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / name)], capture_output=True
                     )
+    medians = {key: statistics.median(v) for key, v in epoch.items()}
     result = {
         "old": args.old,
         "new": args.new or "working tree",
         "step_images_per_s": {n: statistics.median(v) for n, v in step.items()},
-        "seed_epoch_s": {n: statistics.median(v) for n, v in epoch.items()},
-        "same_model": len(models["old"] | models["new"]) == 1,
+        "seed_epoch_s": {n: sum(medians[n, rows] for rows in args.rows) for n in sources},
+        "epoch_ratio_by_rows": {rows: medians["old", rows] / medians["new", rows] for rows in args.rows},
+        "same_model": models["old"] == models["new"] and len(models["old"]) == len(args.rows),
     }
     result["step_ratio"] = result["step_images_per_s"]["new"] / result["step_images_per_s"]["old"]
     result["epoch_ratio"] = result["seed_epoch_s"]["old"] / result["seed_epoch_s"]["new"]
@@ -90,8 +96,11 @@ def main() -> None:
     for key, unit in (("step_images_per_s", "images/s"), ("seed_epoch_s", "s")):
         old, new = result[key]["old"], result[key]["new"]
         print(f"  {key:<18} old {old:9.1f} {unit:<8} new {new:9.1f} {unit}")
+    if len(args.rows) > 1:
+        by_rows = ", ".join(f"K={k} {r:.3f}x" for k, r in result["epoch_ratio_by_rows"].items())
+        print(f"  seed epoch new/old by rows K: {by_rows}; seed_epoch_s is their sum")
     print(f"  new/old speed: training step {result['step_ratio']:.3f}x, seed epoch {result['epoch_ratio']:.3f}x")
-    print(f"  same model after one seed epoch, byte for byte: {result['same_model']}")
+    print(f"  same model after one seed epoch at each K, byte for byte: {result['same_model']}")
 
 
 if __name__ == "__main__":

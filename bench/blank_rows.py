@@ -22,7 +22,7 @@ from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.data import MNIST
 from seqmnist.recipes import make_optimizer
-from seqmnist.train import accuracy, initial_model
+from seqmnist.train import accuracy, initial_model, train_step
 
 
 def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -> tuple[float, list[torch.Tensor]]:
@@ -33,10 +33,7 @@ def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -
     started = time.perf_counter()
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]
-        loss = model.loss(x[index], y[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x[index], y[index])
     accuracy(model, xe, ye, config, None)
     return time.perf_counter() - started, [p.detach().clone() for p in model.parameters()]
 

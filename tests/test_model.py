@@ -22,6 +22,8 @@ from seqmnist.model import (
     running_probs,
     seed_code_readout,
 )
+from seqmnist.recipes import make_optimizer, plain_sgd
+from seqmnist.train import train_step
 
 
 def numpy_mean_probs(U, W, V, x):
@@ -272,8 +274,9 @@ def test_the_compiled_loops_honour_inference_mode(threads):
 
 
 def test_the_compiled_loops_read_only_what_they_write(threads):
-    # They keep each step's product in cache and write only the logits, and the logits' gradients, to
-    # the whole-batch buffers: whatever else those hold must not matter.
+    # They keep each step's product in cache and write only the states, the logits and the logits'
+    # gradients to whole-batch buffers: what the logits' buffers held before must not matter (the
+    # gradients of step 0's logits, which count for no readout, are the zeros no pass writes).
     model, x, y = random_case(batch=70, rows=6, hidden=40)
     x[::3, :2] = 0  # and a third of the images start blank: the rows the loops leave out
 
@@ -283,10 +286,8 @@ def test_the_compiled_loops_read_only_what_they_write(threads):
 
     want = loss_and_grads()
     ws = model._workspace
-    top = ws.hidden[-1]
-    ws.fused.fill_(float("nan"))
-    ws.grad[..., :top].fill_(float("nan"))
-    ws.grad[..., top + 10 :].fill_(float("nan"))
+    ws.z.fill_(float("nan"))
+    ws.grad[1:].fill_(float("nan"))
     for got, expected in zip(loss_and_grads(), want, strict=True):
         assert torch.equal(got, expected)
 
@@ -330,6 +331,40 @@ def test_leaving_out_blank_steps_changes_no_bit(cell, readout, layers, shape, th
         results.append([loss.detach(), *torch.autograd.grad(loss, list(model.parameters())), model.logits(x)])
     for without, with_skips in zip(*results, strict=True):
         assert torch.equal(without, with_skips)
+
+
+@pytest.mark.parametrize(
+    ("cell", "readout", "bias", "layers"), list(itertools.product(ELEMENTWISE, READOUTS, [False, True], [1, 2]))
+)
+def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout, bias, layers):
+    # train_step takes the engine's own step for plain SGD (no autograd, no optimiser machinery): the
+    # losses and every weight after a few steps at changing rates must be the bits of the long way.
+    spec = ModelSpec(cell, 28, 200, layers, bias, readout, None, 28)
+    fused, long_way = (build_model(spec).init_weights(Draws(torch.Generator().manual_seed(1))) for _ in "ab")
+    optimizers = [make_optimizer("sgd", m.parameters(), 0.1, 0.0, 0.0) for m in (fused, long_way)]
+    for step, lr in enumerate([0.01, 0.04, 0.02]):
+        x, y = _blank_led(100, 28, 28, seed=step)
+        for optimizer in optimizers:
+            optimizer.param_groups[0]["lr"] = lr
+        got = train_step(fused, optimizers[0], x, y)
+        want = long_way.loss(x, y)
+        optimizers[1].zero_grad(set_to_none=True)
+        want.backward()
+        optimizers[1].step()
+        for model in (fused, long_way):
+            model.constrain_()
+        assert torch.equal(got, want.detach())
+    assert all(p.grad is None for p in fused.parameters())  # the fused step was the one taken
+    for a, b in zip(fused.parameters(), long_way.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_only_plain_sgd_takes_the_fused_step():
+    parameters = [nn.Parameter(torch.zeros(3))]
+    assert plain_sgd(make_optimizer("sgd", parameters, 0.1, 0.0, 0.0))
+    assert not plain_sgd(make_optimizer("sgd", parameters, 0.1, 0.0, 1e-4))
+    for name in ("momentum", "nesterov", "adam", "adamw", "rmsprop"):
+        assert not plain_sgd(make_optimizer(name, parameters, 0.1, 0.9, 0.0))
 
 
 def test_workspace_misuse_is_caught():

@@ -24,6 +24,7 @@ from torch import nn
 from . import engine
 from .config import Config
 from .model import CELLS, NUM_CLASSES, Draws, GatedRNN, ModelSpec, SequenceClassifier, build_model, readout_loss
+from .train import train_step
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -105,10 +106,7 @@ def our_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = model.loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y)
 
     return step
 

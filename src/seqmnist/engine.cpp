@@ -36,7 +36,8 @@
 // * Each step's product lands in a small buffer of the slice's own, reused every step and so in
 //   cache, rather than in the whole-batch buffers (2.6 MB each, out of cache): only the logits are
 //   written out in the forward pass, and the backward pass keeps its step gradients in two rows.
-//   A further 1.08x on two threads, 1.03x on one.
+//   A further 1.08x on two threads, 1.03x on one. The logits and their gradients have compact
+//   buffers of their own, (T + 1, batch, classes), which the loss pass reads in cache.
 // * A diagonal recurrence is not a multiply: its step multiplies only [x_k | 1] (and r_k by V for
 //   the logits), and w * r_k is one more elementwise pass.
 
@@ -303,7 +304,7 @@ void fill_backward_weights(const Layer& L, const at::Tensor& Bt, int64_t padded,
     for (int64_t i = 0; i < H; ++i) out[(H + c) * cols + i] = k * L.V[i * C + c];
 }
 
-// --- losses: rows begin..end of the batch, logits z_t = fused[t][b][first..first + classes), t = 1..T ----
+// --- losses: rows begin..end of the batch, logits z_t = z[t][b], t = 1..T ----------------------------------
 // Each writes every image's loss and the gradient of that loss in every logit to the same place in
 // grad. Rows outermost, so that the passes walk the buffers in memory order.
 
@@ -311,19 +312,19 @@ void fill_backward_weights(const Layer& L, const at::Tensor& Bt, int64_t padded,
 // dloss_b/dz_t[c] = -p_t[y] ([c == y] - p_t[c]) / (T m_y), with p_t = softmax(z_t), m = mean_t p_t.
 // In PyTorch this was nine small operations (~0.5 ms a batch); the first pass leaves p_t in grad for
 // the second.
-void mean_softmax_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& grad, float* loss,
-                         int64_t first, int64_t classes, int64_t begin, int64_t end) {
-  const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2);
-  const float* Z = fused.const_data_ptr<float>();
+void mean_softmax_losses(const at::Tensor& z, const int64_t* y, const at::Tensor& grad, float* loss, int64_t begin,
+                         int64_t end) {
+  const int64_t rows = z.size(0) - 1, batch = z.size(1), classes = z.size(2);
+  const float* Z = z.const_data_ptr<float>();
   float* G = grad.data_ptr<float>();
   std::vector<float> mean_y(end - begin, 0.f);
   for (int64_t t = 1; t <= rows; ++t) {
     for (int64_t b = begin; b < end; ++b) {
-      const float* z = Z + (t * batch + b) * width + first;
-      float* p = G + (t * batch + b) * width + first;
-      const float top = *std::max_element(z, z + classes);
+      const float* zt = Z + (t * batch + b) * classes;
+      float* p = G + (t * batch + b) * classes;
+      const float top = *std::max_element(zt, zt + classes);
       float sum = 0.f;
-      for (int64_t c = 0; c < classes; ++c) sum += p[c] = std::exp(z[c] - top);
+      for (int64_t c = 0; c < classes; ++c) sum += p[c] = std::exp(zt[c] - top);
       for (int64_t c = 0; c < classes; ++c) p[c] /= sum;
       mean_y[b - begin] += p[y[b]] / rows;
     }
@@ -331,7 +332,7 @@ void mean_softmax_losses(const at::Tensor& fused, const int64_t* y, const at::Te
   for (int64_t b = begin; b < end; ++b) loss[b] = -std::log(mean_y[b - begin]);
   for (int64_t t = 1; t <= rows; ++t) {
     for (int64_t b = begin; b < end; ++b) {
-      float* g = G + (t * batch + b) * width + first;
+      float* g = G + (t * batch + b) * classes;
       const float py = g[y[b]], scale = -py / (rows * mean_y[b - begin]);
       for (int64_t c = 0; c < classes; ++c) g[c] = scale * ((c == y[b]) - g[c]);
     }
@@ -340,19 +341,19 @@ void mean_softmax_losses(const at::Tensor& fused, const int64_t* y, const at::Te
 
 // Cross-entropy of softmax(m) at y, m = the mean of the logits over the steps (mean-logits) or the last
 // step's (last): dloss/dm = softmax(m) - onehot(y), shared out over the steps m averages.
-void averaged_logit_losses(const at::Tensor& fused, const int64_t* y, const at::Tensor& grad, float* loss,
-                           int64_t first, int64_t classes, int64_t begin, int64_t end, bool last_only) {
-  const int64_t rows = fused.size(0) - 1, batch = fused.size(1), width = fused.size(2);
+void averaged_logit_losses(const at::Tensor& z, const int64_t* y, const at::Tensor& grad, float* loss, int64_t begin,
+                           int64_t end, bool last_only) {
+  const int64_t rows = z.size(0) - 1, batch = z.size(1), classes = z.size(2);
   const int64_t from = last_only ? rows : 1;
   const float share = 1.f / (rows - from + 1);
-  const float* Z = fused.const_data_ptr<float>();
+  const float* Z = z.const_data_ptr<float>();
   float* G = grad.data_ptr<float>();
   std::vector<float> m(classes);
   for (int64_t b = begin; b < end; ++b) {
     std::fill(m.begin(), m.end(), 0.f);
     for (int64_t t = from; t <= rows; ++t) {
-      const float* z = Z + (t * batch + b) * width + first;
-      for (int64_t c = 0; c < classes; ++c) m[c] += z[c];
+      const float* zt = Z + (t * batch + b) * classes;
+      for (int64_t c = 0; c < classes; ++c) m[c] += zt[c];
     }
     for (int64_t c = 0; c < classes; ++c) m[c] *= share;
     const float top = *std::max_element(m.begin(), m.end()), at_label = m[y[b]] - top;
@@ -361,7 +362,7 @@ void averaged_logit_losses(const at::Tensor& fused, const int64_t* y, const at::
     loss[b] = std::log(sum) - at_label;  // log-sum-exp minus the label's logit, shifted: never log(0)
     for (int64_t c = 0; c < classes; ++c) m[c] = share * (m[c] / sum - (c == y[b]));
     for (int64_t t = 1; t <= rows; ++t) {
-      float* g = G + (t * batch + b) * width + first;
+      float* g = G + (t * batch + b) * classes;
       if (t < from)
         std::fill(g, g + classes, 0.f);
       else
@@ -426,14 +427,14 @@ std::vector<at::Tensor> weight_gradients(const Layer& L, const at::Tensor& sums,
 
 // One layer, k = 0..T-1: [rho a_{k+1} | z_k] = [r_k | x_k | 1] M (a diagonal recurrence adds
 // rho sigma w * r_k), then r_{k+1} = phi(rho a_{k+1}); on the top layer (V given), the last step's
-// logits too. Each step's product goes to a buffer of the slice's own; only z_k reaches fused (its
-// logits columns; the last row also gets its zero padding), the rest of fused is left as it was.
+// logits too. Each step's product goes to a buffer of the slice's own; only z_k reaches z, a compact
+// (T + 1, batch, classes) buffer.
 // r_0 = 0, x_T = 0, the bias column's ones and the padding are in state already (engine.Workspace).
 // Each slice copies its images' inputs into its states: x is (batch, T, inputs) with any row
 // strides (the layer below's states, for a layer above).
 // With labels (training; top layer only), each slice goes on to its images' losses and the logits'
 // gradients (into grad), while its logits are in cache; returns the losses.
-std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, const at::Tensor& state,
+std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& z, const at::Tensor& state,
                                         const at::Tensor& x, const at::Tensor& U, const at::Tensor& W,
                                         const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& V,
                                         const std::optional<at::Tensor>& c, const at::Tensor& M, int64_t activation,
@@ -449,13 +450,13 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) == batch &&
                   x.size(1) == rows && x.size(2) == n && x.stride(2) == 1,
               "engine inputs disagree in shape with the buffers");
-  TORCH_CHECK(!C || (fused && fused->sizes() == at::IntArrayRef({rows + 1, batch, width})),
-              "engine: the top layer needs a logits buffer shaped (T + 1, batch, width)");
-  if (fused) check_buffer(*fused, 3);
+  TORCH_CHECK(!C || (z && z->sizes() == at::IntArrayRef({rows + 1, batch, C})),
+              "engine: the top layer needs a logits buffer shaped (T + 1, batch, classes)");
+  if (z) check_buffer(*z, 3);
   std::optional<at::Tensor> losses;
   const int64_t* y = nullptr;
   if (labels) {
-    TORCH_CHECK(C > 0 && grad && grad->sizes() == fused->sizes(), "the loss needs a gradient buffer like fused");
+    TORCH_CHECK(C > 0 && grad && grad->sizes() == z->sizes(), "the loss needs a gradient buffer like z");
     check_buffer(*grad, 3);
     TORCH_CHECK(labels->device().is_cpu() && labels->scalar_type() == at::kLong && labels->dim() == 1 &&
                     labels->is_contiguous() && labels->numel() == batch,
@@ -468,7 +469,7 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
   fill_step_weights(L, M);
   std::vector<float> diagonal(L.diagonal ? H : 0);  // rho sigma w
   for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = L.f.rho * L.f.sigma * L.W[j];
-  float* F = fused ? fused->data_ptr<float>() : nullptr;
+  float* Z = z ? z->data_ptr<float>() : nullptr;
   float* S = state.data_ptr<float>();
   const float* X = x.const_data_ptr<float>();
   const int64_t sx_image = x.stride(0), sx_step = x.stride(1);
@@ -478,7 +479,7 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
   pybind11::gil_scoped_release no_gil;
   over_batch_slices(batch, slice_count(batch), [&](int64_t, int64_t begin, int64_t count) {
     // Each step's product lands in this slice's own small buffer, which stays in cache; only the
-    // logits go on to fused (the activation consumes the rest at once).
+    // logits go on to z (the activation consumes the rest at once).
     std::vector<float> product(count * width);
     float* f = product.data();
     ActiveRows active(lead, begin, count);
@@ -504,23 +505,24 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
         if (L.diagonal && k > 0)
           for (int64_t h = 0; h < H; ++h) p[h] += diagonal[h] * a[j * stride + h];
         activate(L.activation, p, s + (batch + i) * stride, H);
-        if (C) std::copy_n(p + H, C, F + (k * batch + begin + i) * width + H);
+        if (C) std::copy_n(p + H, C, Z + (k * batch + begin + i) * C);
       }
       for (int64_t i = 0; i < count && !all; ++i) {
         if (active.active(i, k)) continue;  // still blank: r_{k+1} = 0, z_k = 0
         std::fill_n(s + (batch + i) * stride, H, 0.f);
-        if (C) std::fill_n(F + (k * batch + begin + i) * width + H, C, 0.f);
+        if (C) std::fill_n(Z + (k * batch + begin + i) * C, C, 0.f);
       }
     }
     if (C) {  // the last step's logits: [r_T | 0 | 1] [sigma V ; 0 ; c] (without a bias, r_T alone)
       gemm(false, count, width - H, L.bias ? reads : H, 1.f, S + (rows * batch + begin) * stride, stride,
-           weights + H, width, 0.f, F + (rows * batch + begin) * width + H, width);
+           weights + H, width, 0.f, f + H, width);
+      for (int64_t i = 0; i < count; ++i) std::copy_n(f + i * width + H, C, Z + (rows * batch + begin + i) * C);
     }
     if (y) {
       if (readout == kMeanSoftmax)
-        mean_softmax_losses(*fused, y, *grad, loss, H, C, begin, begin + count);
+        mean_softmax_losses(*z, y, *grad, loss, begin, begin + count);
       else
-        averaged_logit_losses(*fused, y, *grad, loss, H, C, begin, begin + count, readout == kLast);
+        averaged_logit_losses(*z, y, *grad, loss, begin, begin + count, readout == kLast);
     }
   });
   return losses;
@@ -528,8 +530,8 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& fused, 
 
 // One layer, k = T-1..0: g_k = [dL/da_{k+1} | dL/dz_k | 0] with
 //   dL/da_{k+1} = (g_{k+1} kappa [W | V]^T + kappa E_{k+1}) * slope(r_{k+1})
-// (a diagonal recurrence: kappa (w * g_{k+1} + dz_{k+1} V^T)), dL/dz_k from the loss (grad's logits
-// columns; top layer) and E, the gradient in the states from the layer above (lower layers; `above`
+// (a diagonal recurrence: kappa (w * g_{k+1} + dz_{k+1} V^T)), dL/dz_k from the loss (grad, laid out
+// like z; top layer) and E, the gradient in the states from the layer above (lower layers; `above`
 // holds kappa E, scaled by the layer above). Returns the gradients of U, W (or w), b, V, c (those the layer has), from the sums
 // of [r_k | x_k | 1]^T g_k, scaled by `scale`. With `below` (the layer below's E, (T + 1, batch, inputs)),
 // also writes kappa_below times the gradient in each input x_k to below[k + 1].
@@ -552,7 +554,8 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
   const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads, width = Bt.size(0), cols = Bt.size(1);
   TORCH_CHECK(padded >= H && cols == (below ? padded + n : padded) && width >= H + C,
               "engine: backward weights disagree in shape");
-  TORCH_CHECK(C == 0 || (grad && grad->size(2) == width), "engine: the top layer needs its logits' gradients");
+  TORCH_CHECK(C == 0 || (grad && grad->sizes() == at::IntArrayRef({rows + 1, batch, C})),
+              "engine: the top layer needs its logits' gradients, shaped (T + 1, batch, classes)");
   TORCH_CHECK(C > 0 || above, "engine: a layer below needs the gradient from the layer above");
   if (grad) check_buffer(*grad, 3);
   if (above) {
@@ -592,7 +595,7 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
       std::vector<float> gathered(skips ? count * stride : 0), inputs(skips && D ? count * n : 0);
       auto with_logit_grads = [&](float* g, int64_t k, const std::vector<int64_t>& some) {
         for (size_t j = 0; j < some.size(); ++j)
-          std::copy_n(dZ + (k * batch + begin + some[j]) * width + H, C, g + j * width + H);
+          std::copy_n(dZ + (k * batch + begin + some[j]) * C, C, g + j * width + H);
       };
       auto inputs_gradient = [&](const float* g, int64_t k, const std::vector<int64_t>& some, bool all) {
         // kappa_below dL/dx_k into below[k + 1]; 0 for a row still blank (the layer below leaves it out too)

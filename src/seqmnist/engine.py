@@ -33,6 +33,13 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's sha
   its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, and
   (bench/blank_rows.py: training and evaluation, alternating, one thread) 1.14x for a 28-row model,
   1.3-2.4x for 2 to 14 rows; the full ``reproduce`` took 65.8 minutes instead of 79.9.
+* Plain SGD skips autograd and the optimiser (:func:`layers_sgd_step`, taken by ``train.train_step``):
+  the two passes, then ``p.add_(grad, alpha=-lr)`` as ``torch.optim.SGD`` does it, so the same bits.
+  Their machinery cost 0.5-1.2 ms a batch (more for longer sequences: the passes push Python's own
+  data out of cache), most of a small model's batch: 1.08x a 28-row batch, 1.65x a 2-row one.
+* The logits and their gradients are compact (T + 1, batch, classes) buffers: the loss pass reads and
+  writes 112 KB in cache rather than one cache line in each 896-byte row of 2.6 MB (~0.25 ms a
+  28-row batch instead of ~0.6).
 * Preallocated buffers, reused batch after batch: the hot loop allocates nothing.
 * Layers above the first read the states of the layer below in place (no copy), and hand it the
   gradient in its states, already multiplied by its tanh' factor, from an extra block of columns of
@@ -40,8 +47,8 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's sha
 
 What is left (see docs/speed.md): the step multiplies, (50 x 228)(228 x 224) and two of like size
 per thread at batch 100, which MKL runs at ~75-90% of one core's share of the large-multiply peak;
-Python (autograd, the optimiser: ~0.5 ms a batch) and the threads' waits for each other. Larger
-batches amortise both.
+the loss's scalar ``std::exp`` (vectorising it would change the bits the seed's replay rests on);
+the threads' waits for each other.
 """
 
 from __future__ import annotations
@@ -195,18 +202,17 @@ class Workspace:
                 # ~10% faster so), zero columns up to a multiple of 16; a layer above the first has
                 # kappa U^T in further columns: the gradient it hands the layer below.
                 self.back_weights.append(torch.zeros(width, _padded(hidden) + (inputs if depth else 0), **opts))
-            # fused[k] = [. | z_k | 0]: the top layer's logits of step k (its other columns are not written).
-            self.fused = torch.empty(steps + 1, batch, width, **opts)
-            self.classes = classes
+            # z[k]: the top layer's logits of step k, compact (the loss pass reads them in cache).
+            self.z = torch.empty(steps + 1, batch, classes, **opts)
             self.grad = None
         self.generation += 1
 
     def ensure_backward(self) -> None:
         """The backward pass's buffers, allocated on first use so evaluation never pays for them."""
         if self.grad is None:
-            # grad[k] = [. | dL/dz_k | 0], laid out like fused; grad[0]'s logits (z_0 counts for no
-            # readout) are never written, so zero for good.
-            self.grad = torch.zeros_like(self.fused)
+            # grad[k] = dL/dz_k, laid out like z; grad[0] (z_0 counts for no readout) is never
+            # written, so zero for good.
+            self.grad = torch.zeros_like(self.z)
             # above[l][k]: kappa times the gradient in layer l's states s_k, from the layer above.
             self.above = [
                 torch.zeros(*state.shape[:2], hidden, dtype=state.dtype, device=state.device)
@@ -220,9 +226,8 @@ class Workspace:
         return self.states[depth - 1][1:, :, : self.hidden[depth - 1]].transpose(0, 1)
 
     def logits(self) -> torch.Tensor:
-        """The top layer's logits of steps 1..T, (steps, batch, classes), a view of ``fused``."""
-        top = self.hidden[-1]
-        return self.fused[1:, :, top : top + self.classes]
+        """The top layer's logits of steps 1..T, (steps, batch, classes), a view of ``z``."""
+        return self.z[1:]
 
 
 def _forward(
@@ -249,7 +254,7 @@ def _forward(
         top = depth == len(layers) - 1
         weights = [t.contiguous() if t is not None else None for t in (U, W, b, V if top else None, c if top else None)]
         losses = native.forward_layer(
-            ws.fused if top else None,
+            ws.z if top else None,
             ws.states[depth],
             ws.inputs(x, depth),
             *weights,
@@ -281,35 +286,46 @@ class _LayersLoss(torch.autograd.Function):
             raise RuntimeError("engine workspace reused by another forward pass before backward")
         activation, _, layers, bias = ctx.structure
         stack, V, c = _unflatten(ctx.saved_tensors, layers, bias)
-        native = native_loops()
-        scale = dloss.item() / ws.fused.shape[1]
-        grads: list[torch.Tensor] = []
-        for depth in range(len(stack) - 1, -1, -1):
-            top = depth == len(stack) - 1
-            U, W, b = (t.contiguous() if t is not None else None for t in stack[depth])
-            layer = native.backward_layer(
-                ws.grad if top else None,
-                ws.above[depth],
-                ws.states[depth],
-                U,
-                W,
-                b,
-                V.contiguous() if top else None,
-                c.contiguous() if top and c is not None else None,
-                ws.back_weights[depth],
-                _padded(ws.hidden[depth]),
-                ACTIVATIONS[activation],
-                SIGMA[activation] if depth else 1.0,
-                scale,
-                ws.above[depth - 1] if depth else None,
-                KAPPA[activation],
-                ws.inked_from,
-            )
-            if top:  # [dU, dW, db?, dV, dc?]: the readout's last
-                readout = layer[2 + bias :]
-                layer = layer[: 2 + bias]
-            grads = layer + grads
-        return None, None, None, None, *grads, *readout
+        grads = _backward(ws, stack, V, c, activation, dloss.item() / ws.z.shape[1])
+        return None, None, None, None, *grads
+
+
+def _backward(ws: Workspace, layers: list[LayerWeights], V, c, activation: str, scale: float) -> list[torch.Tensor]:
+    """The gradients of ``scale`` times the summed loss of the last forward pass (with labels), top
+    layer first, returned in the order of :func:`_flat`."""
+    native = native_loops()
+    grads: list[torch.Tensor] = []
+    for depth in range(len(layers) - 1, -1, -1):
+        top = depth == len(layers) - 1
+        U, W, b = (t.contiguous() if t is not None else None for t in layers[depth])
+        layer = native.backward_layer(
+            ws.grad if top else None,
+            ws.above[depth],
+            ws.states[depth],
+            U,
+            W,
+            b,
+            V.contiguous() if top else None,
+            c.contiguous() if top and c is not None else None,
+            ws.back_weights[depth],
+            _padded(ws.hidden[depth]),
+            ACTIVATIONS[activation],
+            SIGMA[activation] if depth else 1.0,
+            scale,
+            ws.above[depth - 1] if depth else None,
+            KAPPA[activation],
+            ws.inked_from,
+        )
+        if top:  # [dU, dW, db?, dV, dc?]: the readout's last
+            readout = layer[2 + (b is not None) :]
+            layer = layer[: 2 + (b is not None)]
+        grads = layer + grads
+    return grads + readout
+
+
+def _flat(layers: list[LayerWeights], V: torch.Tensor, c: torch.Tensor | None) -> list[torch.Tensor]:
+    """Every weight, in the order the autograd function takes them: each layer's U, W, b, then V, c."""
+    return [t for layer in layers for t in layer if t is not None] + [V] + ([c] if c is not None else [])
 
 
 def _unflatten(weights, layers: int, bias: bool):
@@ -329,9 +345,31 @@ def layers_loss(
     readout: str,
 ) -> torch.Tensor:
     """The readout's loss on a batch, averaged, differentiable in every weight through the fast backward pass."""
-    bias = c is not None
-    flat = [t for layer in layers for t in layer if t is not None] + [V] + ([c] if bias else [])
-    return _LayersLoss.apply(ws, x, y, (activation, readout, len(layers), bias), *flat)
+    structure = (activation, readout, len(layers), c is not None)
+    return _LayersLoss.apply(ws, x, y, structure, *_flat(layers, V, c))
+
+
+def layers_sgd_step(
+    ws: Workspace,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layers: list[LayerWeights],
+    V: torch.Tensor,
+    c: torch.Tensor | None,
+    activation: str,
+    readout: str,
+    lr: float,
+) -> torch.Tensor:
+    """One step of plain SGD on a batch, as ``torch.optim.SGD`` without momentum or weight decay takes
+    it (``p.add_(grad, alpha=-lr)``, the same kernel, so the same bits), but without autograd or the
+    optimiser's machinery: Python's overhead around the two compiled passes, 0.5-1 ms a batch, which is
+    most of a small model's batch. Returns the batch's mean loss."""
+    with torch.no_grad():
+        losses = _forward(ws, x, layers, V, c, activation, y, readout)
+        grads = _backward(ws, layers, V, c, activation, 1.0 / len(losses))
+        for weight, grad in zip(_flat(layers, V, c), grads, strict=True):
+            weight.add_(grad, alpha=-lr)
+        return losses.mean()
 
 
 def layers_logits(

@@ -89,10 +89,11 @@ class ModelSpec:
 # --- readouts ------------------------------------------------------------------------------------
 
 
-def readout_scores(readout: str, logits: torch.Tensor) -> torch.Tensor:
-    """What the prediction is the argmax of, from per-step logits (steps, batch, classes)."""
+def readout_scores(readout: str, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """What the prediction is the argmax of, from per-step logits (steps, batch, classes); ``probs``,
+    their softmax, where the caller has it already."""
     if readout == "mean-softmax":
-        return torch.softmax(logits, dim=-1).mean(0)
+        return (torch.softmax(logits, dim=-1) if probs is None else probs).mean(0)
     if readout == "mean-logits":
         return logits.mean(0)
     return logits[-1]
@@ -184,6 +185,11 @@ class SequenceClassifier(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
         return readout_loss(self.spec.readout, self.logits(x, fast), y)
+
+    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor | None:
+        """One step of plain SGD on a batch taken by the model's own fast path, its mean loss; None where
+        the model has none for these inputs (the trainer then takes autograd and the optimiser)."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The readout's scores (batch, classes), by the definition."""
@@ -304,6 +310,12 @@ class ElementwiseRNN(SequenceClassifier):
             weights = (self.layer_weights(), self.V, self.c)
             return engine.layers_loss(self._workspace, x, y, *weights, self.activation, self.spec.readout)
         return super().loss(x, y, fast)
+
+    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor | None:
+        if not self.uses_engine(x):
+            return None
+        weights = (self.layer_weights(), self.V, self.c)
+        return engine.layers_sgd_step(self._workspace, x, y, *weights, self.activation, self.spec.readout, lr)
 
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         """The cell's equations, step by step, with autograd: the reference."""

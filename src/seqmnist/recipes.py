@@ -34,6 +34,15 @@ def make_optimizer(
     return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay)
 
 
+def plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every step is p -= lr grad and nothing else: SGD with one group, no momentum, no weight
+    decay, not maximising, PyTorch's own per-tensor update (what a model's fused step reproduces)."""
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    return group["momentum"] == 0 and group["weight_decay"] == 0 and not group["maximize"] and not group["fused"]
+
+
 def learning_rate(
     lr: float,
     schedule: str,

@@ -27,7 +27,7 @@ from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
-from .recipes import learning_rate, make_optimizer
+from .recipes import learning_rate, make_optimizer, plain_sgd
 from .runs import Position, Run, TrainingState
 from .seed import seed_log
 
@@ -96,9 +96,12 @@ def predict(
     readout = model.spec.readout
     ours, as_seed = [], []
     for logits in step_logits(model, x, definition, progress):
-        ours.append(readout_scores(readout, logits).argmax(1))
-        if readout == "mean-softmax":
-            as_seed.append(seed_code_readout(torch.softmax(logits, dim=-1)).argmax(1))
+        if readout == "mean-softmax":  # both from one softmax: over 10 classes, it is most of this loop
+            probs = torch.softmax(logits, dim=-1)
+            ours.append(readout_scores(readout, logits, probs).argmax(1))
+            as_seed.append(seed_code_readout(probs).argmax(1))
+        else:
+            ours.append(readout_scores(readout, logits).argmax(1))
     return torch.cat(ours), torch.cat(as_seed) if as_seed else None
 
 
@@ -188,6 +191,32 @@ class TrainingInterrupted(Exception):
 # --- the loop ----------------------------------------------------------------------------------
 
 
+def train_step(
+    model: SequenceClassifier,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fast: bool = True,
+    clip: float = 0.0,
+) -> torch.Tensor:
+    """One optimiser step on sequences x with labels y; returns the batch's mean loss.
+
+    Plain SGD takes the model's own step where it has one (the CPU engine's): the same bits as
+    autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1 ms a
+    batch, which is most of a small model's batch."""
+    if fast and not clip and plain_sgd(optimizer):
+        loss = model.sgd_step(x, y, optimizer.param_groups[0]["lr"])
+        if loss is not None:
+            return loss
+    loss = model.loss(x, y, fast=fast)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss
+
+
 def session(device: torch.device) -> dict:
     """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
@@ -271,12 +300,9 @@ class Trainer:
         for b in bar:
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
             self.set_learning_rate((position.epoch - 1) * config.batches + b)
-            loss = model.loss(x[index], y[index], fast=self.fast)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            self.optimizer.step()
+            # index_select rather than x[index]: the same rows, a quarter of the overhead (~20 us, not ~80).
+            batch_x, batch_y = x.index_select(0, index), y.index_select(0, index)
+            loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, config.clip)
             model.constrain_()
             loss_sum += loss.detach() * len(index)
             position.seen += len(index)
