@@ -339,7 +339,7 @@ def test_leaving_out_blank_steps_changes_no_bit(cell, readout, layers, shape, th
 def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout, bias, layers):
     # train_step takes the engine's own step for plain SGD (no autograd, no optimiser machinery): the
     # losses and every weight after a few steps at changing rates must be the bits of the long way.
-    spec = ModelSpec(cell, 28, 200, layers, bias, readout, None, 28)
+    spec = ModelSpec(cell, 28, 40, layers, bias, readout, None, 28)
     fused, long_way = (build_model(spec).init_weights(Draws(torch.Generator().manual_seed(1))) for _ in "ab")
     optimizers = [make_optimizer("sgd", m.parameters(), 0.1, 0.0, 0.0) for m in (fused, long_way)]
     for step, lr in enumerate([0.01, 0.04, 0.02]):

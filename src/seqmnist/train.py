@@ -202,8 +202,8 @@ def train_step(
     """One optimiser step on sequences x with labels y; returns the batch's mean loss.
 
     Plain SGD takes the model's own step where it has one (the CPU engine's): the same bits as
-    autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1 ms a
-    batch, which is most of a small model's batch."""
+    autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1.2 ms
+    a batch, which is most of a small model's batch."""
     if fast and not clip and plain_sgd(optimizer):
         loss = model.sgd_step(x, y, optimizer.param_groups[0]["lr"])
         if loss is not None:
