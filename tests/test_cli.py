@@ -65,14 +65,14 @@ def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     assert "epoch   1/1" in result.stdout and "test accuracy" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
 
-    result = run_cli("evaluate", out, "--json", env=env)
+    monkeypatch.setenv("SEQMNIST_DATA", str(mnist_dir))  # what needs no new process: through cli.main here
+    result = call_main("evaluate", out, "--json")
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout)
     assert evaluated["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
     assert evaluated["test_acc_as_seed"] == pytest.approx(summary["test_acc_as_seed"], abs=1e-9)
     assert evaluated["confusion_matrix"] == summary["confusion_matrix"]
 
-    monkeypatch.setenv("SEQMNIST_DATA", str(mnist_dir))  # the rest through cli.main in this process
     result = call_main("evaluate", out)
     assert f"test accuracy {summary['test_acc']:.4f}" in result.stdout
 
@@ -80,7 +80,7 @@ def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     assert_one_line_error(again, "is a finished run (1 epochs, test accuracy", "--resume", "--epochs N (N > 1)")
     resumed = call_main("train", "--resume", out, "--lr", "0.5")
     assert_one_line_error(resumed, "--resume uses the settings saved in the run; drop --lr")
-    finished = run_cli("train", "--resume", out, env=env)
+    finished = call_main("train", "--resume", out)
     assert_one_line_error(finished, "is a finished run", "to train it further: seqmnist train --resume")
     assert json.loads((out / "summary.json").read_text()) == summary  # untouched
 
