@@ -96,12 +96,11 @@ def predict(
     readout = model.spec.readout
     ours, as_seed = [], []
     for logits in step_logits(model, x, definition, progress):
-        if readout == "mean-softmax":  # both from one softmax: over 10 classes, it is most of this loop
-            probs = torch.softmax(logits, dim=-1)
-            ours.append(readout_scores(readout, logits, probs).argmax(1))
+        # Both measures from one softmax: over 10 classes, it is most of this loop.
+        probs = torch.softmax(logits, dim=-1) if readout == "mean-softmax" else None
+        ours.append(readout_scores(readout, logits, probs).argmax(1))
+        if probs is not None:
             as_seed.append(seed_code_readout(probs).argmax(1))
-        else:
-            ours.append(readout_scores(readout, logits).argmax(1))
     return torch.cat(ours), torch.cat(as_seed) if as_seed else None
 
 
