@@ -1,13 +1,14 @@
 # Two entry points on a fresh clone; each sets up .venv first if needed.
 #   make seed   train the seed model (100 epochs) and print its test accuracy
-#   make test   lint and run the test suite
+#   make test   lint and run every test (real processes, Ray, Chromium included; ~6 minutes on 2 cores)
+#   make check  lint and run the fast tier, for the edit-test loop (under 2 minutes on 2 cores)
 # The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache.
 
 PY := .venv/bin/python
 SHARED_MNIST := $(abspath ../shared/data/mnist)
 export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
 
-.PHONY: seed test bench setup
+.PHONY: seed test check lint bench setup
 
 setup: .venv/.done
 
@@ -23,9 +24,14 @@ setup: .venv/.done
 seed: setup
 	.venv/bin/seqmnist train --preset seed
 
-test: setup
+lint: setup
 	.venv/bin/ruff check src tests bench scripts
+
+test: lint
 	$(PY) -m pytest -q --durations=15
+
+check: lint
+	$(PY) -m pytest -q -m 'not slow' --durations=10
 
 bench: setup
 	.venv/bin/seqmnist bench

@@ -75,3 +75,15 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def quick_run(mnist_dir, tmp_path_factory) -> Path:
+    """One small trained rows run for every test that only reads a model (predict, serve, devices): the
+    quick preset, one epoch on 10,000 images, trained once per session by the real CLI in this process.
+    Tests that change a run work on a copy."""
+    out = tmp_path_factory.mktemp("quick") / "run"
+    result = call_main("train", "--preset", "quick", "--epochs", "1", "--subset", "10000", "--lr", "0.01",
+                       "--out", out, "--data-dir", mnist_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out

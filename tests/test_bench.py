@@ -43,6 +43,7 @@ def test_the_plain_loop_starts_from_our_weights(cell):
         torch.testing.assert_close(plain(x), ours.logits(x, fast=False), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bench_json_and_table():
     result = run_cli("bench", "--json", "--seconds", "2")
     assert result.returncode == 0, result.stderr
@@ -58,6 +59,7 @@ def test_bench_json_and_table():
     assert "of peak" in table[3] and len(table) == 4 + 2 * len(data["scaling"]) + 2
 
 
+@pytest.mark.slow
 def test_bench_one_cell_and_task():
     result = run_cli(
         "bench", "--cell", "indrnn", "--task", "pixel", "--pixels-per-step", "16", "--seconds", "1", "--json"

@@ -44,6 +44,7 @@ def test_errors_are_one_line_with_exit_2(args, fragments, tmp_path, monkeypatch)
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["train", "--no-such-flag"], ["train", "--rows", "40"], ["evaluate", "/no/run"]])
 def test_errors_are_one_line_from_a_real_process(args, tmp_path):
     assert_one_line_error(run_cli(*args, cwd=tmp_path))
@@ -57,6 +58,7 @@ def test_bad_data_dir_from_environment(tmp_path, monkeypatch):
     assert_one_line_error(result, "train-images-idx3-ubyte.gz: not a gzip file")
 
 
+@pytest.mark.slow
 def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     env = {"SEQMNIST_DATA": str(mnist_dir)}
@@ -94,6 +96,7 @@ def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     assert_one_line_error(call_main("train", "--resume", out, "--epochs", "1"), "already trained 2 epochs")
 
 
+@pytest.mark.slow
 def test_evaluate_rejects_a_model_of_the_wrong_shape(mnist_dir, tmp_path):
     import numpy as np
     from safetensors.numpy import save_file

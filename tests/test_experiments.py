@@ -9,6 +9,9 @@ from conftest import assert_one_line_error, run_cli
 from seqmnist.experiments import ACCURACIES, agreement, member_config
 from seqmnist.seed import CONFUSION_ROWS, SWEEP_ROWS, seed_confusion, seed_curves, seed_sweep
 
+# make test's tier: the quick reproduction and its figures
+pytestmark = pytest.mark.slow
+
 FIGURES = ("epoch_curves.png", "rows_sweep.png", "confusion_ours.png", "confusion_seed.png", "weights.png")
 
 

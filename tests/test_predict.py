@@ -102,15 +102,9 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(mnist_dir, tmp_path_factory) -> Path:
-    """A small rows run made by the real CLI (the quick preset, one epoch on 5,000 images)."""
-    out = tmp_path_factory.mktemp("predict") / "run"
-    result = run_cli(
-        "train", "--preset", "quick", "--epochs", "1", "--subset", "5000", "--out", out,
-        env={"SEQMNIST_DATA": str(mnist_dir)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+def run_dir(quick_run) -> Path:
+    """A small rows run made by the real CLI (conftest's quick_run)."""
+    return quick_run
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +289,7 @@ def other_runs(mnist_dir, seed_models_dir, tmp_path_factory) -> dict[str, Path]:
     return {name: root / name for name in commands}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "steps", "unit"), [("pixel", 49, "step"), ("permuted", 28, "step"), ("seed", 28, "row")]
 )

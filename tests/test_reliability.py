@@ -13,6 +13,9 @@ import pytest
 
 from conftest import assert_one_line_error, call_main, run_cli
 
+# make test's tier: real processes signalled and killed mid-training
+pytestmark = pytest.mark.slow
+
 # Epoch 1 is not evaluated (NaN accuracies), so resuming is also checked across a skipped evaluation.
 SETTINGS = ["--epochs", "3", "--subset", "10000", "--lr", "0.1", "--eval-every", "2"]
 

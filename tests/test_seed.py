@@ -39,6 +39,7 @@ def test_epoch_orders_are_the_seeds_shuffles():
         assert np.array_equal(next(orders), X)
 
 
+@pytest.mark.slow
 def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
     # The seed's log, epoch 1 of the 28-row run: train 0.27594, validation 0.2700, as its code measured.
     result = run_cli("train", "--epochs", "1", "--out", tmp_path / "run", env={"SEQMNIST_DATA": str(mnist_dir)})

@@ -15,6 +15,9 @@ from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist.errors import SeqmnistError
 from seqmnist.sweep import load_grid
 
+# make test's tier: local process pools and a real Ray cluster
+pytestmark = pytest.mark.slow
+
 # The issue's example, as written.
 GRID = """\
 [settings]      # the same for every trial

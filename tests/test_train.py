@@ -56,7 +56,7 @@ def test_short_run_learns_and_writes_its_files(quick_run, mnist):
     assert np.array_equal(matrix.sum(1), np.bincount(mnist.test_y.numpy(), minlength=10))  # rows = true digit
     assert np.trace(matrix) / 10000 == pytest.approx(saved["test_acc"], abs=1e-6)
     assert json.loads((out / "config.json").read_text()) == {**config.__dict__}
-    assert saved["sessions"][0]["threads"] >= 1 and saved["sessions"][0]["engine"] == "compiled"
+    assert saved["sessions"][0]["threads"] >= 1 and saved["sessions"][0]["path"].startswith("the compiled engine")
 
 
 def test_saved_model_recomputes_with_numpy(quick_run, mnist):
@@ -69,6 +69,7 @@ def test_saved_model_recomputes_with_numpy(quick_run, mnist):
     assert accuracy == pytest.approx(summary["test_acc"], abs=3e-4)  # float32 vs float64: a few images at most
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(mnist, tmp_path):
     config = Config.from_settings("seed", epochs=1, subset=3000, lr=0.1)
     first = train(config, mnist, new_run(tmp_path / "a"), log=quiet)
@@ -81,6 +82,7 @@ def test_same_seed_same_metrics(mnist, tmp_path):
     assert other != first
 
 
+@pytest.mark.slow
 def test_fast_engine_trains_like_autograd(mnist, tmp_path):
     settings = {"epochs": 1, "subset": 2000, "lr": 0.1, "rows": 14}
     fast = train(Config.from_settings("seed", **settings), mnist, new_run(tmp_path / "f"), log=quiet)
@@ -153,6 +155,7 @@ def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
     assert (as_seed == mnist.test_y).float().mean().item() == pytest.approx(0.098, abs=0.002)
 
 
+@pytest.mark.slow
 def test_eval_every_skips_accuracy_but_not_the_last_epoch(mnist, tmp_path):
     config = Config.from_settings("seed", epochs=3, subset=1000, lr=0.1, eval_every=2)
     summary = train(config, mnist, new_run(tmp_path / "r"), log=quiet)
@@ -193,16 +196,35 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# The seed preset's first epoch on 2,000 images, one thread: (loss, train and val accuracy as the seed
+# measured, test accuracy, the model file's SHA-256), per PyTorch version and multiply fingerprint
+# (seqmnist.machine.multiply_fingerprint): other kernels round otherwise, so elsewhere the test skips.
+GOLDEN = {
+    ("2.13.0+cpu", "5be82f764d92"): (  # MKL 2024.2 on an AVX-512 + AMX Xeon
+        2.293238670349121,
+        (0.16050000488758087, 0.16140000522136688),
+        0.15559999644756317,
+        "acd75c1ae2a0f4905dfe0627b16be7c76380650acf866696b0add01830419198",
+    ),
+}
+
+
 def test_golden_seed_run(mnist, tmp_path, one_thread):
     # Pins the seed path itself: its initial weights, shuffles, input scale, loss and engine arithmetic.
     # A change to any of them changes these numbers (two runs compared with each other would not notice).
-    # Byte-identical on one thread of this machine's kind (docs/reliability.md says when reruns agree).
     import hashlib
 
+    import torch
+
+    from seqmnist.machine import multiply_fingerprint
+
+    here = (torch.__version__, multiply_fingerprint())
+    if here not in GOLDEN:
+        pytest.skip(f"golden bits made with torch and multiply kernels {sorted(GOLDEN)}; here {here}")
+    loss, as_seed, test_acc, digest = GOLDEN[here]
     summary = train(Config.from_settings("seed", epochs=1, subset=2000), mnist, new_run(tmp_path / "g"), log=quiet)
     row = Run(tmp_path / "g").read_metrics()[0]
-    assert row["train_loss"] == 2.293238655090332
-    assert (row["train_acc_as_seed"], row["val_acc_as_seed"]) == (0.16050000488758087, 0.16140000522136688)
-    assert summary["test_acc"] == 0.15559999644756317
-    digest = hashlib.sha256((tmp_path / "g" / "model.safetensors").read_bytes()).hexdigest()
-    assert digest == "d30295732bb1830609abdd53574b43deabad00f0d1f2537207be071785abc78a"
+    assert row["train_loss"] == loss
+    assert (row["train_acc_as_seed"], row["val_acc_as_seed"]) == as_seed
+    assert summary["test_acc"] == test_acc
+    assert hashlib.sha256((tmp_path / "g" / "model.safetensors").read_bytes()).hexdigest() == digest

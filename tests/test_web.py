@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import run_cli
 from test_predict import encode, photographed, png_header
+
+# make test's tier: a real server process, load, and Chromium
+pytestmark = pytest.mark.slow
 
 LOAD_CLIENTS = 8
 LOAD_SECONDS = float(os.environ.get("SEQMNIST_LOAD_SECONDS", 10))
@@ -38,17 +40,10 @@ SHOTS = os.environ.get("SEQMNIST_SCREENSHOTS")  # a folder to keep the page's sc
 
 
 @pytest.fixture(scope="module")
-def run_dir(mnist_dir, tmp_path_factory) -> Path:
-    """A small rows run made by the CLI; or, for the docs' screenshot, the run $SEQMNIST_WEB_RUN names."""
-    if os.environ.get("SEQMNIST_WEB_RUN"):
-        return Path(os.environ["SEQMNIST_WEB_RUN"])
-    out = tmp_path_factory.mktemp("web") / "run"
-    result = run_cli(
-        "train", "--preset", "quick", "--epochs", "1", "--subset", "10000", "--lr", "0.01", "--out", out,
-        env={"SEQMNIST_DATA": str(mnist_dir)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+def run_dir(quick_run) -> Path:
+    """A small rows run made by the CLI (conftest's quick_run); or, for the docs' screenshot, the run
+    $SEQMNIST_WEB_RUN names."""
+    return Path(os.environ["SEQMNIST_WEB_RUN"]) if os.environ.get("SEQMNIST_WEB_RUN") else quick_run
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,15 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
         help="fast (the compiled engine or PyTorch's fused modules, "
         "default) or autograd (the plain definition, for training and evaluation)",
     )
-    running.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
+    running.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where to train (default auto: CUDA where present, but the CPU for the seed's replay); "
+        "with --resume: continue the run there",
+    )
+    running.add_argument(
+        "--threads", type=int, help="CPU threads (default: every CPU this process may use); not a setting of the run"
+    )
     running.add_argument(
         "--eval-every",
         type=int,
@@ -250,21 +258,29 @@ def settings(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in fields(Config) if f.name != "preset"}
 
 
+# What --resume takes besides the saved settings: how far, and where this session runs.
+RESUME_FLAGS = ("epochs", "device")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import Config
     from .data import MNIST
+    from .machine import use_threads
     from .runs import new_run, open_for_resume
     from .train import train
 
     given = settings(args)
+    use_threads(args.threads)
     if args.resume:
         extra = {**given, "preset": args.preset, "out": args.out}
         dropped = [
-            f"--{name.replace('_', '-')}" for name, value in extra.items() if name != "epochs" and value is not None
+            f"--{name.replace('_', '-')}"
+            for name, value in extra.items()
+            if name not in RESUME_FLAGS and value is not None
         ]
         if dropped:
             raise SeqmnistError(f"--resume uses the settings saved in the run; drop {', '.join(dropped)}")
-        run, config = open_for_resume(Path(args.resume), args.epochs)
+        run, config = open_for_resume(Path(args.resume), args.epochs, args.device)
     else:
         config = Config.from_settings(args.preset or "seed", **given)
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))

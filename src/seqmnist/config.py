@@ -7,8 +7,6 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import torch
-
 from .errors import SeqmnistError
 from .files import read_json
 from .model import CELLS, INITS, READOUTS, ModelSpec
@@ -140,8 +138,6 @@ class Config:
             raise SeqmnistError(
                 f"--batch-size {self.batch_size} is larger than the {self.train_images} training images"
             )
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise SeqmnistError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
 
     # --- what the settings make -------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from . import engine
 from .errors import SeqmnistError
 
 NUM_CLASSES = 10
+AUTOGRAD_PATH = "PyTorch autograd through the step-by-step definition"
+ENGINE_PATH = "the compiled engine"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,11 @@ class SequenceClassifier(nn.Module):
         the model has none for these inputs (the trainer then takes autograd and the optimiser)."""
         return None
 
+    def training_path(self, device: torch.device, fast: bool = True) -> str:
+        """What computes a batch's gradient on ``device``, in words: printed when a training starts and
+        recorded per session, since only the compiled engine's bits are the seed replay's."""
+        return AUTOGRAD_PATH
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The readout's scores (batch, classes), by the definition."""
         return readout_scores(self.spec.readout, self.logits(x, fast=False))
@@ -294,6 +301,13 @@ class ElementwiseRNN(SequenceClassifier):
                     W.clamp_(-limit, limit)
 
     # --- the paths ----------------------------------------------------------------------------
+
+    def training_path(self, device: torch.device, fast: bool = True) -> str:
+        if fast and device.type == "cpu" and engine.native_loops() is not None:
+            return ENGINE_PATH
+        if fast and not self.diagonal:
+            return "PyTorch's fused nn.RNN" + (" (cuDNN)" if device.type == "cuda" else "")
+        return AUTOGRAD_PATH
 
     def uses_engine(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype == torch.float32 and engine.native_loops() is not None
@@ -421,6 +435,11 @@ class GatedRNN(SequenceClassifier):
         self.V = nn.Parameter(torch.empty(spec.hidden, spec.classes))
         self.c = nn.Parameter(torch.empty(spec.classes)) if spec.bias else None
         self.gates = 4 if spec.cell == "lstm" else 3
+
+    def training_path(self, device: torch.device, fast: bool = True) -> str:
+        if not fast:
+            return AUTOGRAD_PATH
+        return f"PyTorch's fused {type(self.rnn).__name__}" + (" (cuDNN)" if device.type == "cuda" else "")
 
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
         states = self.rnn(x)[0] if fast else self.definition(x)

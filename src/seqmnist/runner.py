@@ -32,6 +32,7 @@ import torch
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
+from .machine import available_cpus
 from .runs import RUN_FILES, Run, new_run
 from .train import AfterSave, TrainingInterrupted, remember_signals, train
 
@@ -104,7 +105,7 @@ def run_trials(
         return _on_ray(trials, runs, data, ray_address, cpus_per_trial or 1, gpus_per_trial, log)
     if jobs == 1:
         return {t.name: run_trial(t, runs, data, _prefixed(log, t.name)) for t in trials}
-    threads = cpus_per_trial or max(1, (os.cpu_count() or 1) // jobs)
+    threads = cpus_per_trial or max(1, available_cpus() // jobs)
     return _on_pool(trials, runs, data_dir, jobs, threads, log)
 
 

@@ -259,11 +259,15 @@ def _check_creatable(directory: Path) -> None:
         raise SeqmnistError(f"{directory}: the run directory is not writable")
 
 
-def open_for_resume(directory: Path, epochs: int | None = None) -> tuple[Run, Config]:
+def open_for_resume(directory: Path, epochs: int | None = None, device: str | None = None) -> tuple[Run, Config]:
     """The run to continue and its settings. A finished run continues only with ``epochs`` beyond what
-    it has trained; the new count is recorded in its config.json before any work starts."""
+    it has trained; the new count, and a new ``device`` (a run trained on a GPU continues on the CPU,
+    or the reverse), are recorded in its config.json before any work starts."""
     run = Run(directory)
     config = Config.from_file(run.config)
+    if device is not None and device != config.device:
+        config = replace(config, device=device).validate()
+        write_json(run.config, config.to_dict())
     summary = run.finished_summary(config)
     if epochs is None or epochs == config.epochs:
         if summary:

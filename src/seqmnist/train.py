@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import engine
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
-from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
+from .machine import multiply_fingerprint, pick_device
+from .model import ENGINE_PATH, NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
 from .recipes import learning_rate, make_optimizer, plain_sgd
 from .runs import Position, Run, TrainingState
 from .seed import seed_log
@@ -36,12 +36,6 @@ Log = Callable[[str], None]
 # checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
 AfterSave = Callable[[Run, "dict | None"], None]
 ACCURACY_KEYS = ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --- where the randomness comes from ------------------------------------------------------------
@@ -216,12 +210,13 @@ def train_step(
     return loss
 
 
-def session(device: torch.device) -> dict:
+def session(device: torch.device, path: str) -> dict:
     """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
         "threads": torch.get_num_threads(),
-        "engine": "compiled" if engine.native_loops() is not None else "pytorch modules",
         "device": str(device),
+        "path": path,
+        "multiply": multiply_fingerprint(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
@@ -234,9 +229,13 @@ class Trainer:
     def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log, after_save: AfterSave | None):
         self.config, self.run, self.log = config, run, log
         self.after_save = after_save or (lambda run, row: None)
-        self.device = pick_device(config.device)
+        self.device, why = pick_device(config.device, replay=config.rng == "seed")
         data = (data.subset(config.subset) if config.subset else data).to(self.device)
+        self.fast = config.engine == "fast"
+        # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
+        # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(
             config.optimizer, self.model.parameters(), config.lr, config.momentum, config.weight_decay
         )
@@ -244,14 +243,22 @@ class Trainer:
         if resume and run.checkpoint.exists():
             self.state = run.load_checkpoint(self.model, self.optimizer)
             log(f"resuming {run.dir} at epoch {self.state.position.epoch}, batch {self.state.position.batch}")
-        self.state.sessions.append({**session(self.device), "from_epoch": self.state.position.epoch})
+        path = self.path()
+        threads = torch.get_num_threads()
+        log(config.describe())
+        log(f"on {self.device} ({why}), {path}, {threads} thread{'s' if threads > 1 else ''}")
+        self.state.sessions.append({**session(self.device, path), "from_epoch": self.state.position.epoch})
         self.orders = itertools.islice(orders, self.state.position.epoch - 1, None)
-        self.model.to(self.device)
         sequencer = run.sequencer(config)
         order = sequencer.order_tensor()
         self.sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
         self.reference = seed_log(config)
-        self.fast = config.engine == "fast"
+
+    def path(self) -> str:
+        """The training path in words: the model's, and whether plain SGD takes the engine's own step."""
+        path = self.model.training_path(self.device, self.fast)
+        own_step = path == ENGINE_PATH and not self.config.clip and plain_sgd(self.optimizer)
+        return path + (" with its own SGD step" if own_step else "")
 
     def fit(self) -> dict:
         """Train the remaining epochs, checkpointing after each (and on a signal); return the summary."""
@@ -396,10 +403,13 @@ class Trainer:
 def train(
     config: Config, data: MNIST, run: Run, resume: bool = False, log: Log = print, after_save: AfterSave | None = None
 ) -> dict:
-    """Train (or continue training) the run in ``run.dir``; return its summary."""
+    """Train (or continue training) the run in ``run.dir``; return its summary. A new run's files are
+    written once the trainer is ready, so a setting this machine cannot honour (--device cuda without
+    one) leaves nothing behind."""
+    trainer = Trainer(config, data, run, resume, log, after_save)
     if not resume:
         run.start(config)
-    return Trainer(config, data, run, resume, log, after_save).fit()
+    return trainer.fit()
 
 
 def diverged(run: Run, position: Position) -> SeqmnistError:
