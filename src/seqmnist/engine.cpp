@@ -54,6 +54,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <vector>
@@ -81,10 +83,12 @@ enum Readout : int64_t { kMeanSoftmax = 0, kLast = 1, kMeanLogits = 2 };
 
 // C = alpha op(A) B + beta C for row-major matrices with row strides lda, ldb, ldc; op(A) is
 // m x k, stored k x m when transposed. (Column-major BLAS sees each matrix transposed:
-// C^T = B^T op(A)^T.)
+// C^T = B^T op(A)^T.) BLAS takes 32-bit sizes: every size and stride passed here is bounded by one
+// that its entry point checked with check_blas_sizes, so the narrowing keeps every value.
 void gemm(bool transpose_a, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const int M = n, N = m, K = k, la = lda, lb = ldb, lc = ldc;
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
   sgemm_("N", transpose_a ? "T" : "N", &M, &N, &K, &alpha, B, &lb, A, &la, &beta, C, &lc);
 }
 
@@ -190,12 +194,36 @@ const float* rows_read(const float* s, const std::vector<int64_t>& rows, bool al
   return buffer.data();
 }
 
+// --- argument checks: each entry point runs them once, before it reads or writes any buffer -------------
+
+void check_tensor(const at::Tensor& t, const char* name, at::ScalarType type, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), "engine: ", name, " must be on the CPU, not ", t.device());
+  TORCH_CHECK(t.scalar_type() == type, "engine: ", name, " must be ", type, ", not ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, "engine: ", name, " must have ", dims, " dimensions, not ", t.dim());
+}
+
+// The loops index buffers and weights as dense row-major arrays of their sizes.
+void check_buffer(const at::Tensor& t, const char* name, int64_t dims) {
+  check_tensor(t, name, at::kFloat, dims);
+  TORCH_CHECK(t.is_contiguous(), "engine: ", name, " must be contiguous");
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "engine: ", name, " must be shaped ", shape, ", not ", t.sizes());
+}
+
+// BLAS takes 32-bit sizes (gemm): a larger one would wrap around into a wrong, unchecked size.
+void check_blas_sizes(std::initializer_list<int64_t> sizes) {
+  for (const int64_t n : sizes)
+    TORCH_CHECK(n <= std::numeric_limits<int>::max(), "engine: size ", n, " exceeds BLAS's 32-bit sizes");
+}
+
 // Each image's first step with any nonzero input (the number of steps where none): until then a
 // cell without a bias keeps a state of exactly zero (ActiveRows). A scan that stops at the first ink:
 // ~1 us a batch, where PyTorch's reductions over the rows took ~300.
 at::Tensor first_inked_steps(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1,
-              "engine inputs must be float32 (batch, steps, inputs) on the CPU");
+  check_tensor(x, "x", at::kFloat, 3);
+  TORCH_CHECK(x.stride(2) == 1, "engine: x's rows must be contiguous (stride(2) == 1)");
   const int64_t batch = x.size(0), steps = x.size(1), n = x.size(2);
   at::Tensor lead = at::empty({batch}, x.options().dtype(at::kLong));
   int64_t* out = lead.data_ptr<int64_t>();
@@ -215,22 +243,17 @@ at::Tensor first_inked_steps(const at::Tensor& x) {
 const int64_t* first_inked(const std::optional<at::Tensor>& lead, int64_t batch, bool bias) {
   if (!lead) return nullptr;
   TORCH_CHECK(!bias, "engine: with a bias, blank steps are not zero (phi(b), c) and cannot be skipped");
-  TORCH_CHECK(lead->device().is_cpu() && lead->scalar_type() == at::kLong && lead->dim() == 1 &&
-                  lead->is_contiguous() && lead->numel() == batch,
-              "engine: first inked steps must be one int64 per image, on the CPU");
+  check_tensor(*lead, "inked_from", at::kLong, 1);
+  TORCH_CHECK(lead->is_contiguous(), "engine: inked_from must be contiguous");
+  check_shape(*lead, "inked_from", {batch});
   return lead->const_data_ptr<int64_t>();
-}
-
-void check_buffer(const at::Tensor& t, int64_t dims) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == dims,
-              "engine buffers and weights must be contiguous float32 CPU tensors of the right rank");
 }
 
 const float* data_or_null(const std::optional<at::Tensor>& t) {
   return t ? t->const_data_ptr<float>() : nullptr;
 }
 
-// One layer's weights and sizes, read and checked once per call.
+// One layer's weights and sizes, checked before any is read, once per call.
 struct Layer {
   const float *U, *W, *b, *V, *c;
   int64_t inputs, hidden, classes, reads, activation;
@@ -240,29 +263,51 @@ struct Layer {
 
   Layer(const at::Tensor& U_, const at::Tensor& W_, const std::optional<at::Tensor>& b_,
         const std::optional<at::Tensor>& V_, const std::optional<at::Tensor>& c_, int64_t activation_,
-        double input_scale_)
-      : U(U_.const_data_ptr<float>()), W(W_.const_data_ptr<float>()), b(data_or_null(b_)), V(data_or_null(V_)),
-        c(data_or_null(c_)), inputs(U_.size(0)), hidden(U_.size(1)), classes(V_ ? V_->size(1) : 0),
-        reads(U_.size(1) + U_.size(0) + (b_ ? 1 : 0)), activation(activation_), diagonal(W_.dim() == 1),
-        bias(b_.has_value()), input_scale(input_scale_), f(factors(activation_)) {
-    check_buffer(U_, 2);
-    check_buffer(W_, diagonal ? 1 : 2);
-    TORCH_CHECK(W_.size(0) == hidden && (diagonal || W_.size(1) == hidden), "engine: W disagrees with U");
+        double input_scale_) {
+    check_buffer(U_, "U", 2);
+    inputs = U_.size(0), hidden = U_.size(1);
+    TORCH_CHECK(inputs > 0 && hidden > 0, "engine: U must be (inputs, hidden), neither 0, not ", U_.sizes());
+    diagonal = W_.dim() == 1;
+    check_buffer(W_, "W", diagonal ? 1 : 2);
+    TORCH_CHECK(W_.size(0) == hidden && (diagonal || W_.size(1) == hidden), "engine: W must be (", hidden, ", ",
+                hidden, ") or (", hidden, ",) as U has ", hidden, " columns, not ", W_.sizes());
+    bias = b_.has_value();
     if (b_) {
-      check_buffer(*b_, 1);
-      TORCH_CHECK(b_->size(0) == hidden, "engine: b disagrees with U");
+      check_buffer(*b_, "b", 1);
+      check_shape(*b_, "b", {hidden});
     }
+    classes = 0;
     if (V_) {
-      check_buffer(*V_, 2);
-      TORCH_CHECK(V_->size(0) == hidden, "engine: V disagrees with U");
+      check_buffer(*V_, "V", 2);
+      TORCH_CHECK(V_->size(0) == hidden && V_->size(1) > 0, "engine: V must be (", hidden,
+                  ", classes > 0), not ", V_->sizes());
+      classes = V_->size(1);
     }
     if (c_) {
-      check_buffer(*c_, 1);
-      TORCH_CHECK(V_ && c_->size(0) == classes, "engine: c disagrees with V");
+      // c rides on the bias column of [r | x | 1]: without b that column, and c's gradient row, do not exist.
+      TORCH_CHECK(V_ && b_, "engine: c needs V and b");
+      check_buffer(*c_, "c", 1);
+      check_shape(*c_, "c", {classes});
     }
-    TORCH_CHECK(activation == kTanh || activation == kRelu, "engine: unknown activation");
+    TORCH_CHECK(activation_ == kTanh || activation_ == kRelu, "engine: unknown activation ", activation_);
+    reads = hidden + inputs + bias;
+    activation = activation_;
+    input_scale = input_scale_;
+    f = factors(activation_);
+    U = U_.const_data_ptr<float>(), W = W_.const_data_ptr<float>(), b = data_or_null(b_);
+    V = data_or_null(V_), c = data_or_null(c_);
   }
 };
+
+// The rows (T + 1, batch) of a layer's states, at least one step of at least one image, and their
+// stride, wide enough for [r_k | x_k | 1].
+void check_state(const at::Tensor& state, const Layer& L) {
+  check_buffer(state, "state", 3);
+  TORCH_CHECK(state.size(0) >= 2 && state.size(1) >= 1, "engine: state must be (T + 1, batch, stride) with T and ",
+              "batch at least 1, not ", state.sizes());
+  TORCH_CHECK(state.size(2) >= L.reads, "engine: state's rows (", state.size(2), ") are narrower than [r | x | 1] (",
+              L.reads, ")");
+}
 
 // The step weights (engine.Workspace): one multiply of [r_k | x_k | 1] by
 //   [[rho sigma W | sigma V | 0], [rho input_scale U | 0 | 0], [rho b | c | 0]]
@@ -442,30 +487,39 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& z, cons
                                         const std::optional<at::Tensor>& grad, int64_t readout,
                                         const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
-  check_buffer(state, 3);
-  check_buffer(M, 2);
+  check_state(state, L);
+  check_buffer(M, "M", 2);
   const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2), width = M.size(1);
   const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads;
-  TORCH_CHECK(stride >= reads && M.size(0) == reads && width >= H + C, "engine: step weights disagree in shape");
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(0) == batch &&
-                  x.size(1) == rows && x.size(2) == n && x.stride(2) == 1,
-              "engine inputs disagree in shape with the buffers");
-  TORCH_CHECK(!C || (z && z->sizes() == at::IntArrayRef({rows + 1, batch, C})),
-              "engine: the top layer needs a logits buffer shaped (T + 1, batch, classes)");
-  if (z) check_buffer(*z, 3);
+  TORCH_CHECK(M.size(0) == reads && width >= H + C, "engine: M must be (", reads, ", at least ", H + C, "), not ",
+              M.sizes());
+  check_tensor(x, "x", at::kFloat, 3);
+  check_shape(x, "x", {batch, rows, n});
+  TORCH_CHECK(x.stride(2) == 1, "engine: x's rows must be contiguous (stride(2) == 1)");
+  TORCH_CHECK(z.has_value() == (C > 0), "engine: z goes with V (the top layer), and only with it");
+  if (z) {
+    check_buffer(*z, "z", 3);
+    check_shape(*z, "z", {rows + 1, batch, C});
+  }
+  TORCH_CHECK(labels.has_value() == grad.has_value(), "engine: labels and grad go together");
+  TORCH_CHECK(!labels || C > 0, "engine: the loss needs the top layer (V)");
+  TORCH_CHECK(readout == kMeanSoftmax || readout == kLast || readout == kMeanLogits, "engine: unknown readout ",
+              readout);
   std::optional<at::Tensor> losses;
   const int64_t* y = nullptr;
   if (labels) {
-    TORCH_CHECK(C > 0 && grad && grad->sizes() == z->sizes(), "the loss needs a gradient buffer like z");
-    check_buffer(*grad, 3);
-    TORCH_CHECK(labels->device().is_cpu() && labels->scalar_type() == at::kLong && labels->dim() == 1 &&
-                    labels->is_contiguous() && labels->numel() == batch,
-                "labels must be one int64 per image, on the CPU");
-    TORCH_CHECK(readout == kMeanSoftmax || readout == kLast || readout == kMeanLogits, "engine: unknown readout");
+    check_buffer(*grad, "grad", 3);
+    check_shape(*grad, "grad", z->sizes());
+    check_tensor(*labels, "labels", at::kLong, 1);
+    TORCH_CHECK(labels->is_contiguous(), "engine: labels must be contiguous");
+    check_shape(*labels, "labels", {batch});
     y = labels->const_data_ptr<int64_t>();
-    for (int64_t i = 0; i < batch; ++i) TORCH_CHECK(y[i] >= 0 && y[i] < C, "label out of range");
+    for (int64_t i = 0; i < batch; ++i)
+      TORCH_CHECK(y[i] >= 0 && y[i] < C, "engine: label ", y[i], " of image ", i, " is not in [0, ", C, ")");
     losses = at::empty({batch}, state.options());
   }
+  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
+  check_blas_sizes({batch, stride, width});  // bound every size gemm sees: reads, H, C, n <= stride or width
   fill_step_weights(L, M);
   std::vector<float> diagonal(L.diagonal ? H : 0);  // rho sigma w
   for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = L.f.rho * L.f.sigma * L.W[j];
@@ -475,7 +529,6 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& z, cons
   const int64_t sx_image = x.stride(0), sx_step = x.stride(1);
   const float* weights = M.const_data_ptr<float>();
   float* loss = losses ? losses->data_ptr<float>() : nullptr;
-  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
   pybind11::gil_scoped_release no_gil;
   over_batch_slices(batch, slice_count(batch), [&](int64_t, int64_t begin, int64_t count) {
     // Each step's product lands in this slice's own small buffer, which stays in cache; only the
@@ -548,24 +601,30 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
                                        const std::optional<at::Tensor>& below, double kappa_below,
                                        const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
-  check_buffer(state, 3);
-  check_buffer(Bt, 2);
+  check_state(state, L);
+  check_buffer(Bt, "Bt", 2);
   const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2);
   const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads, width = Bt.size(0), cols = Bt.size(1);
-  TORCH_CHECK(padded >= H && cols == (below ? padded + n : padded) && width >= H + C,
-              "engine: backward weights disagree in shape");
-  TORCH_CHECK(C == 0 || (grad && grad->sizes() == at::IntArrayRef({rows + 1, batch, C})),
-              "engine: the top layer needs its logits' gradients, shaped (T + 1, batch, classes)");
-  TORCH_CHECK(C > 0 || above, "engine: a layer below needs the gradient from the layer above");
-  if (grad) check_buffer(*grad, 3);
+  TORCH_CHECK(padded >= H, "engine: padded (", padded, ") is less than hidden (", H, ")");
+  TORCH_CHECK(width >= H + C && cols == (below ? padded + n : padded), "engine: Bt must be (at least ", H + C, ", ",
+              below ? padded + n : padded, "), not ", Bt.sizes());
+  // The top layer's gradient comes from its logits (grad), a lower layer's from the layer above (above).
+  TORCH_CHECK(grad.has_value() == (C > 0), "engine: grad goes with V (the top layer), and only with it");
+  TORCH_CHECK(above.has_value() == (C == 0), "engine: above goes with a layer without V, and only with it");
+  if (grad) {
+    check_buffer(*grad, "grad", 3);
+    check_shape(*grad, "grad", {rows + 1, batch, C});
+  }
   if (above) {
-    check_buffer(*above, 3);
-    TORCH_CHECK(above->size(2) == H, "engine: gradient from above misshapen");
+    check_buffer(*above, "above", 3);
+    check_shape(*above, "above", {rows + 1, batch, H});
   }
   if (below) {
-    check_buffer(*below, 3);
-    TORCH_CHECK(below->size(2) == n, "engine: gradient to below misshapen");
+    check_buffer(*below, "below", 3);
+    check_shape(*below, "below", {rows + 1, batch, n});
   }
+  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
+  check_blas_sizes({batch, stride, width, cols});  // bound every size gemm sees: reads, H, C, n, padded
   // Columns of the step multiply: hidden, rounded up, but no further than the logits' columns.
   const int64_t columns = std::min(padded, H + C);
   fill_backward_weights(L, Bt, padded, kappa_below);
@@ -578,7 +637,6 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
   const float* S = state.const_data_ptr<float>();
   const float* weights = Bt.const_data_ptr<float>();
   const float kappa = L.f.kappa;
-  const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
   std::vector<float> diagonal(L.diagonal ? H : 0);  // kappa w
   for (int64_t j = 0; j < (L.diagonal ? H : 0); ++j) diagonal[j] = kappa * L.W[j];
   {
@@ -618,9 +676,11 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
         const std::vector<int64_t>& some = active.at(k);
         const int64_t m = some.size();
         if (m < static_cast<int64_t>(before.size())) {  // keep g_{k+1}'s rows of the rows step k computes
+          // Every row step k computes, step k + 1 computed (ActiveRows: a row, once active, stays so).
           float* kept = g_row(k + 1);
           for (size_t j = 0, from = 0; j < some.size(); ++j, ++from) {
-            while (before[from] != some[j]) ++from;
+            while (from < before.size() && before[from] != some[j]) ++from;
+            TORCH_INTERNAL_ASSERT(from < before.size(), "engine: step ", k, " computes a row step ", k + 1, " left out");
             if (from != j) std::copy_n(kept + from * width, width, kept + j * width);
           }
         }
@@ -657,6 +717,9 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
   return weight_gradients(L, sums, scale);
 }
 
+// Each entry point checks every argument, and every combination of them, before it reads or writes
+// a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
+// writing out of bounds.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);

@@ -59,6 +59,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -92,19 +93,66 @@ def native_loops():
 
 
 # AVX2 where PyTorch's own kernels use it (or better): never an instruction this CPU lacks, even
-# when the cache is shared with other machines. -fopenmp: at::parallel_for runs on PyTorch's threads.
+# when the cache is shared with other machines. -fopenmp: at::parallel_for, inlined from PyTorch's
+# headers, is an OpenMP parallel region, run on PyTorch's threads (see _link_flags).
 _AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 _CFLAGS = ["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if _AVX2 else [])]
+# The OpenMP runtimes' files: GNU's (libgomp, also as a wheel's libgomp-<hash>), Intel's, LLVM's.
+_OPENMP_FILE = re.compile(r"lib(?:gomp|iomp5|omp)(?:-[0-9a-f]+)?\.so(?:\.\d+)*")
+
+
+def openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process, as real paths (empty where /proc is not).
+
+    Two in one process mean two thread pools that know nothing of each other: the engine's parallel
+    regions would ignore ``torch.set_num_threads`` and oversubscribe the cores, or worse.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    paths = {fields[5] for fields in (line.split(maxsplit=5) for line in maps.splitlines()) if len(fields) == 6}
+    return {os.path.realpath(path) for path in paths if _OPENMP_FILE.fullmatch(os.path.basename(path))}
+
+
+def _link_flags() -> list[str]:
+    """Link the OpenMP runtime PyTorch loaded (its wheel ships one) rather than the compiler's, with
+    its directory as the search path: ``ldd`` then shows the runtime the process will really use, and
+    the linker checks that every OpenMP symbol the engine calls is in PyTorch's runtime. Without
+    exactly one runtime found (no /proc), the compiler's own, as -fopenmp links it."""
+    runtimes = openmp_runtimes()
+    if len(runtimes) != 1:
+        return ["-fopenmp"]
+    (runtime,) = runtimes
+    return [runtime, f"-Wl,-rpath,{Path(runtime).parent}"]
 
 
 def _load_or_build():
-    """Import the built module; else build it in a private directory and move it into place, so that
-    a build killed at any instant, or two processes building at once, leave no half-written file."""
-    # One directory per source text, flags, machine, Python and PyTorch: builds never clash.
-    what = NATIVE_SOURCE.read_bytes() + " ".join([*_CFLAGS, platform.machine()]).encode()
+    """The engine, loaded only if it brings no OpenMP runtime beside PyTorch's (openmp_runtimes)."""
+    before = openmp_runtimes()
+    module = _load_or_build_unchecked()
+    added = openmp_runtimes() - before
+    if added:
+        raise RuntimeError(f"the CPU engine loaded a second OpenMP runtime ({', '.join(sorted(added))})")
+    return module
+
+
+def built_library(ldflags: list[str] | None = None) -> Path:
+    """Where the compiled engine is, or will be once built: one directory per source text, flags
+    (which name PyTorch's directory), machine, Python and PyTorch, so that builds never clash."""
+    ldflags = _link_flags() if ldflags is None else ldflags
+    what = NATIVE_SOURCE.read_bytes() + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
-    built, failed = build / "seqmnist_engine.so", build / "failed.txt"
+    return build / "seqmnist_engine.so"
+
+
+def _load_or_build_unchecked():
+    """Import the built module; else build it in a private directory and move it into place, so that
+    a build killed at any instant, or two processes building at once, leave no half-written file."""
+    ldflags = _link_flags()
+    built = built_library(ldflags)
+    build, failed = built.parent, built.parent / "failed.txt"
     if built.exists():  # the directory's name pins what it was built from: no need to ask ninja (~0.5 s)
         return _import_module(built)
     if failed.exists():
@@ -122,7 +170,7 @@ def _load_or_build():
             name="seqmnist_engine",
             sources=[str(NATIVE_SOURCE)],
             extra_cflags=_CFLAGS,
-            extra_ldflags=["-fopenmp"],
+            extra_ldflags=ldflags,
             build_directory=str(scratch),
         )
         os.replace(scratch / built.name, built)
@@ -246,27 +294,43 @@ def _forward(
     if y is not None:
         ws.ensure_backward()
     native = native_loops()
-    code = ACTIVATIONS[activation]
     unbiased = c is None and all(b is None for _, _, b in layers)
     ws.inked_from = native.first_inked_steps(ws.inputs(x, 0)) if ws.skip_blank and unbiased else None
     losses = None
-    for depth, (U, W, b) in enumerate(layers):
-        top = depth == len(layers) - 1
-        weights = [t.contiguous() if t is not None else None for t in (U, W, b, V if top else None, c if top else None)]
-        losses = native.forward_layer(
-            ws.z if top else None,
-            ws.states[depth],
-            ws.inputs(x, depth),
-            *weights,
-            ws.step_weights[depth],
-            code,
-            SIGMA[activation] if depth else 1.0,
-            y.contiguous() if top and y is not None else None,
-            ws.grad if top and y is not None else None,
-            READOUT_CODES[readout],
-            ws.inked_from,
-        )
+    for depth in range(len(layers)):
+        losses = native.forward_layer(*_forward_arguments(ws, x, layers, V, c, activation, y, readout, depth))
     return losses
+
+
+def _forward_arguments(
+    ws: Workspace,
+    x: torch.Tensor,
+    layers: list[LayerWeights],
+    V: torch.Tensor,
+    c: torch.Tensor | None,
+    activation: str,
+    y: torch.Tensor | None,
+    readout: str,
+    depth: int,
+) -> tuple:
+    """engine.cpp's forward_layer's arguments for layer ``depth`` (a function of its own so that tests
+    can call it with each argument wrong in turn)."""
+    top = depth == len(layers) - 1
+    U, W, b = layers[depth]
+    weights = [t.contiguous() if t is not None else None for t in (U, W, b, V if top else None, c if top else None)]
+    return (
+        ws.z if top else None,
+        ws.states[depth],
+        ws.inputs(x, depth),
+        *weights,
+        ws.step_weights[depth],
+        ACTIVATIONS[activation],
+        SIGMA[activation] if depth else 1.0,
+        y.contiguous() if top and y is not None else None,
+        ws.grad if top and y is not None else None,
+        READOUT_CODES[readout],
+        ws.inked_from,
+    )
 
 
 class _LayersLoss(torch.autograd.Function):
@@ -296,31 +360,39 @@ def _backward(ws: Workspace, layers: list[LayerWeights], V, c, activation: str, 
     native = native_loops()
     grads: list[torch.Tensor] = []
     for depth in range(len(layers) - 1, -1, -1):
-        top = depth == len(layers) - 1
-        U, W, b = (t.contiguous() if t is not None else None for t in layers[depth])
-        layer = native.backward_layer(
-            ws.grad if top else None,
-            ws.above[depth],
-            ws.states[depth],
-            U,
-            W,
-            b,
-            V.contiguous() if top else None,
-            c.contiguous() if top and c is not None else None,
-            ws.back_weights[depth],
-            _padded(ws.hidden[depth]),
-            ACTIVATIONS[activation],
-            SIGMA[activation] if depth else 1.0,
-            scale,
-            ws.above[depth - 1] if depth else None,
-            KAPPA[activation],
-            ws.inked_from,
-        )
-        if top:  # [dU, dW, db?, dV, dc?]: the readout's last
-            readout = layer[2 + (b is not None) :]
-            layer = layer[: 2 + (b is not None)]
+        layer = native.backward_layer(*_backward_arguments(ws, layers, V, c, activation, scale, depth))
+        if depth == len(layers) - 1:  # [dU, dW, db?, dV, dc?]: the readout's last
+            biased = layers[depth][2] is not None
+            readout = layer[2 + biased :]
+            layer = layer[: 2 + biased]
         grads = layer + grads
     return grads + readout
+
+
+def _backward_arguments(
+    ws: Workspace, layers: list[LayerWeights], V, c, activation: str, scale: float, depth: int
+) -> tuple:
+    """engine.cpp's backward_layer's arguments for layer ``depth`` (see :func:`_forward_arguments`)."""
+    top = depth == len(layers) - 1
+    U, W, b = (t.contiguous() if t is not None else None for t in layers[depth])
+    return (
+        ws.grad if top else None,
+        ws.above[depth],
+        ws.states[depth],
+        U,
+        W,
+        b,
+        V.contiguous() if top else None,
+        c.contiguous() if top and c is not None else None,
+        ws.back_weights[depth],
+        _padded(ws.hidden[depth]),
+        ACTIVATIONS[activation],
+        SIGMA[activation] if depth else 1.0,
+        scale,
+        ws.above[depth - 1] if depth else None,
+        KAPPA[activation],
+        ws.inked_from,
+    )
 
 
 def _flat(layers: list[LayerWeights], V: torch.Tensor, c: torch.Tensor | None) -> list[torch.Tensor]:
