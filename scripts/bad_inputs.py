@@ -105,6 +105,8 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("resume: no such run", ["train", "--resume", str(root / "nowhere")]),
         ("resume: with new settings", ["train", "--resume", str(bad_run), "--lr", "1"]),
         ("evaluate: no such run", ["evaluate", str(root / "nowhere")]),
+        ("evaluate: a folder that is not a run", ["evaluate", str(root)]),
+        ("predict: the run directory forgotten", ["predict", str(digit_png(root))]),
         ("evaluate: garbage model file", ["evaluate", str(bad_run)]),
         (
             "diverging training (--lr 1e9)",
@@ -112,6 +114,16 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ),
     ]
     return out + lifecycle_cases(root) + beyond_cases() + file_cases(root)
+
+
+def digit_png(root: Path) -> Path:
+    """A small image of a digit-like stroke, for the cases that need an image file."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(image).line([(20, 10), (44, 10), (28, 54)], fill=0, width=5)
+    image.save(root / "d8.png")
+    return root / "d8.png"
 
 
 def lifecycle_cases(root: Path) -> list[tuple[str, list[str]]]:

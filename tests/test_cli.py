@@ -18,7 +18,7 @@ from conftest import assert_one_line_error, call_main, run_cli
         (["train", "--no-such-flag"], ["unrecognized arguments"]),
         (["frobnicate"], ["invalid choice"]),
         (["train", "--data-dir", "/no/such/dir", "--epochs", "1"], ["/no/such/dir: not a directory"]),
-        (["evaluate", "/no/such/run"], ["/no/such/run/config.json: file not found"]),
+        (["evaluate", "/no/such/run"], ["/no/such/run: no such run directory"]),
         (["train", "--cell", "transformer"], ["argument --cell: invalid choice: 'transformer'"]),
         (["train", "--task", "pixel", "--pixels-per-step", "5"], ["--pixels-per-step must divide 784 (got 5"]),
         (["train", "--task", "pixel", "--rows", "14"], ["--rows is for the rows task; the pixel task reads all"]),

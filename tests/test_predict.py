@@ -192,8 +192,8 @@ def test_thin_pen_is_thickened_to_mnists_stroke():
         ("noise", encode(Image.fromarray(np.random.default_rng(0).integers(90, 160, (300, 300), np.uint8))), 422,
          "no digit found"),
         ("empty", b"", 400, "empty file"),
-        ("text", b"hello, I am not an image\n", 415, "not a PNG, JPEG, GIF or BMP image"),
-        ("tiff", encode(Image.new("L", (50, 50)), "TIFF"), 415, "not a PNG, JPEG, GIF or BMP image"),
+        ("text", b"hello, I am not an image\n", 415, "not a PNG, JPEG, GIF, BMP or WebP image"),
+        ("tiff", encode(Image.new("L", (50, 50)), "TIFF"), 415, "not a PNG, JPEG, GIF, BMP or WebP image"),
         ("huge png", png_header(20_000, 20_000), 413, "400,000,000 pixels is more than the limit of 40,000,000"),
         ("huge bmp", bmp_header(30_000, 30_000), 413, "pixels"),
         ("truncated", encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200), np.uint8)))[:3000],
@@ -226,11 +226,11 @@ def test_huge_image_is_refused_without_allocating_it(tmp_path):
 
 
 def test_cli_bad_files_are_one_line_with_exit_2(run_dir, mnist_pngs, tmp_path, capsys):
-    """Each bad file stops predict with one line naming it and exit code 2, before any output."""
+    """Each bad file gets one line naming it, the good one its answer, and predict exits with code 2."""
     noise = np.random.default_rng(2).integers(0, 255, (300, 300, 3), np.uint8)
     bad = {
         "empty.png": (b"", "empty file"),
-        "notes.txt": (b"not an image", "not a PNG, JPEG, GIF or BMP image"),
+        "notes.txt": (b"not an image", "not a PNG, JPEG, GIF, BMP or WebP image"),
         "huge.png": (png_header(20_000, 20_000), "400,000,000 pixels is more than the limit of 40,000,000"),
         "truncated.jpg": (encode(Image.fromarray(noise), "JPEG")[:5000], "a truncated or corrupt JPEG image"),
         "blank.png": (encode(Image.new("L", (100, 100), 255)), "no digit found"),
@@ -248,12 +248,12 @@ def test_cli_bad_files_are_one_line_with_exit_2(run_dir, mnist_pngs, tmp_path, c
     }
     good = mnist_pngs[0]
     result = run_cli("predict", run_dir, good, tmp_path / "notes.txt")  # one real process: exit code and stderr
-    assert_one_line_error(result, f"{tmp_path / 'notes.txt'}: not a PNG, JPEG, GIF or BMP image")
-    assert result.stdout == ""
+    assert_one_line_error(result, f"{tmp_path / 'notes.txt'}: not a PNG, JPEG, GIF, BMP or WebP image")
+    assert result.stdout.startswith(f"{good}: ")
     for name, fragment in messages.items():  # the rest in this process, the model loaded once
         assert main(["predict", str(run_dir), str(good), str(tmp_path / name)]) == 2, name
         out, err = capsys.readouterr()
-        assert out == "" and err.startswith(f"seqmnist: error: {tmp_path / name}: {fragment}"), (name, err)
+        assert out.startswith(f"{good}: ") and err.startswith(f"seqmnist: error: {tmp_path / name}: {fragment}")
         assert err.count("\n") == 1, err
     assert main(["predict", str(run_dir), str(good), "--top", "0"]) == 2
     assert capsys.readouterr().err == "seqmnist: error: --top must be in 1..10 (got 0)\n"

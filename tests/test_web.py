@@ -209,14 +209,14 @@ def _bad_uploads() -> list[tuple[str, bytes, str, int, str]]:
     truncated, truncated_type = multipart(encode(photographed(np.zeros((28, 28), np.uint8)), "PNG")[:4000])
     tiff, tiff_type = multipart(encode(Image.new("L", (60, 60), 255), "TIFF"), "scan.tiff")
     return [
-        ("a text file", text, text_type, 415, "not a PNG, JPEG, GIF or BMP image"),
+        ("a text file", text, text_type, 415, "not a PNG, JPEG, GIF, BMP or WebP image"),
         ("an empty body", b"", "image/png", 400, "empty file"),
         ("an empty file", empty_file, empty_type, 400, "empty file"),
         ("a form without a file", no_image, no_image_type, 400, "no image in the form"),
         ("a 20,000 x 20,000 PNG", huge, huge_type, 413, "400,000,000 pixels is more than the limit"),
         ("a blank canvas", blank, blank_type, 422, "no digit found"),
         ("a truncated PNG", truncated, truncated_type, 400, "a truncated or corrupt PNG image"),
-        ("a TIFF", tiff, tiff_type, 415, "not a PNG, JPEG, GIF or BMP image"),
+        ("a TIFF", tiff, tiff_type, 415, "not a PNG, JPEG, GIF, BMP or WebP image"),
         ("a broken form", b"--x\r\nnonsense", "multipart/form-data; boundary=x", 400, ""),
     ]
 
@@ -269,7 +269,7 @@ def test_serve_refuses_a_bad_run_and_a_taken_port(run_dir, tmp_path, capsys):
     from seqmnist.cli import main
 
     assert main(["serve", str(tmp_path / "nothing")]) == 2
-    assert capsys.readouterr().err == f"seqmnist: error: {tmp_path / 'nothing' / 'config.json'}: file not found\n"
+    assert capsys.readouterr().err == f"seqmnist: error: {tmp_path / 'nothing'}: no such run directory\n"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -479,7 +479,7 @@ def test_page_shows_a_bad_upload_in_one_line(server, browser, tmp_path):
     notes.write_text("this is not a picture")
     driver.find_element("id", "upload").send_keys(str(notes))
     wait_for(driver, "document.body.dataset.state === 'error'")
-    assert driver.find_element("id", "status").text == "not a PNG, JPEG, GIF or BMP image"
+    assert driver.find_element("id", "status").text == "not a PNG, JPEG, GIF, BMP or WebP image"
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(encode(photo_of(SEVEN), "JPEG"))
     driver.find_element("id", "upload").send_keys(str(photo))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -23,6 +24,25 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, but an unknown flag close to one the command has names it (``--epoch``: did you
+        mean ``--epochs``?): without abbreviations, a near miss is the commonest mistake."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{self.suggestions(unknown, parsed)}")
+        return parsed
+
+    def suggestions(self, unknown: list[str], parsed: argparse.Namespace) -> str:
+        commands = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        command = commands[0].choices.get(getattr(parsed, "command", None)) if commands else None
+        known = [flag for a in (command or self)._actions for flag in a.option_strings if flag.startswith("--")]
+        near = [
+            match[0]
+            for word in unknown
+            if word.startswith("--") and (match := difflib.get_close_matches(word.split("=")[0], known, n=1))
+        ]
+        return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def add_data_flag(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +126,8 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
     recipe.add_argument(
         "--epochs",
         type=int,
-        help="passes over the training set (seed: 100); with --resume: train the run on to this many epochs",
+        help="passes over the training set (seed: 100); with --resume: train the run on to this many epochs "
+        "(see --resume for the learning rate)",
     )
     recipe.add_argument("--batch-size", type=int, help="images per step (seed: 100)")
     recipe.add_argument(
@@ -161,12 +182,18 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")  # none: the help
 
     train = commands.add_parser("train", help="train a model (the seed's recipe by default)")
     add_training_flags(train)
     train.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run with its saved settings")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run with its saved settings; with --epochs N, extend a finished run to N epochs: the "
+        "learning rate is what a run planned for N epochs has at each step (constant and step schedules go on "
+        "as they were, a cosine is stretched to end at epoch N, so its rate rises again; no second warm-up)",
+    )
     add_data_flag(train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy and confusion matrix of a trained run")
@@ -217,21 +244,32 @@ def build_parser() -> Parser:
 
     plot = commands.add_parser("plot", help="figures of one run: curves, confusion matrix, weights, row by row")
     plot.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    plot.add_argument(
+        "--image",
+        metavar="FILE",
+        action="append",
+        help="instead: the model reading your own image (repeatable): RUN_DIR/figures/reading-NAME.png",
+    )
     add_data_flag(plot)
 
     predict = commands.add_parser("predict", help="what a trained run makes of your own images of digits")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
     predict.add_argument(
-        "images", metavar="IMAGE", nargs="+", help="PNG, JPEG, GIF or BMP files of one digit each, any size or colour"
+        "images", metavar="IMAGE", nargs="*", help="PNG, JPEG, GIF, BMP or WebP files of one digit each, any size"
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image: label, probabilities, trace")
     predict.add_argument("--top", type=int, default=3, metavar="N", help="print the N most likely digits (3)")
     predict.add_argument("--save-input", metavar="DIR", help="write the 28x28 inputs the model read, as PNGs")
+    predict.add_argument(
+        "--plot", metavar="DIR", help="figures of the model reading each image: the image, its input, each row's belief"
+    )
+    predict.add_argument("--best", action="store_true", help="the best-validation weights, not the final ones")
 
     serve = commands.add_parser("serve", help="a local page: draw a digit, watch the model read it step by step")
     serve.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="the port to listen on (8000; 0: any free port)")
+    serve.add_argument("--best", action="store_true", help="the best-validation weights, not the final ones")
 
     bench = commands.add_parser("bench", help="training speed against the plain PyTorch loop")
     bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of each comparison (24)")
@@ -289,15 +327,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .config import Config
     from .data import MNIST
-    from .runs import Run
+    from .runs import Run, round_accuracy
     from .train import evaluate_run
 
     run = Run(Path(args.run_dir))
-    config = Config.from_file(run.config)
+    config = run.read_config()
     run.load_model(config, args.best)  # a missing or broken model file fails before the data loads
     result = evaluate_run(run, config, MNIST.load(args.data_dir), args.best)
+    tested = sum(map(sum, result["confusion_matrix"]))
+    result = {**result, **{k: round_accuracy(result[k], tested) for k in ("test_acc", "test_acc_as_seed")}}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -392,20 +431,65 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .experiments import plot_run
 
-    for path in plot_run(Path(args.run_dir), data_dir=args.data_dir):
+    if args.image:
+        return plot_images(args)
+    for path in plot_run(Path(args.run_dir), data_dir=args.data_dir, note=note):
         print(path)
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import describe_result, predict_files
+def plot_images(args: argparse.Namespace) -> int:
+    """``plot RUN --image FILE``: only the figures of the model reading the user's images."""
+    from .predict import draw_readings, predict_files
+    from .runs import load_run
 
+    trained = load_run(Path(args.run_dir))
+    results = predict_files(trained, [Path(p) for p in args.image])
+    for path in draw_readings(trained, results, trained.run.dir / "figures", prefix="reading-"):
+        print(path)
+    return report_failures(results)
+
+
+def note(message: str) -> None:
+    print(f"seqmnist: note: {message}", file=sys.stderr)
+
+
+def report_failures(results: list[dict]) -> int:
+    """Each image that could not be used, one error line each (the others were answered): exit 2 if any."""
+    failed = [r for r in results if "error" in r]
+    for result in failed:
+        print(f"seqmnist: error: {result['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def check_predict_arguments(run_dir: str, images: list[str]) -> None:
+    """``seqmnist predict d8.png``, the run forgotten: say what comes first rather than that IMAGE is
+    missing (argparse's words for it), or that d8.png holds no config.json."""
+    usage = "seqmnist predict RUN_DIR IMAGE..."
+    if Path(run_dir).is_file() or (not images and not Path(run_dir).is_dir()):
+        raise SeqmnistError(f"{run_dir}: the first argument is a run directory, then the images: {usage}")
+    if not images:
+        raise SeqmnistError(f"no IMAGE after the run directory: {usage}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import describe_result, draw_readings, predict_files
+    from .runs import load_run
+
+    check_predict_arguments(args.run_dir, args.images)
     if not 1 <= args.top <= 10:
         raise SeqmnistError(f"--top must be in 1..10 (got {args.top})")
+    trained = load_run(Path(args.run_dir), args.best)
     save = Path(args.save_input) if args.save_input else None
-    for result in predict_files(Path(args.run_dir), [Path(p) for p in args.images], save):
-        print(json.dumps(result) if args.json else describe_result(result, args.top))
-    return 0
+    results = predict_files(trained, [Path(p) for p in args.images], save)
+    for result in results:
+        if "error" not in result:
+            print(json.dumps(result) if args.json else describe_result(result, args.top))
+    if args.plot:
+        for path in draw_readings(trained, results, Path(args.plot)):
+            print(f"figure: {path}", file=sys.stderr if args.json else sys.stdout)
+    sys.stdout.flush()  # the answers before the error lines, in a terminal that shows both
+    return report_failures(results)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -413,7 +497,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .web.app import serve
     except ImportError as exc:
         raise SeqmnistError(f"serve needs the web extra ({exc.name} is missing): pip install 'seqmnist[web]'") from None
-    serve(Path(args.run_dir), args.host, args.port)
+    serve(Path(args.run_dir), args.host, args.port, best=args.best)
     return 0
 
 
@@ -432,7 +516,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `seqmnist` alone: what it can do, not an error about a missing COMMAND
+        parser.print_help()
+        return 0
     from .train import TrainingInterrupted
 
     try:

@@ -349,11 +349,14 @@ def reproduce(
     return out / "report.md"
 
 
-def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> list[Path]:
-    """The figures of one run: its curves (when it has them), test confusion matrix, first-layer weights,
-    and a few digits step by step."""
+def plot_run(
+    run_dir: Path, data_dir: str | None = None, examples: int = 4, note: Callable[[str], None] = print
+) -> list[Path]:
+    """The figures of one run: its curves, test confusion matrix, first-layer weights, and a few digits
+    step by step. A run without a training history (an imported model) gets no curves, and ``note`` says
+    so: a figure left out silently looks like a bug."""
     run = Run(run_dir)
-    config = Config.from_file(run.config)
+    config = run.read_config()
     model = run.load_model(config)
     summary = read_json(run.summary) if run.summary.exists() else None
     figures = run.dir / "figures"
@@ -367,6 +370,8 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4) -> l
                 title=f"Accuracy vs epoch: {config.describe()}",
             )
         )
+    else:
+        note(f"{run.dir} has no training history (no metrics.csv: an imported model?), so no epoch_curves.png")
     paths.append(plots.weights(*model.first_layer_weights(), figures / "weights.png"))
     if summary:
         paths.append(

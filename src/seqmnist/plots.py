@@ -6,6 +6,7 @@ Every function takes plain numbers (lists, arrays) and writes one PNG.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +16,8 @@ matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.image import AxesImage
+from matplotlib.ticker import MaxNLocator
 
 from .files import atomic_path
 
@@ -28,24 +31,80 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return Path(path)
 
 
+def _series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The epochs where ``key`` was measured and its values there (unevaluated epochs hold NaN)."""
+    epochs = np.array([int(r["epoch"]) for r in rows])
+    values = np.array([float(r[key]) for r in rows])
+    measured = ~np.isnan(values)
+    return epochs[measured], values[measured]
+
+
+def _line(ax: plt.Axes, x: np.ndarray, y: np.ndarray, **style) -> None:
+    """A series, with a marker at each point when there are few (one epoch is otherwise invisible)."""
+    if len(x):
+        ax.plot(x, y, marker="o" if len(x) <= 12 else None, ms=4, **style)
+
+
+def _learning_rate_changes(rows: Sequence[Mapping]) -> bool:
+    rates = _series(rows, "lr")[1]
+    return len(rates) > 1 and not np.allclose(rates, rates[0], rtol=1e-9, atol=0)
+
+
 def epoch_curves(ours: Sequence[Mapping], path: Path, seed: Sequence[Mapping] | None = None, title: str = "") -> Path:
-    """Training and validation accuracy per evaluated epoch, as the seed measured (solid) and with
-    every row read (dotted); the seed's own curves dashed, when given."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rows = [r for r in ours if not np.isnan(float(r["train_acc"]))]
-    epochs = [int(r["epoch"]) for r in rows]
-    for key, color, name in (("train_acc", "tab:blue", "training"), ("val_acc", "tab:green", "validation")):
-        ax.plot(
-            epochs, [float(r[f"{key}_as_seed"]) for r in rows], color=color, label=f"{name} (ours, as seed measured)"
-        )
-        ax.plot(epochs, [float(r[key]) for r in rows], color=color, linestyle=":", label=f"{name} (ours, all rows)")
+    """The figure of :func:`epoch_figure`, as a PNG."""
+    return _save(epoch_figure(ours, seed, title), path)
+
+
+def epoch_figure(ours: Sequence[Mapping], seed: Sequence[Mapping] | None = None, title: str = "") -> plt.Figure:
+    """What a run measured per epoch, whatever its preset measured: validation accuracy (every evaluated
+    epoch), training accuracy where measured, each with every row read (solid) and as the seed measured
+    (dotted) where its readout has that measure; the best-validation epoch marked; the training loss; and
+    the learning rate when it changes. A series that was never measured is neither drawn nor in a legend.
+    The seed's own curves dashed, when given."""
+    changing_lr = _learning_rate_changes(ours)
+    heights = [2.2, 1] + ([1] if changing_lr else [])
+    fig, axes = plt.subplots(
+        len(heights), 1, figsize=(7.2, 2.0 * sum(heights)), sharex=True, gridspec_kw={"height_ratios": heights}
+    )
+    _accuracy_panel(axes[0], ours, seed)
+    _line(axes[1], *_series(ours, "train_loss"), color="tab:red", label="training loss")
+    axes[1].set(ylabel="loss")
+    if changing_lr:
+        _line(axes[2], *_series(ours, "lr"), color="tab:gray", label="learning rate (each epoch's last step)")
+        axes[2].set(ylabel="learning rate")
+    else:
+        rates = _series(ours, "lr")[1]
+        if len(rates):
+            axes[1].set_title(f"learning rate {rates[0]:g} throughout", fontsize=9)
+    for ax in axes[1:]:
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set(xlabel="epoch")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(textwrap.fill(title or "Accuracy vs epoch", 80), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax: plt.Axes, ours: Sequence[Mapping], seed: Sequence[Mapping] | None) -> None:
+    for key, color, name in (("val_acc", "tab:green", "validation"), ("train_acc", "tab:blue", "training")):
+        both = len(_series(ours, f"{key}_as_seed")[0]) > 0
+        _line(ax, *_series(ours, key), color=color, label=f"{name}, every row read" if both else name)
+        _line(ax, *_series(ours, f"{key}_as_seed"), color=color, linestyle=":", label=f"{name}, as the seed measured")
         if seed:
             seed_epochs = [int(r["epoch"]) for r in seed]
             ax.plot(seed_epochs, [float(r[key]) for r in seed], color=color, label=f"{name} (seed)", **SEED_STYLE)
-    ax.set(xlabel="epoch", ylabel="accuracy [0, 1]", title=title or "Accuracy vs epoch", ylim=(0, 1))
+    epochs, val = _series(ours, "val_acc")
+    if len(val):
+        best = int(np.argmax(val))  # the first of equals, as training keeps it
+        ax.axvline(epochs[best], color="tab:green", alpha=0.4, lw=1)
+        ax.plot(
+            epochs[best], val[best], marker="*", ms=12, color="tab:green", linestyle="none",
+            label=f"best validation {val[best]:.4f} (epoch {epochs[best]})",
+        )  # fmt: skip
+    ax.set(ylabel="accuracy [0, 1]", ylim=(0, 1))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    ax.legend(loc="best", fontsize=8)
 
 
 def confusion_grid(matrices: Mapping[int, np.ndarray], path: Path, title: str = "") -> Path:
@@ -149,9 +208,15 @@ def step_by_step(
 ) -> Path:
     """What the model believes after each step: the image beside softmax(z_t) per step and what the
     readout would predict had the sequence ended there (``running``). Both are (steps, n, 10);
-    ``rows_read`` marks how far down the image a rows-task model reads."""
+    ``rows_read`` marks how far down the image a rows-task model reads. The ``last`` readout's
+    prediction after step t *is* softmax(z_t), so it gets one panel, not two identical ones."""
     n, steps = len(images), step_probs.shape[0]
-    fig, axes = plt.subplots(n, 3, figsize=(11, 2.6 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 2.2, 2.2]})
+    same = readout == "last"
+    widths = [1, 2.2] if same else [1, 2.2, 2.2]
+    fig, axes = plt.subplots(
+        n, len(widths), figsize=(4.4 + 3.3 * (len(widths) - 1), 2.6 * n), squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )  # fmt: skip
     unit = "rows" if rows_read else "steps"
     for i in range(n):
         axes[i, 0].imshow(images[i], cmap="gray_r")
@@ -159,21 +224,77 @@ def step_by_step(
             axes[i, 0].axhline(rows_read - 0.5, color="tab:red", lw=1)
         axes[i, 0].set(xticks=[], yticks=[], title=f"label {labels[i]}")
         guess = int(running[-1, i].argmax())
-        for ax, probs, name in (
-            (axes[i, 1], step_probs[:, i], "softmax(z_t) after step t"),
-            (axes[i, 2], running[:, i], f"{readout} so far (predicts {guess})"),
-        ):
-            image = ax.imshow(
-                probs.T,
-                cmap="viridis",
-                vmin=0,
-                vmax=1,
-                aspect="auto",
-                origin="lower",
-                extent=(0.5, steps + 0.5, -0.5, 9.5),
-                interpolation="nearest",
-            )
-            ax.set(xlabel=f"{unit} read", ylabel="digit", yticks=range(10), title=name)
-        fig.colorbar(image, ax=axes[i, 2], fraction=0.046)
+        panels = (
+            [(step_probs[:, i], f"softmax(z_t) after step t: the prediction had it stopped (predicts {guess})")]
+            if same
+            else [
+                (step_probs[:, i], "softmax(z_t) after step t"),
+                (running[:, i], f"{readout} so far (predicts {guess})"),
+            ]
+        )
+        for ax, (probs, name) in zip(axes[i, 1:], panels, strict=True):
+            image = _belief_map(ax, probs, steps)
+            ax.set(xlabel=f"{unit} read", ylabel="digit", yticks=range(10))
+            ax.set_title(name, fontsize=9)
+        fig.colorbar(image, ax=axes[i, -1], fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _belief_map(ax: plt.Axes, probs: np.ndarray, steps: int) -> AxesImage:
+    """Probabilities (steps, 10) as a heatmap: steps along x, digits up the y axis."""
+    return ax.imshow(
+        probs.T,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        aspect="auto",
+        origin="lower",
+        extent=(0.5, steps + 0.5, -0.5, 9.5),
+        interpolation="nearest",
+    )
+
+
+def reading(
+    photo: np.ndarray,
+    image: np.ndarray,
+    running: np.ndarray,
+    path: Path,
+    unit: str = "row",
+    rows_read: int | None = None,
+    first_inked: int | None = None,
+    title: str = "",
+) -> Path:
+    """The model reading one of the user's own images: the picture as given, the 28x28 input it became,
+    and the belief (the readout's probabilities had the sequence ended there) after every step, as a
+    heatmap with step 1 at the top, so on the rows task each row of belief sits beside the input row
+    just read. Steps before ``first_inked`` read only blank background and are shaded."""
+    steps = len(running)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.2, 1, 1.1]})
+    axes[0].imshow(photo, cmap="gray" if photo.ndim == 2 else None)
+    axes[0].set(xticks=[], yticks=[], title="the image")
+    axes[1].imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0.5, 28.5, 28.5, 0.5))
+    axes[1].set(title="what the model reads (28x28)", xticks=[], ylabel="row")
+    if rows_read:
+        axes[1].axhline(rows_read + 0.5, color="tab:red", lw=1)
+    heat = axes[2].imshow(
+        running, cmap="viridis", vmin=0, vmax=1, aspect="auto", extent=(-0.5, 9.5, steps + 0.5, 0.5),
+        interpolation="nearest",
+    )  # fmt: skip
+    guesses = running.argmax(axis=1)
+    axes[2].plot(guesses, np.arange(1, steps + 1), "w.", ms=3)
+    axes[2].set_box_aspect(1)  # as tall as the input, so on the rows task each row of belief sits beside its row
+    if first_inked and first_inked > 1:
+        axes[2].axhspan(0.5, first_inked - 0.5, color="white", alpha=0.55, lw=0)
+        axes[2].text(4.5, (first_inked) / 2, f"{unit}s 1-{first_inked - 1}: blank", ha="center", va="center")
+    elif first_inked is None:
+        axes[2].text(4.5, steps / 2, f"every {unit} read is blank", ha="center", va="center", color="white")
+    axes[2].set(
+        xticks=range(10), xlabel="digit (white dots: the prediction so far)", ylabel=f"{unit}s read",
+        title=f"belief after each {unit}: predicts {int(guesses[-1])} ({running[-1].max():.0%})",
+    )  # fmt: skip
+    fig.colorbar(heat, ax=axes[2], fraction=0.046)
+    if title:
+        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

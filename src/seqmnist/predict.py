@@ -3,7 +3,7 @@
 An image is read in three guarded stages, so that no file, however made, costs more than the limits:
 
     bytes     at most MAX_BYTES, counted before anything is decoded
-    header    PNG, JPEG, GIF or BMP, and at most MAX_PIXELS pixels by the header's width x height,
+    header    PNG, JPEG, GIF, BMP or WebP, and at most MAX_PIXELS pixels by the header's width x height,
               checked before a single pixel is decoded (a 20,000 x 20,000 PNG of a few KB is refused
               without allocating it)
     pixels    decoded; a truncated or corrupt file is refused
@@ -48,7 +48,8 @@ from .sequence import SIDE
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
-FORMATS = ("PNG", "JPEG", "GIF", "BMP")
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP or WebP"
 WORK_SIDE = 1024  # images are analysed at most this large: plenty for one digit, and bounded time
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 CENTRE = 14.0  # ... centred by mass at (14, 14) of 28x28 (MNIST's test set: 13.99, 14.01)
@@ -103,7 +104,7 @@ def decode_image(data: bytes) -> Image.Image:
         pixels = f"{int(size[1]):,} pixels" if size else "too many pixels"
         raise ImageRejected(f"{pixels} is more than the limit of {MAX_PIXELS:,}", 413) from None
     except UnidentifiedImageError:
-        raise ImageRejected("not a PNG, JPEG, GIF or BMP image", 415) from None
+        raise ImageRejected(f"not a {FORMAT_NAMES} image", 415) from None
     except Exception as exc:  # a header Pillow recognised but could not parse (untrusted bytes: any error)
         raise ImageRejected(f"not a readable image ({_reason(exc)})", 415) from None
     width, height = image.size
@@ -409,6 +410,15 @@ def predict_inputs(trained: TrainedModel, inputs: list[np.ndarray], names: list[
     return results
 
 
+def first_inked_step(trained: TrainedModel, image: np.ndarray) -> int | None:
+    """The first step that reads any ink (1-based), or None when every step read is blank. Before it the
+    model has seen only background, so its belief there is the same for every image: a prior, not a
+    reading of this digit."""
+    x = trained.sequencer.encode(torch.from_numpy(image)[None])[0]
+    inked = torch.nonzero(x.amax(dim=1) > 0)
+    return int(inked[0]) + 1 if len(inked) else None
+
+
 def _result(trained: TrainedModel, out: dict[str, torch.Tensor], i: int, name: str, image: np.ndarray) -> dict:
     step_probs = out["step_probs"][:, i].double().numpy()
     running = out["running"][:, i].double().numpy()
@@ -430,6 +440,7 @@ def _result(trained: TrainedModel, out: dict[str, torch.Tensor], i: int, name: s
         "steps": len(trace),
         "step_unit": step_unit(trained),
         "settled": settled_step(running_labels, label),
+        "first_inked_step": first_inked_step(trained, image),
         "trace": trace,
         "input": image.tolist(),
     }
@@ -445,39 +456,64 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), DECIMALS) for v in values]
 
 
-def predict_files(run_dir: Path, paths: list[Path], save_input: Path | None = None) -> list[dict]:
-    """``seqmnist predict``: every image read and checked first (one bad file stops it with one line,
-    before any output), then the run's model on all of them at once."""
-    from .runs import load_run
-
-    trained = load_run(Path(run_dir))
-    inputs = [prepare_file(Path(path)) for path in paths]
-    names = [str(path) for path in paths]
-    if save_input is not None:
+def predict_files(trained: TrainedModel, paths: list[Path], save_input: Path | None = None) -> list[dict]:
+    """``seqmnist predict``: every image read and checked, then the model on all the readable ones at
+    once. One result per path, in order: the prediction, or ``{"file": ..., "error": "one line"}`` for a
+    file that could not be used, so one bad file among many costs only its own answer."""
+    readable: dict[int, np.ndarray] = {}
+    errors: dict[int, dict] = {}
+    for i, path in enumerate(paths):
+        try:
+            readable[i] = prepare_file(Path(path))
+        except ImageRejected as exc:
+            errors[i] = {"file": str(path), "error": str(exc)}
+    names = [str(paths[i]) for i in readable]
+    inputs = list(readable.values())
+    if save_input is not None and inputs:
         save_inputs(save_input, names, inputs)
-    return predict_inputs(trained, inputs, names)
+    predicted = dict(zip(readable, predict_inputs(trained, inputs, names), strict=True)) if inputs else {}
+    return [predicted.get(i) or errors[i] for i in range(len(paths))]
 
 
 def describe_result(result: dict, top: int = 3) -> str:
     """Two lines for a person: the label, the ``top`` most likely digits, and how the running prediction
-    went step by step (``0 (rows 1-6), 1 (rows 7-12), 7 (rows 13-28)``)."""
+    went from the first inked step on (``rows 1-4 blank, then 0 (rows 5-6), 1 (rows 7-12), 7 (rows
+    13-28)``). The guesses over blank rows are left out: they are the same for every image."""
     probabilities = result["probabilities"]
     ranked = sorted(range(len(probabilities)), key=lambda d: -probabilities[d])[:top]
     classes = ", ".join(f"{d} {probabilities[d]:.1%}" for d in ranked)
-    unit = result["step_unit"]
-    runs = []
-    for t, step in enumerate(result["trace"], start=1):
-        if runs and runs[-1][0] == step["prediction"]:
-            runs[-1][2] = t
-        else:
-            runs.append([step["prediction"], t, t])
-    course = ", ".join(f"{d} ({unit}s {a}-{b})" if a != b else f"{d} ({unit} {a})" for d, a, b in runs)
+    unit, first = result["step_unit"], result["first_inked_step"]
+    if first is None:
+        course = f"{_span_words(unit, 1, result['steps'])} blank: the digit lies beyond what this model reads"
+    else:
+        runs: list[list[int]] = []
+        for t, step in enumerate(result["trace"][first - 1 :], start=first):
+            if runs and runs[-1][0] == step["prediction"]:
+                runs[-1][2] = t
+            else:
+                runs.append([step["prediction"], t, t])
+        course = ", ".join(f"{d} ({_span_words(unit, a, b)})" for d, a, b in runs)
+        if first > 1:
+            course = f"{_span_words(unit, 1, first - 1)} blank, then {course}"
     return f"{result['file']}: {result['label']}  ({classes})\n  running prediction: {course}"
+
+
+def _span_words(unit: str, first: int, last: int) -> str:
+    return f"{unit}s {first}-{last}" if first != last else f"{unit} {first}"
 
 
 def save_inputs(directory: Path, names: list[str], inputs: list[np.ndarray]) -> list[Path]:
     """The 28x28 inputs as PNGs named after their images (``digit.png`` -> ``DIR/digit.png``; a name
     that repeats gets ``-2``, ``-3``)."""
+    paths = png_paths(directory, names)
+    for path, image in zip(paths, inputs, strict=True):
+        Image.fromarray(image, "L").save(path)
+    return paths
+
+
+def png_paths(directory: Path, names: list[str], prefix: str = "") -> list[Path]:
+    """A PNG path in ``directory`` (created) for each image name, never two alike: ``a/seven.png`` and
+    ``b/seven.jpg`` become ``seven.png`` and ``seven-2.png``."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -485,16 +521,49 @@ def save_inputs(directory: Path, names: list[str], inputs: list[np.ndarray]) -> 
         raise SeqmnistError(f"{directory}: cannot create the directory ({exc.strerror or exc})") from None
     taken: set[str] = set()
     paths = []
-    for name, image in zip(names, inputs, strict=True):
-        stem = Path(name).stem or "image"
+    for name in names:
+        stem = prefix + (Path(name).stem or "image")
         candidate, n = stem, 1
         while candidate in taken:
             n += 1
             candidate = f"{stem}-{n}"
         taken.add(candidate)
-        path = directory / f"{candidate}.png"
-        Image.fromarray(image, "L").save(path)
-        paths.append(path)
+        paths.append(directory / f"{candidate}.png")
+    return paths
+
+
+def picture(path: Path, side: int = 512) -> np.ndarray:
+    """The image file as a person sees it, for a figure: upright (EXIF), RGB on white where it is
+    transparent, at most ``side`` pixels on a side."""
+    image = ImageOps.exif_transpose(decode_image(read_image_file(path)))
+    if _has_alpha(image):
+        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, image.convert("RGBA"))
+    image = image.convert("RGB")
+    image.thumbnail((side, side))
+    return np.asarray(image)
+
+
+def draw_readings(trained: TrainedModel, results: list[dict], directory: Path, prefix: str = "") -> list[Path]:
+    """A figure of the model reading each image (see :func:`seqmnist.plots.reading`), one PNG per
+    result that has a prediction, named after its file."""
+    from . import plots
+
+    done = [r for r in results if "error" not in r]
+    paths = png_paths(directory, [r["file"] for r in done], prefix)
+    config = trained.config
+    for result, path in zip(done, paths, strict=True):
+        running = np.array([step["running"] for step in result["trace"]])
+        plots.reading(
+            picture(Path(result["file"])),
+            np.array(result["input"], dtype=np.uint8),
+            running,
+            path,
+            unit=result["step_unit"],
+            rows_read=config.rows if config.task == "rows" and config.rows != SIDE else None,
+            first_inked=result["first_inked_step"],
+            title=f"{Path(result['file']).name} read by {trained.run.dir.name} ({config.describe()})",
+        )
     return paths
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -91,6 +92,19 @@ class Run:
         self.summary = self.dir / "summary.json"
 
     # --- status ---------------------------------------------------------------------------------
+
+    def read_config(self) -> Config:
+        """The run's settings; a path that is no run says so in words a user can act on, not as a
+        missing config.json (the first file a user would never have heard of)."""
+        if not self.dir.exists():
+            raise SeqmnistError(f"{self.dir}: no such run directory")
+        if not self.dir.is_dir():
+            raise SeqmnistError(f"{self.dir}: a file, not a run directory")
+        if not self.config.exists():
+            raise SeqmnistError(
+                f"{self.dir}: not a run directory (no config.json; runs are made by seqmnist train --out DIR)"
+            )
+        return Config.from_file(self.config)
 
     def start(self, config: Config) -> None:
         """The files a new run begins with: its settings, and the permuted task's pixel order."""
@@ -225,6 +239,14 @@ def _optimizer_state(saved: dict, tensors: dict[str, torch.Tensor]) -> dict:
     return {"state": state, "param_groups": saved["param_groups"]}
 
 
+def round_accuracy(value: float | None, count: int) -> float | None:
+    """An accuracy over ``count`` images to the digits that count resolves (1/10,000: 4 decimals), not
+    float32's noise (0.49480000138282776 is 4,948 of 10,000)."""
+    if value is None:
+        return None
+    return round(float(value), max(1, math.ceil(math.log10(max(count, 1)))))
+
+
 def new_run(out: Path) -> Run:
     """A run directory that holds no earlier run, so an earlier result is never overwritten. It is
     checked now, before any work starts, and created by the first file written to it."""
@@ -264,7 +286,7 @@ def open_for_resume(directory: Path, epochs: int | None = None, device: str | No
     it has trained; the new count, and a new ``device`` (a run trained on a GPU continues on the CPU,
     or the reverse), are recorded in its config.json before any work starts."""
     run = Run(directory)
-    config = Config.from_file(run.config)
+    config = run.read_config()
     if device is not None and device != config.device:
         config = replace(config, device=device).validate()
         write_json(run.config, config.to_dict())
@@ -318,7 +340,7 @@ def load_run(directory: Path | str, best: bool = False) -> TrainedModel:
     """A finished run (from ``train``, ``import-theano`` or a sweep) as a model ready to use:
     ``load_run("runs/seed").read(images)``. With ``best``, its best-validation weights."""
     run = Run(Path(directory))
-    config = Config.from_file(run.config)
+    config = run.read_config()
     model = run.load_model(config, best)
     model.eval()
     return TrainedModel(run, config, model, run.sequencer(config))

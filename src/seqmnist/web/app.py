@@ -34,7 +34,7 @@ from starlette.types import Message
 
 from ..errors import SeqmnistError
 from ..predict import FORMATS, MAX_BYTES, MAX_PIXELS, ImageRejected, predict_inputs, prepare, step_unit
-from ..runs import TrainedModel, load_run
+from ..runs import TrainedModel, load_run, round_accuracy
 
 STATIC = Path(__file__).parent / "static"
 FORM_SLACK = 64 * 1024  # a multipart body's boundaries and headers around the image
@@ -70,7 +70,8 @@ def model_settings(trained: TrainedModel) -> dict:
         from ..files import read_json
 
         saved = read_json(summary)
-        test_acc = saved.get("test_acc") if isinstance(saved, dict) else None
+        if isinstance(saved, dict) and isinstance(saved.get("confusion_matrix"), list):
+            test_acc = round_accuracy(saved.get("test_acc"), sum(map(sum, saved["confusion_matrix"])))
     sequencer = trained.sequencer
     order = sequencer.order
     return {
@@ -89,10 +90,11 @@ def model_settings(trained: TrainedModel) -> dict:
     }
 
 
-def create_app(run_dir: Path | str) -> Starlette:
-    """The app for one run directory (any run ``train`` or ``import-theano`` made). The run is loaded
-    now, so a bad run directory fails here, before the server listens."""
-    trained = load_run(Path(run_dir))
+def create_app(run_dir: Path | str, best: bool = False) -> Starlette:
+    """The app for one run directory (any run ``train`` or ``import-theano`` made; with ``best``, its
+    best-validation weights). The run is loaded now, so a bad run directory fails here, before the
+    server listens."""
+    trained = load_run(Path(run_dir), best)
     predictor = Predictor(trained)
     settings = model_settings(trained)
     limiter = anyio.CapacityLimiter(WORKERS)
@@ -189,19 +191,26 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, announce: Callable[[str], None] = print) -> None:
+def serve(
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    announce: Callable[[str], None] = print,
+    best: bool = False,
+) -> None:
     """Serve the page for ``run_dir`` until interrupted. One thread for the model's arithmetic: a single
     image is too small to share out, and the requests themselves run side by side."""
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise SeqmnistError(f"--port must be in 0..65535 (got {port})")
-    app = create_app(run_dir)
+    app = create_app(run_dir, best)
     sock = listen(host, port)
     torch.set_num_threads(1)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    announce(f"serving {run_dir} at http://{shown}:{bound_port}/ (Ctrl-C to stop)")
+    weights = " (best-validation weights)" if best else ""
+    announce(f"serving {run_dir}{weights} at http://{shown}:{bound_port}/ (Ctrl-C to stop)")
     if bound_host not in ("127.0.0.1", "::1"):
         announce("note: the page has no password; anyone who can reach this address can use it")
     sys.stdout.flush()
