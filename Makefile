@@ -1,11 +1,15 @@
 # Two entry points on a fresh clone; each sets up .venv first if needed.
 #   make seed   train the seed model (100 epochs) and print its test accuracy
 #   make test   lint and run the test suite
-# The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache.
+# The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache;
+# the seed's models likewise: $SEQMNIST_SEED_MODELS, else ../shared/seed/models, else the cache.
+# Tests whose files are nowhere (a fresh clone offline) are skipped; -rs prints why and how to provide them.
 
 PY := .venv/bin/python
 SHARED_MNIST := $(abspath ../shared/data/mnist)
+SHARED_SEED_MODELS := $(abspath ../shared/seed/models)
 export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
+export SEQMNIST_SEED_MODELS ?= $(if $(wildcard $(SHARED_SEED_MODELS)),$(SHARED_SEED_MODELS),)
 
 .PHONY: seed test bench setup
 
@@ -25,7 +29,7 @@ seed: setup
 
 test: setup
 	.venv/bin/ruff check src tests bench scripts
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -rs --durations=15
 
 bench: setup
 	.venv/bin/seqmnist bench
