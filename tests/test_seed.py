@@ -13,9 +13,15 @@ from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import seed
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
-from seqmnist.experiments import seed_model_files
 from seqmnist.model import VanillaRNN
-from seqmnist.seed import SEED_MODEL_SHA256, find_seed_model, read_theano_model, seed_confusion, seed_sweep
+from seqmnist.seed import (
+    SEED_MODEL_SHA256,
+    available_seed_models,
+    find_seed_model,
+    read_theano_model,
+    seed_confusion,
+    seed_sweep,
+)
 from seqmnist.train import initial_model
 
 
@@ -181,8 +187,8 @@ def test_by_name_errors_are_one_line(args, env, message, no_seed_models, tmp_pat
 
 def test_reproduce_takes_the_seed_models_there_are(no_seed_models, tmp_path):
     logged = []
-    assert seed_model_files(None, logged.append) == {}  # offline, empty cache: a report without that section
+    assert available_seed_models(None, logged.append) == {}  # offline, empty cache: a report without that section
     assert len(logged) == 1 and "0 of 14" in logged[0] and "could not download rnn_step2.model" in logged[0]
     assert "rnn_step4.model" not in logged[0]  # the first failed download ends the downloads
     with pytest.raises(SeqmnistError, match="holds no rnn_stepK.model file"):
-        seed_model_files(tmp_path, logged.append)
+        available_seed_models(tmp_path, logged.append)

@@ -18,7 +18,6 @@ import torch
 from . import plots
 from .config import Config
 from .data import MNIST
-from .errors import SeqmnistError
 from .files import file_digest, read_json, write_json, write_text
 from .model import VanillaRNN, running_probs
 from .runner import Trial, run_trials
@@ -26,14 +25,11 @@ from .runs import Run, new_run
 from .seed import (
     CONFUSION_ROWS,
     SWEEP_ROWS,
-    check_seed_model,
-    download_seed_model,
+    available_seed_models,
     is_seed_recipe,
     read_theano_model,
     seed_confusion,
     seed_curves,
-    seed_model_name,
-    seed_models_dir,
     seed_sweep,
 )
 from .train import evaluate, evaluate_run, step_logits
@@ -287,34 +283,6 @@ def seed_models_section(evaluated: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def seed_model_files(given: Path | None, log: Callable[[str], None]) -> dict[int, Path]:
-    """The seed's verified model files by K, from ``given``, $SEQMNIST_SEED_MODELS or the cache
-    (downloading what it lacks). A directory named by the user must hold at least one; the cache,
-    offline, may hold none (a report without that section beats no report), and the first failed
-    download ends the downloads (one timeout, not fourteen)."""
-    directory, is_cache = seed_models_dir(given)
-    found, offline = {}, None
-    for k in SWEEP_ROWS:
-        path = directory / seed_model_name(k)
-        if path.is_file():
-            found[k] = check_seed_model(path, k)
-        elif is_cache and offline is None:
-            try:
-                found[k] = download_seed_model(k, directory)
-            except SeqmnistError as exc:
-                offline = exc
-    if not found and not is_cache:
-        raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
-    missing = [k for k in SWEEP_ROWS if k not in found]
-    if missing:
-        log(
-            f"the seed's models: {len(found)} of {len(SWEEP_ROWS)} in {directory}, missing K = "
-            + ", ".join(map(str, missing))
-            + (f" ({offline})" if offline else "")
-        )
-    return found
-
-
 def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]:
     """The seed's model files by K, each evaluated on the test set."""
     found = {}
@@ -362,7 +330,7 @@ def reproduce(
     sweep goes through the runner (``cluster``: its Ray address and resources)."""
     started = time.perf_counter()
     data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
-    evaluated = evaluate_seed_models(seed_model_files(seed_models, log), data)  # bad files fail before training
+    evaluated = evaluate_seed_models(available_seed_models(seed_models, log), data)  # bad files fail before training
     run_trials(sweep_trials(quick), out, data_dir, jobs, log=log, **cluster)
     results = collect(out)
     draw_figures(out, results)

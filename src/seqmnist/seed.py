@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -215,3 +216,31 @@ def find_seed_model(
             "to download it"
         )
     return download_seed_model(rows, directory, base_url, timeout)
+
+
+def available_seed_models(given: str | Path | None, log: Callable[[str], None]) -> dict[int, Path]:
+    """The seed's verified model files by K (what ``reproduce`` evaluates), from ``given``,
+    $SEQMNIST_SEED_MODELS or the cache (downloading what it lacks). A directory named by the user
+    must hold at least one; the cache, offline, may hold none (a report without that section beats
+    no report), and the first failed download ends the downloads (one timeout, not fourteen)."""
+    directory, is_cache = seed_models_dir(given)
+    found, offline = {}, None
+    for k in SWEEP_ROWS:
+        path = directory / seed_model_name(k)
+        if path.is_file():
+            found[k] = check_seed_model(path, k)
+        elif is_cache and offline is None:
+            try:
+                found[k] = download_seed_model(k, directory)
+            except SeqmnistError as exc:
+                offline = exc
+    if not found and not is_cache:
+        raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
+    missing = [k for k in SWEEP_ROWS if k not in found]
+    if missing:
+        log(
+            f"the seed's models: {len(found)} of {len(SWEEP_ROWS)} in {directory}, missing K = "
+            + ", ".join(map(str, missing))
+            + (f" ({offline})" if offline else "")
+        )
+    return found
