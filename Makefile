@@ -3,7 +3,7 @@
 #   make test   lint and run the test suite
 # The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache;
 # the seed's models likewise: $SEQMNIST_SEED_MODELS, else ../shared/seed/models, else the cache.
-# Tests whose files are nowhere (a fresh clone offline) are skipped; -rs prints why and how to provide them.
+# Tests whose files are nowhere (a fresh clone offline) are skipped; the summary says why and how to provide them.
 
 PY := .venv/bin/python
 SHARED_MNIST := $(abspath ../shared/data/mnist)
@@ -29,7 +29,7 @@ seed: setup
 
 test: setup
 	.venv/bin/ruff check src tests bench scripts
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	.venv/bin/seqmnist bench

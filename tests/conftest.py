@@ -1,3 +1,4 @@
+import collections
 import contextlib
 import io
 import os
@@ -21,6 +22,20 @@ def first_holding(candidates: list, names: list[str]) -> Path | None:
         if all((Path(candidate) / name).is_file() for name in names):
             return Path(candidate)
     return None
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line per reason tests were skipped, with how many, just above pytest's summary line: a
+    fresh clone's run says at a glance what it lacks and how to provide it (-rs lists every test)."""
+    reasons = collections.Counter(
+        report.longrepr[2].removeprefix("Skipped: ")
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple)
+    )
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count} skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
