@@ -2,11 +2,15 @@
 #   make seed   train the seed model (100 epochs) and print its test accuracy
 #   make test   lint and run every test (real processes, Ray, Chromium included; ~6 minutes on 2 cores)
 #   make check  lint and run the fast tier, for the edit-test loop (under 2 minutes on 2 cores)
-# The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache.
+# The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache;
+# the seed's models likewise: $SEQMNIST_SEED_MODELS, else ../shared/seed/models, else the cache.
+# Tests whose files are nowhere (a fresh clone offline) are skipped; the summary says why and how to provide them.
 
 PY := .venv/bin/python
 SHARED_MNIST := $(abspath ../shared/data/mnist)
+SHARED_SEED_MODELS := $(abspath ../shared/seed/models)
 export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
+export SEQMNIST_SEED_MODELS ?= $(if $(wildcard $(SHARED_SEED_MODELS)),$(SHARED_SEED_MODELS),)
 
 .PHONY: seed test check lint bench setup
 

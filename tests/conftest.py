@@ -1,3 +1,4 @@
+import collections
 import contextlib
 import io
 import os
@@ -11,21 +12,66 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SHARED = ROOT.parent / "shared"  # the team's copies, beside the checkout; a fresh clone has none
+SEED_TEST_ROWS = (6, 14, 28)  # the seed's models the tests read
+
+
+def first_holding(candidates: list, names: list[str]) -> Path | None:
+    """The first directory among ``candidates`` (None and "" stand for unset) that holds every file named."""
+    for candidate in filter(None, candidates):
+        if all((Path(candidate) / name).is_file() for name in names):
+            return Path(candidate)
+    return None
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line per reason tests were skipped, with how many, just above pytest's summary line: a
+    fresh clone's run says at a glance what it lacks and how to provide it (-rs lists every test)."""
+    reasons = collections.Counter(
+        report.longrepr[2].removeprefix("Skipped: ")
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple)
+    )
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count} skipped: {reason}")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST copy the tests run on: $SEQMNIST_DATA, else ../shared/data/mnist."""
-    path = Path(os.environ.get("SEQMNIST_DATA") or ROOT.parent / "shared" / "data" / "mnist")
-    assert (path / "train-images-idx3-ubyte.gz").exists(), f"real MNIST not found at {path}; set SEQMNIST_DATA"
-    return path
+    """The real MNIST the tests run on: $SEQMNIST_DATA, else ../shared/data/mnist, else the download cache.
+    Where none holds it the tests that need it are skipped, saying how to provide it, so that a fresh
+    clone with no network still passes everything else."""
+    from seqmnist.data import ENV_VAR, RESOURCES, cache_dir
+
+    names = [f"{r.name}.gz" for r in RESOURCES.values()]
+    found = first_holding([os.environ.get(ENV_VAR), SHARED / "data" / "mnist", cache_dir()], names)
+    if found is None:
+        pytest.skip(
+            f"no real MNIST: set {ENV_VAR} to a directory of its four .gz files, or fill {cache_dir()} "
+            "(with network: seqmnist import-theano --rows 28 --out /tmp/seed28)"
+        )
+    return found
 
 
 @pytest.fixture(scope="session")
-def seed_models_dir(mnist_dir) -> Path:
-    """The seed's trained models (shared/seed/models): beside the checkout, else beside the data."""
-    for shared in (ROOT.parent / "shared", mnist_dir.parents[1]):
-        if (shared / "seed" / "models" / "SHA256SUMS").exists():
-            return shared / "seed" / "models"
-    raise AssertionError("the seed's models (shared/seed/models) not found")
+def seed_models_dir() -> Path:
+    """The seed's trained models (K = 6, 14, 28 at least): $SEQMNIST_SEED_MODELS, else ../shared/seed/models,
+    else the download cache; skipped like :func:`mnist_dir` where none holds them."""
+    from seqmnist.files import user_cache
+    from seqmnist.seed import SEED_MODELS_CACHE, SEED_MODELS_ENV, seed_model_name
+
+    names = [seed_model_name(k) for k in SEED_TEST_ROWS]
+    cache = user_cache(SEED_MODELS_CACHE)
+    found = first_holding([os.environ.get(SEED_MODELS_ENV), SHARED / "seed" / "models", cache], names)
+    if found is None:
+        pytest.skip(
+            f"no seed models {', '.join(names)}: set {SEED_MODELS_ENV} to a directory holding them, or fill "
+            f"{cache} (with network: for K in 6 14 28; "
+            "do seqmnist import-theano --rows $K --out /tmp/seed$K; done)"
+        )
+    return found
 
 
 @pytest.fixture(scope="session")

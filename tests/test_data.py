@@ -4,8 +4,10 @@ import gzip
 import hashlib
 import http.server
 import shutil
+import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqmnist import seed
 from seqmnist.data import MNIST, RESOURCES, Resource, download, parse_idx, read_bytes, resolve_dir
 from seqmnist.errors import SeqmnistError
 
@@ -42,11 +45,20 @@ def test_raw_and_gzip_files_read_alike(mnist_dir, tmp_path):
     assert np.array_equal(raw.train_y.numpy(), gz.train_y.numpy())
 
 
+# The SHA-256 of each decompressed IDX file, as the shared copy's SHA256SUMS publishes them (here, so
+# that a copy without that file, as the download cache, is checked too).
+IDX_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+
 def test_decompressed_content_matches_published_sha256(mnist_dir):
-    sums = dict(line.split()[::-1] for line in (mnist_dir / "SHA256SUMS").read_text().splitlines())
     for resource in RESOURCES.values():
         digest = hashlib.sha256(read_bytes(mnist_dir / f"{resource.name}.gz")).hexdigest()
-        assert digest == sums[resource.name]
+        assert digest == IDX_SHA256[resource.name]
 
 
 def test_parse_good_idx():
@@ -150,7 +162,8 @@ def test_resolve_order(tmp_path, monkeypatch):
 
 @pytest.fixture
 def http_dir(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving tmp_path/served."""
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served; under /truncated/ it announces each
+    file's whole length but sends only half of it, then closes."""
     served = tmp_path / "served"
     served.mkdir()
 
@@ -158,14 +171,29 @@ def http_dir(tmp_path):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(served), **kwargs)
 
+        def translate_path(self, path):
+            return super().translate_path(path.removeprefix("/truncated"))
+
+        def copyfile(self, source, outputfile):
+            body = source.read()
+            outputfile.write(body[: len(body) // 2] if self.path.startswith("/truncated/") else body)
+
         def log_message(self, *args):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield served, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def silent_server():
+    """A server on 127.0.0.1 that accepts connections (the kernel completes them) and never answers."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
 
 
 def test_download_verifies_md5_and_writes_atomically(http_dir, tmp_path):
@@ -194,3 +222,49 @@ def test_cache_download_when_offline_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(SeqmnistError, match="could not download.*--data-dir or SEQMNIST_DATA"):
         MNIST.load(mirrors=("http://127.0.0.1:9/",))
+
+
+# --- every bad download refused, for MNIST and for a seed model: one line, and nothing left behind ---
+
+
+def mnist_downloader(payload: bytes, served: Path, monkeypatch):
+    """MNIST's downloader for one tiny .gz whose MD5 is the payload's, and the name it is served under."""
+    resource = Resource("tiny", hashlib.md5(payload).hexdigest(), (5,))
+    return "tiny.gz", lambda target, base, timeout: download(resource, target, mirrors=(base,), timeout=timeout)
+
+
+def seed_downloader(payload: bytes, served: Path, monkeypatch):
+    """The seed models' downloader for rnn_step28.model, its pinned SHA-256 made the payload's."""
+    monkeypatch.setitem(seed.SEED_MODEL_SHA256, 28, hashlib.sha256(payload).hexdigest())
+    return "rnn_step28.model", lambda target, base, timeout: seed.download_seed_model(28, target, base, timeout)
+
+
+@pytest.mark.parametrize("make_downloader", [mnist_downloader, seed_downloader], ids=["mnist", "seed-model"])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        pytest.param("good", None, id="good"),
+        pytest.param("truncated", r"truncated: 50000 of 100000 bytes", id="truncated"),
+        pytest.param("wrong checksum", r"(MD5|SHA256) [0-9a-f]+, expected [0-9a-f]+", id="wrong-checksum"),
+        pytest.param("silent server", r"timed out", id="silent-server"),
+    ],
+)
+def test_downloads_are_verified_and_bad_ones_leave_nothing(
+    make_downloader, case, message, http_dir, silent_server, tmp_path, monkeypatch
+):
+    served, url = http_dir
+    payload = np.random.default_rng(0).bytes(100_000)
+    name, fetch = make_downloader(payload, served, monkeypatch)
+    (served / name).write_bytes(payload[::-1] if case == "wrong checksum" else payload)
+    base = {"truncated": url + "truncated/", "silent server": silent_server}.get(case, url)
+    target = tmp_path / "cache"
+    started = time.monotonic()
+    if message is None:
+        assert fetch(target, base, 5.0).read_bytes() == payload
+        assert [p.name for p in target.iterdir()] == [name]
+        return
+    with pytest.raises(SeqmnistError, match=f"^could not download {name} .*{message}") as info:
+        fetch(target, base, 0.3)
+    assert "\n" not in str(info.value)
+    assert time.monotonic() - started < 3
+    assert list(target.iterdir()) == []  # neither the file nor a temporary one

@@ -37,6 +37,12 @@ def quick(mnist_dir, seed_models_dir, tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="module")
+def data_env(mnist_dir, seed_models_dir) -> dict[str, str]:
+    """Both kinds of input by environment variable, so that no reproduce here downloads anything."""
+    return {"SEQMNIST_DATA": str(mnist_dir), "SEQMNIST_SEED_MODELS": str(seed_models_dir)}
+
+
 def test_quick_reproduction_writes_every_file(quick):
     out, result = quick
     for rows in SWEEP_ROWS:
@@ -93,20 +99,20 @@ def test_report_has_the_agreement_and_the_seed_models(quick):
     assert set(results["agreement"]["28"]) == {"train_acc", "val_acc"}
 
 
-def test_second_run_skips_finished_models(quick, mnist_dir):
+def test_second_run_skips_finished_models(quick, data_env):
     out, _ = quick
     before = (out / "runs" / "rows-28" / "model.safetensors").read_bytes()
-    result = run_cli("reproduce", "--quick", "--out", out, env={"SEQMNIST_DATA": str(mnist_dir)})
+    result = run_cli("reproduce", "--quick", "--out", out, env=data_env)
     assert result.returncode == 0, result.stderr
     assert "epoch" not in result.stdout  # nothing trained again
     assert (out / "runs" / "rows-28" / "model.safetensors").read_bytes() == before
 
 
-def test_full_run_refuses_a_quick_directory(quick, mnist_dir):
+def test_full_run_refuses_a_quick_directory(quick, data_env):
     out, _ = quick
     (out / "runs" / "rows-28" / "summary.json").rename(out / "summary.bak")
     try:
-        result = run_cli("reproduce", "--out", out, env={"SEQMNIST_DATA": str(mnist_dir)})
+        result = run_cli("reproduce", "--out", out, env=data_env)
         assert_one_line_error(result, "was trained with other settings")
     finally:
         (out / "summary.bak").rename(out / "runs" / "rows-28" / "summary.json")

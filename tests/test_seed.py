@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, call_main, run_cli
+from seqmnist import seed
 from seqmnist.config import Config
+from seqmnist.errors import SeqmnistError
 from seqmnist.model import VanillaRNN
-from seqmnist.seed import read_theano_model, seed_confusion, seed_sweep
+from seqmnist.seed import (
+    SEED_MODEL_SHA256,
+    available_seed_models,
+    find_seed_model,
+    read_theano_model,
+    seed_confusion,
+    seed_sweep,
+)
 from seqmnist.train import initial_model
 
 
@@ -53,11 +62,12 @@ def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
 @pytest.mark.parametrize("k", [6, 14, 28])
 def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_models_dir, tmp_path, monkeypatch):
     model_file = seed_models_dir / f"rnn_step{k}.model"
-    expected = dict(line.split()[::-1] for line in (seed_models_dir / "SHA256SUMS").read_text().splitlines())
-    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == expected[model_file.name]
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == SEED_MODEL_SHA256[k]
     out = tmp_path / "run"
     monkeypatch.setenv("SEQMNIST_DATA", str(mnist_dir))
-    result = call_main("import-theano", model_file, "--rows", k, "--out", out)  # the CLI's own code, in-process
+    # The CLI's own code, in-process; K = 14 by name (found and verified where --seed-models says), the others by file.
+    source = ["--seed-models", seed_models_dir] if k == 14 else [model_file]
+    result = call_main("import-theano", *source, "--rows", k, "--out", out)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "config.json").read_text())["rows"] == k
     evaluated = call_main("evaluate", out, "--json")
@@ -126,3 +136,60 @@ def test_model_files_are_checked(arrays, extra, message, tmp_path):
 def test_vanilla_rnn_matches_the_seed_file_layout(seed_models_dir):
     arrays = read_theano_model(seed_models_dir / "rnn_step28.model")
     assert {k: v.shape for k, v in arrays.items()} == VanillaRNN(200).shapes()
+
+
+# --- the seed's models by name: found, verified, cached, or one line saying how to provide them ----
+
+
+@pytest.fixture
+def no_seed_models(tmp_path, monkeypatch):
+    """No $SEQMNIST_SEED_MODELS, an empty cache, and no network (the download URL refuses at once)."""
+    monkeypatch.delenv("SEQMNIST_SEED_MODELS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(seed, "SEED_MODELS_URL", "http://127.0.0.1:9/")
+    return tmp_path / "cache" / "seqmnist" / "seed-models"
+
+
+def test_by_name_offline_with_an_empty_cache_says_how_to_provide_it(no_seed_models, tmp_path):
+    result = call_main("import-theano", "--rows", 28, "--out", tmp_path / "run")
+    assert_one_line_error(result, "could not download rnn_step28.model", "--seed-models or SEQMNIST_SEED_MODELS")
+    assert not (tmp_path / "run").exists() and list(no_seed_models.iterdir()) == []
+
+
+def test_a_cached_model_is_verified_and_needs_no_network(no_seed_models, tmp_path, monkeypatch):
+    path = no_seed_models / "rnn_step6.model"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_model_file((np.zeros((28, 8), "f"), np.zeros((8, 10), "f"), np.zeros((8, 8), "f"))))
+    result = call_main("import-theano", "--rows", 6, "--out", tmp_path / "run")
+    assert_one_line_error(result, f"{path}: SHA256 ", "not the seed's published rnn_step6.model")
+    monkeypatch.setitem(SEED_MODEL_SHA256, 6, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert find_seed_model(6) == path  # the cache, verified, and no download tried
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--rows", 5], False, "the seed published models for K = 2, 4, ..., 28 rows only (got --rows 5)"),
+        (["--rows", 28, "--seed-models", "DIR"], False, "DIR/rnn_step28.model: missing; copy the seed's"),
+        (["--rows", 28], True, "DIR/rnn_step28.model: missing; copy the seed's"),
+        (["--rows", 28, "--seed-models", "DIR", "m.model"], False, "drop it or MODEL_FILE"),
+        (["--rows", 28, "--seed-models", "DIR/nope"], False, "DIR/nope: not a directory (from --seed-models)"),
+    ],
+)
+def test_by_name_errors_are_one_line(args, env, message, no_seed_models, tmp_path, monkeypatch):
+    directory = tmp_path / "models"
+    directory.mkdir()
+    if env:
+        monkeypatch.setenv("SEQMNIST_SEED_MODELS", str(directory))
+    args = [str(a).replace("DIR", str(directory)) for a in args]
+    result = call_main("import-theano", *args, "--out", tmp_path / "run")
+    assert_one_line_error(result, message.replace("DIR", str(directory)))
+
+
+def test_reproduce_takes_the_seed_models_there_are(no_seed_models, tmp_path):
+    logged = []
+    assert available_seed_models(None, logged.append) == {}  # offline, empty cache: a report without that section
+    assert len(logged) == 1 and "0 of 14" in logged[0] and "could not download rnn_step2.model" in logged[0]
+    assert "rnn_step4.model" not in logged[0]  # the first failed download ends the downloads
+    with pytest.raises(SeqmnistError, match="holds no rnn_stepK.model file"):
+        available_seed_models(tmp_path, logged.append)

@@ -53,6 +53,14 @@ def add_data_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_seed_models_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--seed-models",
+        metavar="DIR",
+        help="directory with the seed's rnn_stepK.model files (default: $SEQMNIST_SEED_MODELS, else a download cache)",
+    )
+
+
 def preset_help() -> str:
     from .config import PRESETS
 
@@ -203,9 +211,16 @@ def build_parser() -> Parser:
     add_data_flag(evaluate)
 
     importer = commands.add_parser("import-theano", help="make a run directory of a model file of the seed's code")
-    importer.add_argument("model_file", metavar="MODEL_FILE", help="rnn_stepK.model, as the seed's code wrote it")
+    importer.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        nargs="?",
+        help="rnn_stepK.model, as the seed's code wrote it (default: the seed's published one for --rows, "
+        "verified, from --seed-models, else $SEQMNIST_SEED_MODELS, else a download cache)",
+    )
     importer.add_argument("--rows", type=int, required=True, help="the rows K it was trained to read")
     importer.add_argument("--out", metavar="RUN_DIR", required=True, help="the run directory to create")
+    add_seed_models_flag(importer)
     add_data_flag(importer)
 
     reproduce = commands.add_parser("reproduce", help="redo the seed's experiments; figures and report.md")
@@ -213,9 +228,7 @@ def build_parser() -> Parser:
     reproduce.add_argument("--quick", action="store_true", help="a few epochs on a subset: a first look, same files")
     reproduce.add_argument("--jobs", type=int, default=1, help="sweep members trained in parallel processes (1)")
     add_cluster_flags(reproduce)
-    reproduce.add_argument(
-        "--seed-models", metavar="DIR", help="a directory of the seed's rnn_stepK.model files to evaluate beside ours"
-    )
+    add_seed_models_flag(reproduce)
     add_data_flag(reproduce)
 
     sweep = commands.add_parser("sweep", help="train a grid of settings (a TOML file); a results table")
@@ -354,10 +367,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_import_theano(args: argparse.Namespace) -> int:
     from .experiments import import_theano
+    from .seed import find_seed_model
 
-    summary = import_theano(Path(args.model_file), args.rows, Path(args.out), data_dir=args.data_dir)
+    if args.model_file and args.seed_models:
+        raise SeqmnistError("--seed-models names where the seed's own model comes from; drop it or MODEL_FILE")
+    path = Path(args.model_file) if args.model_file else find_seed_model(args.rows, args.seed_models)
+    summary = import_theano(path, args.rows, Path(args.out), data_dir=args.data_dir)
     print(
-        f"imported {args.model_file} into {args.out}: test accuracy {summary['test_acc']:.4f} with every row "
+        f"imported {path} into {args.out}: test accuracy {summary['test_acc']:.4f} with every row "
         f"read, {summary['test_acc_as_seed']:.4f} as the seed's code measured"
     )
     return 0

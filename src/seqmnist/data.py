@@ -14,11 +14,7 @@ label range); a violation raises :class:`SeqmnistError` naming the file.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-import shutil
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +23,11 @@ import numpy as np
 import torch
 
 from .errors import SeqmnistError
-from .files import atomic_path, user_cache
+from .files import DOWNLOAD_TIMEOUT, choose_dir, user_cache
+from .files import download as download_verified
 
 ENV_VAR = "SEQMNIST_DATA"
+CACHE_NAME = "mnist"
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
@@ -61,7 +59,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 def cache_dir() -> Path:
-    return user_cache("mnist")
+    return user_cache(CACHE_NAME)
 
 
 def parse_idx(raw: bytes, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -116,51 +114,19 @@ def find_file(directory: Path, resource: Resource) -> Path:
     )
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def download(resource: Resource, directory: Path, mirrors: tuple[str, ...] = MIRRORS) -> Path:
-    """Fetch ``resource``.gz into ``directory`` from the first mirror that serves a verified copy.
-
-    The file appears under its final name only after its MD5 matched, so an
-    interrupted or corrupt download never leaves a file that could be used.
-    """
-    target = directory / f"{resource.name}.gz"
-    failures = []
-    for mirror in mirrors:
-        url = mirror + target.name
-        try:
-            with atomic_path(target) as tmp:
-                with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
-                    shutil.copyfileobj(response, out)
-                got = md5sum(tmp)
-                if got != resource.md5:
-                    raise SeqmnistError(f"MD5 {got}, expected {resource.md5}")
-            return target
-        except (OSError, urllib.error.URLError, SeqmnistError) as exc:
-            failures.append(f"{url}: {exc}")
-    raise SeqmnistError(
-        f"could not download {target.name} ({'; '.join(failures)}); if offline, point "
-        f"--data-dir or {ENV_VAR} at a directory holding the MNIST IDX files"
-    )
+def download(
+    resource: Resource, directory: Path, mirrors: tuple[str, ...] = MIRRORS, timeout: float = DOWNLOAD_TIMEOUT
+) -> Path:
+    """Fetch ``resource``.gz into ``directory`` from the first mirror that serves a copy with its published MD5
+    (nothing is left behind otherwise: see :func:`seqmnist.files.download`)."""
+    name = f"{resource.name}.gz"
+    advice = f"if offline, point --data-dir or {ENV_VAR} at a directory holding the MNIST IDX files"
+    return download_verified([m + name for m in mirrors], directory / name, "md5", resource.md5, advice, timeout)
 
 
 def resolve_dir(data_dir: str | os.PathLike | None) -> tuple[Path, bool]:
     """Pick the data directory; the flag is true when it is the download cache."""
-    if data_dir:
-        path, origin = Path(data_dir), "--data-dir"
-    elif os.environ.get(ENV_VAR):
-        path, origin = Path(os.environ[ENV_VAR]), ENV_VAR
-    else:
-        return cache_dir(), True
-    if not path.is_dir():
-        raise SeqmnistError(f"{path}: not a directory (from {origin})")
-    return path, False
+    return choose_dir(data_dir, "--data-dir", ENV_VAR, CACHE_NAME)
 
 
 def read_resource(path: Path, resource: Resource) -> np.ndarray:

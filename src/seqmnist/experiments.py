@@ -7,7 +7,6 @@ under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -19,12 +18,20 @@ import torch
 from . import plots
 from .config import Config
 from .data import MNIST
-from .errors import SeqmnistError
-from .files import read_json, write_json, write_text
+from .files import file_digest, read_json, write_json, write_text
 from .model import VanillaRNN, running_probs
 from .runner import Trial, run_trials
 from .runs import Run, new_run
-from .seed import CONFUSION_ROWS, SWEEP_ROWS, is_seed_recipe, read_theano_model, seed_confusion, seed_curves, seed_sweep
+from .seed import (
+    CONFUSION_ROWS,
+    SWEEP_ROWS,
+    available_seed_models,
+    is_seed_recipe,
+    read_theano_model,
+    seed_confusion,
+    seed_curves,
+    seed_sweep,
+)
 from .train import evaluate, evaluate_run, step_logits
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
@@ -256,7 +263,8 @@ def seed_models_section(evaluated: dict | None) -> list[str]:
     lines = [
         "## The seed's own trained models",
         "",
-        "Each model file of the seed's code found in `--seed-models`, imported and evaluated on the MNIST test "
+        "Each model file of the seed's code found (`--seed-models`, `$SEQMNIST_SEED_MODELS` or the download "
+        "cache), imported and evaluated on the MNIST test "
         "set here, beside the seed's logged test accuracy and the diagonal of its confusion matrix.",
         "",
         "| K | file | seed's log | as the seed measured, here | seed's confusion diagonal | every row read, here "
@@ -275,19 +283,13 @@ def seed_models_section(evaluated: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def evaluate_seed_models(directory: Path, data: MNIST) -> dict[int, dict]:
-    """The seed's rnn_stepK.model files in ``directory``, each evaluated on the test set."""
-    if not directory.is_dir():
-        raise SeqmnistError(f"{directory}: not a directory (--seed-models)")
+def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]:
+    """The seed's model files by K, each evaluated on the test set."""
     found = {}
-    for k in SWEEP_ROWS:
-        path = directory / f"rnn_step{k}.model"
-        if path.exists():
-            config = Config.from_settings("seed", rows=k)
-            x = config.sequencer().encode(data.test_x)
-            found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
-    if not found:
-        raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
+    for k, path in files.items():
+        config = Config.from_settings("seed", rows=k)
+        x = config.sequencer().encode(data.test_x)
+        found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
     return found
 
 
@@ -306,7 +308,7 @@ def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None)
     config = replace(config, hidden=model.hidden_size).validate()
     run = new_run(out)
     data = MNIST.load(data_dir)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path, "sha256")
     write_json(run.config, config.to_dict())
     write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
     run.save_model(model)
@@ -328,7 +330,7 @@ def reproduce(
     sweep goes through the runner (``cluster``: its Ray address and resources)."""
     started = time.perf_counter()
     data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
-    evaluated = evaluate_seed_models(seed_models, data) if seed_models else None  # bad files fail before training
+    evaluated = evaluate_seed_models(available_seed_models(seed_models, log), data)  # bad files fail before training
     run_trials(sweep_trials(quick), out, data_dir, jobs, log=log, **cluster)
     results = collect(out)
     draw_figures(out, results)

@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, JSON, checked safetensors, and the per-user cache.
+"""Files on disk: atomic writes, JSON, checked safetensors, the per-user cache and verified downloads.
 
 Every file a run leaves is written to a temporary sibling and renamed into
 place, so a process killed at any instant (even by SIGKILL) leaves either the
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import http.client
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,20 @@ def user_cache(name: str) -> Path:
     """``$XDG_CACHE_HOME/seqmnist/NAME`` (``~/.cache`` by default): downloads and builds kept across runs."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "seqmnist" / name
+
+
+def choose_dir(given: str | os.PathLike | None, flag: str, env_var: str, cache: str) -> tuple[Path, bool]:
+    """Where a kind of input file lies, first match wins: the flag, the environment variable, the
+    per-user cache ``cache``; the flag is true when it is the cache (the only place a download may fill)."""
+    if given:
+        path, origin = Path(given), flag
+    elif os.environ.get(env_var):
+        path, origin = Path(os.environ[env_var]), env_var
+    else:
+        return user_cache(cache), True
+    if not path.is_dir():
+        raise SeqmnistError(f"{path}: not a directory (from {origin})")
+    return path, False
 
 
 @functools.cache
@@ -131,3 +149,67 @@ def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str,
     tensors, _ = read_tensors(path)
     check_tensors(path, tensors, shapes)
     return tensors
+
+
+# --- verified downloads -------------------------------------------------------------------------
+
+DOWNLOAD_TIMEOUT = 30.0  # seconds a server may stay silent before the download is given up
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes (``algorithm``: any hashlib name, md5 or sha256 here)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_digest(path: Path, algorithm: str, expected: str) -> None:
+    """Insist that a file is the one published: its digest must be ``expected`` (the error names
+    neither the file nor where it came from: the caller knows which of them the user needs)."""
+    got = file_digest(path, algorithm)
+    if got != expected:
+        raise SeqmnistError(f"{algorithm.upper()} {got}, expected {expected}")
+
+
+def _fetch(url: str, tmp: Path, timeout: float) -> None:
+    """Copy ``url``'s body into ``tmp``; a body shorter than the length the server announced is an
+    error here (the checksum would catch it too, but less tellingly)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        announced = response.headers.get("Content-Length")
+        try:
+            for block in iter(lambda: response.read(1 << 16), b""):
+                out.write(block)
+        except http.client.IncompleteRead as exc:
+            out.write(exc.partial)
+        written = out.tell()
+    if announced and announced.isdigit() and written != int(announced):
+        raise SeqmnistError(f"truncated: {written} of {announced} bytes")
+
+
+def download(
+    urls: Sequence[str],
+    target: Path,
+    algorithm: str,
+    expected: str,
+    advice: str,
+    timeout: float = DOWNLOAD_TIMEOUT,
+) -> Path:
+    """Fetch ``target`` from the first URL that serves a copy whose digest is ``expected``.
+
+    The file appears under its final name only after its digest matched, so an interrupted,
+    truncated, corrupt or timed-out download never leaves a file behind that could be used; a
+    server silent for ``timeout`` seconds is given up. ``advice`` (how to do without the network)
+    ends the one-line error when no URL served a good copy.
+    """
+    failures = []
+    for url in urls:
+        try:
+            with atomic_path(target) as tmp:
+                _fetch(url, tmp, timeout)
+                check_digest(tmp, algorithm, expected)
+            return target
+        except (OSError, urllib.error.URLError, http.client.HTTPException, SeqmnistError) as exc:
+            failures.append(f"{url}: {' '.join(str(exc).split()) or type(exc).__name__}")
+    raise SeqmnistError(f"could not download {target.name} ({'; '.join(failures)}); {advice}")

@@ -5,6 +5,13 @@ README). ``read_theano_model`` reads one of the model files the seed's code
 wrote (``rnn_stepK.model``: three Python 2 pickles of float32 arrays) without
 ever running code from it: a pickle names functions that loading it calls, and
 only the three NumPy reconstructors an array needs are admitted.
+
+Where the fourteen model files (K = 2, 4, ..., 28) come from, as MNIST's files:
+  1. an explicit directory (``--seed-models``),
+  2. the environment variable ``SEQMNIST_SEED_MODELS``,
+  3. a per-user cache (``$XDG_CACHE_HOME/seqmnist/seed-models``), downloaded on
+     first use from the authors' repository at a pinned commit.
+Wherever one comes from, it must have the SHA-256 of the published file.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -21,6 +29,7 @@ import numpy as np
 
 from .config import Config
 from .errors import SeqmnistError
+from .files import DOWNLOAD_TIMEOUT, check_digest, choose_dir, download
 
 SWEEP_ROWS = tuple(range(2, 29, 2))
 CONFUSION_ROWS = (2, 6, 10, 14, 20, 28)
@@ -131,3 +140,107 @@ def read_theano_model(path: Path, inputs: int = 28, classes: int = 10) -> dict[s
         if not np.isfinite(array).all():
             raise SeqmnistError(f"{path}: array {name} holds NaN or infinite values")
     return arrays
+
+
+# --- where the seed's model files come from ------------------------------------------------------
+
+SEED_MODELS_ENV = "SEQMNIST_SEED_MODELS"
+SEED_MODELS_CACHE = "seed-models"
+# The newest commit of github.com/juliuswang0728/rnn_theano (master, 2016-10-20), which holds all fourteen.
+SEED_COMMIT = "8676feaca8775da521153cd7bdc2aebd9e4d7d8c"
+SEED_MODELS_URL = f"https://raw.githubusercontent.com/juliuswang0728/rnn_theano/{SEED_COMMIT}/model/"
+SEED_MODEL_SHA256 = {
+    2: "cad7866698d6bddccded90580a1cdae3cef1f7542623253c0c78758437d055dc",
+    4: "9be347744e5794c1a919e8e7d26a01bb2929af3f34f1966a73eb3397e410cb77",
+    6: "1cf28b62aca62deb7adb511934c6154ae8bf7292c8c64907545690b2744b32a8",
+    8: "8eedb109c6e7294e5e7b265e77370f2d3008d31a73efb2857f7c34884c7e1cf5",
+    10: "81bfe826c8548bc62e76cd540c9ff7a99de7a72910b2b4236dc9a9a9b8b31dae",
+    12: "d197bc2419f32da8bb7e5359ccbe05c95dfe167449281ea2d9e7146b47a06d15",
+    14: "898c38eb212d28be8ab730abd97c6b886097401ae63a874fec7067013f937b96",
+    16: "82508b16cc41ca9a8293dcfebaef9904af1179a7109418c114c3d48996385cd3",
+    18: "baa7b14050180c616d9743e517e7bb6cdb1e5d97209726161a1183d31ef9e563",
+    20: "fe75e0794de6c20e58a1b6c73a91fdd945e13de38a5c864fb22c49d0047aa98d",
+    22: "587b8178f8d665b8f8488b861689f148f3d2d0c07200b937d32eb61af8ac470f",
+    24: "31e4fe8117c66b139d7dbb31963084e044dacdc3ebb343eea6fb5cda28db8f7d",
+    26: "063d6fae9cd19584bdf62aca9839c3b131873dd1bf52ce6c1a618c2c12bfe5c5",
+    28: "d3f8918ab46b0de334451c491ead0ad7954c01a23699dfb4d678ef33b937fadd",
+}
+SEED_MODELS_ADVICE = (
+    f"with no network, point --seed-models or {SEED_MODELS_ENV} at a directory holding the seed's rnn_stepK.model files"
+)
+
+
+def seed_model_name(rows: int) -> str:
+    """The seed's file name for the model that reads ``rows`` rows; only the fourteen it published."""
+    if rows not in SEED_MODEL_SHA256:
+        raise SeqmnistError(f"the seed published models for K = 2, 4, ..., 28 rows only (got --rows {rows})")
+    return f"rnn_step{rows}.model"
+
+
+def seed_models_dir(given: str | Path | None = None) -> tuple[Path, bool]:
+    """The directory the seed's models are read from; the flag is true when it is the download cache."""
+    return choose_dir(given, "--seed-models", SEED_MODELS_ENV, SEED_MODELS_CACHE)
+
+
+def check_seed_model(path: Path, rows: int) -> Path:
+    """Insist that ``path`` is the seed's published model for ``rows`` (a file under its name may be another)."""
+    try:
+        check_digest(path, "sha256", SEED_MODEL_SHA256[rows])
+    except SeqmnistError as exc:
+        raise SeqmnistError(f"{path}: {exc}: not the seed's published {seed_model_name(rows)}") from None
+    return path
+
+
+def download_seed_model(
+    rows: int, directory: Path, base_url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT
+) -> Path:
+    """Fetch the seed's model for ``rows`` from its pinned commit into ``directory``, verified."""
+    name = seed_model_name(rows)
+    url = (base_url or SEED_MODELS_URL) + name
+    return download([url], directory / name, "sha256", SEED_MODEL_SHA256[rows], SEED_MODELS_ADVICE, timeout)
+
+
+def find_seed_model(
+    rows: int, given: str | Path | None = None, base_url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT
+) -> Path:
+    """The seed's verified model file for ``rows``: from ``given``, else $SEQMNIST_SEED_MODELS, else
+    the cache, downloading it there on first use."""
+    name = seed_model_name(rows)
+    directory, is_cache = seed_models_dir(given)
+    path = directory / name
+    if path.is_file():
+        return check_seed_model(path, rows)
+    if not is_cache:
+        raise SeqmnistError(
+            f"{path}: missing; copy the seed's {name} there, or drop --seed-models and unset {SEED_MODELS_ENV} "
+            "to download it"
+        )
+    return download_seed_model(rows, directory, base_url, timeout)
+
+
+def available_seed_models(given: str | Path | None, log: Callable[[str], None]) -> dict[int, Path]:
+    """The seed's verified model files by K (what ``reproduce`` evaluates), from ``given``,
+    $SEQMNIST_SEED_MODELS or the cache (downloading what it lacks). A directory named by the user
+    must hold at least one; the cache, offline, may hold none (a report without that section beats
+    no report), and the first failed download ends the downloads (one timeout, not fourteen)."""
+    directory, is_cache = seed_models_dir(given)
+    found, offline = {}, None
+    for k in SWEEP_ROWS:
+        path = directory / seed_model_name(k)
+        if path.is_file():
+            found[k] = check_seed_model(path, k)
+        elif is_cache and offline is None:
+            try:
+                found[k] = download_seed_model(k, directory)
+            except SeqmnistError as exc:
+                offline = exc
+    if not found and not is_cache:
+        raise SeqmnistError(f"{directory}: holds no rnn_stepK.model file of the seed's code")
+    missing = [k for k in SWEEP_ROWS if k not in found]
+    if missing:
+        log(
+            f"the seed's models: {len(found)} of {len(SWEEP_ROWS)} in {directory}, missing K = "
+            + ", ".join(map(str, missing))
+            + (f" ({offline})" if offline else "")
+        )
+    return found
