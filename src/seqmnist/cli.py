@@ -335,6 +335,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = Config.from_settings(args.preset or "seed", **given)
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        if args.preset is None and all(value is None for value in given.values()):
+            print(
+                "no flags: the seed's 100-epoch replay (10-17 minutes on 2 cores); "
+                "for a first look in under a minute: seqmnist train --preset quick"
+            )
     train(config, MNIST.load(args.data_dir), run, resume=bool(args.resume))
     return 0
 
