@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import signal
 import stat
 import struct
@@ -190,7 +191,7 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_
         seen += chunk
     process.wait(timeout=300)
     text = seen.decode(errors="replace")
-    assert "img_s=" in text and "loss=" in text  # the epoch's bar: running loss and images per second
+    assert "img_s=" in text and "loss=" in text and "acc=" in text  # running loss, sampled accuracy, images/s
     assert "validation set" in text or "test set" in text  # evaluation shows progress too
 
 
@@ -230,3 +231,28 @@ def test_the_python_api(mnist, tmp_path):
     assert out["labels"].shape == (7,) and out["running"].shape == (28, 7, 10)
     assert torch.equal(out["running"][-1].argmax(1), out["labels"])
     assert isinstance(trained.model, seqmnist.ElementwiseRNN) and isinstance(trained.run, Run)
+
+
+def test_without_a_terminal_a_long_epoch_prints_plain_progress_lines(mnist, tmp_path, monkeypatch):
+    """Logs, CI and workers get a plain line every PLAIN_EVERY seconds (here: every batch)."""
+    from seqmnist.train import Progress
+
+    monkeypatch.setattr(Progress, "PLAIN_EVERY", 0.0)
+    lines = []
+    config = Config.from_settings("quick", epochs=1, subset=300, batch_size=100)
+    train(config, mnist, new_run(tmp_path / "run"), log=lines.append)
+    progress = [line for line in lines if line.startswith("epoch 1/1: batch")]
+    assert len(progress) == 3 and "\r" not in "".join(lines)
+    assert re.fullmatch(
+        r"epoch 1/1: batch 3/3, loss \d\.\d{4}, accuracy 0\.\d{3} \(sampled\), \d+ images/s, 0\.0 min left",
+        progress[-1],
+    )
+
+
+def test_train_without_flags_says_it_is_the_long_replay(mnist_dir, tmp_path, monkeypatch):
+    """The line comes before any work: here the data directory is bad, so nothing trains."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "nowhere"))
+    result = call_main("train")
+    assert result.stdout.startswith("no flags: the seed's 100-epoch replay")
+    assert "seqmnist train --preset quick" in result.stdout
