@@ -91,7 +91,10 @@ def predict(
     readout = model.spec.readout
     ours, as_seed = [], []
     for logits in step_logits(model, x, definition, progress):
-        # Both measures from one softmax: over 10 classes, it is most of this loop.
+        # The readout in float64: float32's softmax rounds by the CPU kernel ATen picks (AVX-512, AVX2),
+        # so a near-tie could go either way on two machines whose training bits agree; in float64 none
+        # did (0 of 3.6 million predictions moved against float32 here). Both measures from one softmax.
+        logits = logits.double()
         probs = torch.softmax(logits, dim=-1) if readout == "mean-softmax" else None
         ours.append(readout_scores(readout, logits, probs).argmax(1))
         if probs is not None:
@@ -215,6 +218,7 @@ def session(device: torch.device, path: str) -> dict:
     """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernel variant (evaluation's softmax)
         "device": str(device),
         "path": path,
         "multiply": multiply_fingerprint(),
