@@ -129,7 +129,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(mnist_dir, tmp_path)
 
 def test_resume_of_a_run_that_never_existed(tmp_path):
     result = call_main("train", "--resume", tmp_path / "nothing")
-    assert_one_line_error(result, "config.json: file not found")
+    assert_one_line_error(result, "no such run directory")
 
 
 def test_corrupt_checkpoint_is_rejected_cleanly(reference, mnist_dir, tmp_path):
