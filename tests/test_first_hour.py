@@ -182,12 +182,14 @@ def test_evaluate_json_rounds_accuracy_to_the_test_sets_resolution(quick):
 # --- 8. extending a finished run ---------------------------------------------------------------------------
 
 
-def test_extending_a_cosine_run_stretches_its_schedule(tmp_path):
+def test_extending_a_cosine_run_stretches_its_schedule(mnist_dir, tmp_path):
     """A finished 1-epoch cosine run extended to 3 epochs: its first epoch keeps the rates it had (down
     to near 0), the new ones follow the 3-epoch cosine, so the rate rises again (no second warm-up)."""
     out = tmp_path / "run"
-    assert call_main("train", "--preset", "quick", "--subset", "500", "--epochs", "1", "--out", out).returncode == 0
-    assert call_main("train", "--resume", out, "--epochs", "3").returncode == 0
+    data = ("--data-dir", mnist_dir)
+    first = call_main("train", "--preset", "quick", "--subset", "500", "--epochs", "1", "--out", out, *data)
+    assert first.returncode == 0
+    assert call_main("train", "--resume", out, "--epochs", "3", *data).returncode == 0
     rates = [row["lr"] for row in Run(out).read_metrics()]
     steps = 5  # 500 images, 100 a batch; the rate recorded is that of each epoch's last step
     one_epoch = learning_rate(0.003, "cosine", steps - 1, steps, 1, 0, 10, 0.1)
