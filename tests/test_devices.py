@@ -136,6 +136,19 @@ def test_resuming_a_gpu_run_on_a_cpu_is_asked_for_by_flag(gpu_trained_run, mnist
     assert summary["epochs"] == 2 and [s["device"] for s in summary["sessions"]] == ["cpu", "cpu"]
 
 
+def test_a_refused_resume_leaves_the_runs_device_as_it_was(gpu_trained_run, tmp_path):
+    """--device is recorded only once the resume is accepted: a finished run without --epochs is refused,
+    and its config.json still names the device it trained on."""
+    run = tmp_path / "run"
+    shutil.copytree(gpu_trained_run, run)  # (an earlier test may have moved the module's copy to the CPU)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    before = (run / "config.json").read_bytes()
+    refused = call_main("train", "--resume", run, "--device", "cpu")
+    assert_one_line_error(refused, "is a finished run", "--epochs N")
+    assert (run / "config.json").read_bytes() == before
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_resume_across_devices_keeps_every_tensor_on_one_device(mnist, tmp_path):
     """Adam's state is loaded where the weights are: trained on the GPU, resumed on the CPU, and back."""

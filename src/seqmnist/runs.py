@@ -284,12 +284,10 @@ def _check_creatable(directory: Path) -> None:
 def open_for_resume(directory: Path, epochs: int | None = None, device: str | None = None) -> tuple[Run, Config]:
     """The run to continue and its settings. A finished run continues only with ``epochs`` beyond what
     it has trained; the new count, and a new ``device`` (a run trained on a GPU continues on the CPU,
-    or the reverse), are recorded in its config.json before any work starts."""
+    or the reverse), are recorded in its config.json once every check has passed, before any work starts."""
     run = Run(directory)
-    config = run.read_config()
-    if device is not None and device != config.device:
-        config = replace(config, device=device).validate()
-        write_json(run.config, config.to_dict())
+    saved = run.read_config()
+    config = saved if device is None else replace(saved, device=device).validate()
     summary = run.finished_summary(config)
     if epochs is None or epochs == config.epochs:
         if summary:
@@ -297,14 +295,15 @@ def open_for_resume(directory: Path, epochs: int | None = None, device: str | No
                 f"{run.describe_finished(summary)}; to train it further: seqmnist train --resume {run.dir} "
                 f"--epochs N (N > {summary['epochs']})"
             )
-        return run, config
-    done = len(run.read_metrics()) if run.metrics.exists() else 0
-    if epochs < max(done, 1):
-        raise SeqmnistError(f"--epochs {epochs}: {run.dir} has already trained {done} epochs")
-    if summary and not run.checkpoint.exists():
-        raise SeqmnistError(f"{run.dir}: no checkpoint to continue from (an imported model cannot be trained on)")
-    config = replace(config, epochs=epochs).validate()
-    write_json(run.config, config.to_dict())
+    else:
+        done = len(run.read_metrics()) if run.metrics.exists() else 0
+        if epochs < max(done, 1):
+            raise SeqmnistError(f"--epochs {epochs}: {run.dir} has already trained {done} epochs")
+        if summary and not run.checkpoint.exists():
+            raise SeqmnistError(f"{run.dir}: no checkpoint to continue from (an imported model cannot be trained on)")
+        config = replace(config, epochs=epochs).validate()
+    if config != saved:
+        write_json(run.config, config.to_dict())
     return run, config
 
 
