@@ -420,8 +420,8 @@ def first_inked_step(trained: TrainedModel, image: np.ndarray) -> int | None:
 
 
 def _result(trained: TrainedModel, out: dict[str, torch.Tensor], i: int, name: str, image: np.ndarray) -> dict:
-    step_probs = out["step_probs"][:, i].double().numpy()
-    running = out["running"][:, i].double().numpy()
+    step_probs = out["step_probs"][:, i].numpy()  # float64: TrainedModel.read's readout
+    running = out["running"][:, i].numpy()
     running_labels = running.argmax(axis=1)
     label = int(out["labels"][i])
     trace = [
@@ -436,7 +436,7 @@ def _result(trained: TrainedModel, out: dict[str, torch.Tensor], i: int, name: s
     return {
         "file": name,
         "label": label,
-        "probabilities": _rounded(out["probabilities"][i].double().numpy()),
+        "probabilities": _rounded(out["probabilities"][i].numpy()),
         "steps": len(trace),
         "step_unit": step_unit(trained),
         "settled": settled_step(running_labels, label),
