@@ -188,6 +188,12 @@ class TrainingInterrupted(Exception):
 # --- the loop ----------------------------------------------------------------------------------
 
 
+def may_take_own_step(optimizer: torch.optim.Optimizer, fast: bool, clip: float) -> bool:
+    """Whether a step may be the model's own plain SGD step (where the model has one): only for plain
+    SGD with nothing between the gradient and the update, on the fast path."""
+    return fast and not clip and plain_sgd(optimizer)
+
+
 def train_step(
     model: SequenceClassifier,
     optimizer: torch.optim.Optimizer,
@@ -201,7 +207,7 @@ def train_step(
     Plain SGD takes the model's own step where it has one (the CPU engine's): the same bits as
     autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1.2 ms
     a batch, which is most of a small model's batch."""
-    if fast and not clip and plain_sgd(optimizer):
+    if may_take_own_step(optimizer, fast, clip):
         loss = model.sgd_step(x, y, optimizer.param_groups[0]["lr"])
         if loss is not None:
             return loss
@@ -254,7 +260,7 @@ class Progress:
         self.bar.update()
         self.images += len(x)
         batch, now = self.position.batch, time.perf_counter()
-        if (now - self.last_line < self.PLAIN_EVERY) if self.bar.disable else batch % self.SAMPLE_EVERY:
+        if not self.due(batch, now):
             return
         with torch.no_grad():
             scores = readout_scores(self.config.readout, model.logits(x, fast=False))
@@ -275,6 +281,12 @@ class Progress:
             f"loss {loss:.4f}, accuracy {accuracy:.3f} (sampled), {rate:.0f} images/s, {left / 60:.1f} min left"
         )
 
+    def due(self, batch: int, now: float) -> bool:
+        """A bar shows every SAMPLE_EVERY-th batch; plain lines come every PLAIN_EVERY seconds."""
+        if self.bar.disable:
+            return now - self.last_line >= self.PLAIN_EVERY
+        return batch % self.SAMPLE_EVERY == 0
+
     def close(self) -> None:
         self.bar.close()
 
@@ -292,9 +304,7 @@ class Trainer:
         # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
         self.model.to(self.device)
-        self.optimizer = make_optimizer(
-            config.optimizer, self.model.parameters(), config.lr, config.momentum, config.weight_decay
-        )
+        self.optimizer = self.new_optimizer(self.model)
         self.state = TrainingState()
         if resume and run.checkpoint.exists():
             self.state = run.load_checkpoint(self.model, self.optimizer)
@@ -313,32 +323,33 @@ class Trainer:
             f"{_minutes(self.estimate_minutes())} for epochs {self.state.position.epoch}-{config.epochs}"
         )
 
+    def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
+        c = self.config
+        return make_optimizer(c.optimizer, model.parameters(), c.lr, c.momentum, c.weight_decay)
+
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
         run's own are not touched), evaluation counted as a third of a step per image read."""
         config, position = self.config, self.state.position
         model = copy.deepcopy(self.model)
-        optimizer = make_optimizer(
-            config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay
-        )
+        optimizer = self.new_optimizer(model)
         x, y = (t[: config.batch_size] for t in self.sets["train"])
-        seconds = []
-        for _ in range(2):  # the first step also warms up: the second is timed
-            started = time.perf_counter()
-            train_step(model, optimizer, x, y, self.fast, config.clip)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - started)
+        train_step(model, optimizer, x, y, self.fast, config.clip)  # warm-up: first allocations, kernels
+        started = time.perf_counter()
+        train_step(model, optimizer, x, y, self.fast, config.clip)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        step = time.perf_counter() - started
         epochs = config.epochs - position.epoch + 1
         batches = epochs * config.batches - position.batch
         evaluated = len(self.sets["val"][0]) + (len(self.sets["train"][0]) if config.eval_train else 0)
         images_read = evaluated * -(-epochs // config.eval_every) + 2 * len(self.sets["test"][0])
-        return seconds[1] * (batches + images_read / config.batch_size / 3) / 60
+        return step * (batches + images_read / config.batch_size / 3) / 60
 
     def path(self) -> str:
         """The training path in words: the model's, and whether plain SGD takes the engine's own step."""
         path = self.model.training_path(self.device, self.fast)
-        own_step = path == ENGINE_PATH and not self.config.clip and plain_sgd(self.optimizer)
+        own_step = path == ENGINE_PATH and may_take_own_step(self.optimizer, self.fast, self.config.clip)
         return path + (" with its own SGD step" if own_step else "")
 
     def fit(self) -> dict:
