@@ -50,7 +50,7 @@ def mnist_dir() -> Path:
     if found is None:
         pytest.skip(
             f"no real MNIST: set {ENV_VAR} to a directory of its four .gz files, or fill {cache_dir()} "
-            "(with network: seqmnist import-theano --rows 28 --out /tmp/seed28)"
+            "(with network: python -c 'from seqmnist import MNIST; MNIST.load()')"
         )
     return found
 
