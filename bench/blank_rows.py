@@ -34,7 +34,7 @@ def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]
         train_step(model, optimizer, x[index], y[index])
-    accuracy(model, xe, ye, config, None)
+    accuracy(model, xe, ye, config, "val", None)
     return time.perf_counter() - started, [p.detach().clone() for p in model.parameters()]
 
 

@@ -13,10 +13,10 @@ import argparse
 import csv
 import json
 import shutil
-import statistics
 from pathlib import Path
 
 from seqmnist.config import Config
+from seqmnist.sweep import mean_sd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EVIDENCE = ("config.json", "metrics.csv", "summary.json", "permutation.json")
@@ -132,11 +132,6 @@ def minutes_of(summary: dict) -> str:
     return f"{summary['minutes']:.1f}" + ("*" if one_thread else "")
 
 
-def mean_sd(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
-
-
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| task | cell | layers x hidden | parameters | recipe | epochs | test acc at best val, % (n) "
@@ -147,7 +142,8 @@ def markdown(rows: list[dict]) -> str:
         seeds = ",".join(str(s) for s in r["seeds"])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['parameters']:,} | {r['recipe']} | {r['epochs']} "
-            f"| **{mean_sd(r['best'])}** ({len(r['best'])}) | {mean_sd(r['final'])} | {r['minutes']} "
+            f"| **{mean_sd(r['best'], percent=True)}** ({len(r['best'])}) | {mean_sd(r['final'], percent=True)} "
+            f"| {r['minutes']} "
             f"| `seqmnist train --preset {r['preset']} --seed S` (S = {seeds}) |"
         )
     return "\n".join(lines)
@@ -169,7 +165,7 @@ def tried(runs: list[Path]) -> str:
         r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.seed} "
-            f"| {mean_sd(r['best'])} | {r['minutes']} | `docs/results/tried/{run.name}` |"
+            f"| {mean_sd(r['best'], percent=True)} | {r['minutes']} | `docs/results/tried/{run.name}` |"
         )
     return "\n".join(lines)
 

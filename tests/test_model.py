@@ -20,7 +20,6 @@ from seqmnist.model import (
     build_model,
     readout_scores,
     running_probs,
-    seed_code_readout,
 )
 from seqmnist.recipes import make_optimizer, plain_sgd
 from seqmnist.train import train_step
@@ -373,15 +372,3 @@ def test_workspace_misuse_is_caught():
     model.loss(x, y)
     with pytest.raises(RuntimeError, match="workspace"):
         first.backward()
-
-
-def test_seed_code_readout_counts_the_last_row_as_uniform():
-    model, x, _ = random_case(batch=7, rows=6)
-    with torch.no_grad():
-        probs = torch.softmax(model.logits(x, fast=False), dim=-1)
-        seed = seed_code_readout(probs)
-    np.testing.assert_allclose(seed.sum(1).numpy(), 1.0, rtol=1e-6)
-    np.testing.assert_allclose((seed * 6 - 0.1).numpy(), probs[:5].sum(0).numpy(), rtol=1e-5, atol=1e-6)
-    assert torch.equal(seed.argmax(1), probs[:5].sum(0).argmax(1))
-    # One row read: the seed's code saw nothing but the uniform softmax, so it always said 0.
-    assert torch.equal(seed_code_readout(probs[:1]).argmax(1), torch.zeros(7, dtype=torch.long))

@@ -8,21 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import seed
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
+from seqmnist.measures import measures_for
 from seqmnist.model import VanillaRNN
 from seqmnist.seed import (
+    SEED_MEASURE,
     SEED_MODEL_SHA256,
     available_seed_models,
     find_seed_model,
     read_theano_model,
+    seed_code_readout,
     seed_confusion,
     seed_sweep,
 )
-from seqmnist.train import initial_model
+from seqmnist.train import initial_model, predicted_digits
 
 
 def test_initial_weights_are_the_seeds_draws():
@@ -46,6 +50,37 @@ def test_epoch_orders_are_the_seeds_shuffles():
     for _ in range(3):
         X = X[np.random.permutation(len(X))]
         assert np.array_equal(next(orders), X)
+
+
+def test_seed_code_readout_counts_the_last_row_as_uniform():
+    g = torch.Generator().manual_seed(0)
+    model, x = VanillaRNN(13).reset_parameters(0), torch.rand(7, 6, 28, generator=g)
+    with torch.no_grad():
+        probs = torch.softmax(model.logits(x, fast=False), dim=-1)
+        measured = seed_code_readout(probs)
+    np.testing.assert_allclose(measured.sum(1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose((measured * 6 - 0.1).numpy(), probs[:5].sum(0).numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(measured.argmax(1), probs[:5].sum(0).argmax(1))
+    # One row read: the seed's code saw nothing but the uniform softmax, so it always said 0.
+    assert torch.equal(seed_code_readout(probs[:1]).argmax(1), torch.zeros(7, dtype=torch.long))
+
+
+def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
+    # Reading 2 rows, the seed's code measured only the first, blank in almost every MNIST image:
+    # those images tie exactly and count as digit 0, which is why the seed reports 0.0980 on the test set.
+    model = VanillaRNN(200).reset_parameters(3)
+    ours, measured = predicted_digits(model, Config(rows=2).sequencer().encode(mnist.test_x), [SEED_MEASURE])
+    as_seed = measured["as_seed"]
+    blank = mnist.test_x[:, 0].amax(1) == 0
+    assert blank.float().mean() > 0.99
+    assert (as_seed[blank] == 0).all()
+    assert (ours[mnist.test_x[:, :2].amax((1, 2)) == 0] == 0).all()
+    assert (as_seed == mnist.test_y).float().mean().item() == pytest.approx(0.098, abs=0.002)
+
+
+def test_the_seed_measure_applies_to_the_averaged_softmax_only():
+    assert measures_for(Config()) == [SEED_MEASURE]
+    assert measures_for(Config(readout="last")) == []
 
 
 @pytest.mark.slow

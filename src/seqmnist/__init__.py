@@ -11,6 +11,7 @@ From Python::
     model = build_model(Config(cell="lstm", hidden=128).model_spec())
 """
 
+from . import seed  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
 from .config import PRESETS, Config
 from .data import MNIST
 from .errors import SeqmnistError

@@ -346,6 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import MNIST
+    from .measures import measure_columns, measured_words
     from .runs import Run, round_accuracy
     from .train import evaluate_run
 
@@ -354,14 +355,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run.load_model(config, args.best)  # a missing or broken model file fails before the data loads
     result = evaluate_run(run, config, MNIST.load(args.data_dir), args.best)
     tested = sum(map(sum, result["confusion_matrix"]))
-    result = {**result, **{k: round_accuracy(result[k], tested) for k in ("test_acc", "test_acc_as_seed")}}
+    result = {**result, **{k: round_accuracy(result[k], tested) for k in ("test_acc", *measure_columns("test"))}}
     if args.json:
         print(json.dumps(result))
         return 0
-    seed_measure = result["test_acc_as_seed"]
     print(
         f"test accuracy {result['test_acc']:.4f} ({config.describe()})"
-        + (f"; {seed_measure:.4f} as the seed's code measured" if seed_measure is not None else "")
+        + "".join(f"; {words}" for words in measured_words(result))
     )
     print("confusion matrix (rows: true digit, columns: predicted digit)")
     print("     " + "".join(f"{d:>6}" for d in range(10)))
@@ -371,8 +371,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_import_theano(args: argparse.Namespace) -> int:
-    from .experiments import import_theano
-    from .seed import find_seed_model
+    from .seed import find_seed_model, import_theano
 
     if args.model_file and args.seed_models:
         raise SeqmnistError("--seed-models names where the seed's own model comes from; drop it or MODEL_FILE")
@@ -451,7 +450,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .experiments import plot_run
+    from .plots import plot_run
 
     if args.image:
         return plot_images(args)

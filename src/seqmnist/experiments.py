@@ -8,31 +8,27 @@ under ``OUT/runs/``; then it draws the figures and writes ``OUT/report.md``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import plots
 from .config import Config
 from .data import MNIST
-from .files import file_digest, read_json, write_json, write_text
-from .model import VanillaRNN, running_probs
+from .files import read_json, write_json, write_text
 from .runner import Trial, run_trials
-from .runs import Run, new_run
+from .runs import Run
 from .seed import (
     CONFUSION_ROWS,
     SWEEP_ROWS,
     available_seed_models,
-    is_seed_recipe,
-    read_theano_model,
+    evaluate_seed_models,
     seed_confusion,
     seed_curves,
     seed_sweep,
 )
-from .train import evaluate, evaluate_run, step_logits
+from .train import Log
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")
@@ -135,7 +131,7 @@ def measure_note() -> list[str]:
         f"{100 * abs(full[widest] - seed[widest]['test_acc']):.1f} points at K = {widest}. `seqmnist` records "
         "both: *as the seed measured* (`*_as_seed`, set beside the seed's accuracies) and the model's own "
         "accuracy with every row read (set beside the seed's confusion matrices). See "
-        "`seqmnist.model.seed_code_readout`.",
+        "`seqmnist.seed.seed_code_readout`.",
         "",
     ]
 
@@ -283,47 +279,13 @@ def seed_models_section(evaluated: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]:
-    """The seed's model files by K, each evaluated on the test set."""
-    found = {}
-    for k, path in files.items():
-        config = Config.from_settings("seed", rows=k)
-        x = config.sequencer().encode(data.test_x)
-        found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
-    return found
-
-
-def theano_model(path: Path) -> VanillaRNN:
-    arrays = read_theano_model(path)
-    model = VanillaRNN(arrays["W"].shape[0])
-    model.load_state_dict({name: torch.from_numpy(a) for name, a in arrays.items()})
-    return model
-
-
-def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None) -> dict:
-    """A run directory holding a model file of the seed's code: config.json (the seed's recipe for
-    ``rows``), model.safetensors, import.json (where it came from) and summary.json (its test)."""
-    config = Config.from_settings("seed", rows=rows)
-    model = theano_model(path)
-    config = replace(config, hidden=model.hidden_size).validate()
-    run = new_run(out)
-    data = MNIST.load(data_dir)
-    digest = file_digest(path, "sha256")
-    write_json(run.config, config.to_dict())
-    write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
-    run.save_model(model)
-    summary = {"epochs": config.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
-    run.write_summary(summary)
-    return summary
-
-
 def reproduce(
     out: Path,
     quick: bool = False,
     jobs: int = 1,
     data_dir: str | None = None,
     seed_models: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     **cluster: object,
 ) -> Path:
     """Run (or finish) every experiment, then draw the figures and write ``out/report.md``; the rows
@@ -349,48 +311,3 @@ def reproduce(
     )
     log(f"report: {out / 'report.md'}")
     return out / "report.md"
-
-
-def plot_run(
-    run_dir: Path, data_dir: str | None = None, examples: int = 4, note: Callable[[str], None] = print
-) -> list[Path]:
-    """The figures of one run: its curves, test confusion matrix, first-layer weights, and a few digits
-    step by step. A run without a training history (an imported model) gets no curves, and ``note`` says
-    so: a figure left out silently looks like a bug."""
-    run = Run(run_dir)
-    config = run.read_config()
-    model = run.load_model(config)
-    summary = read_json(run.summary) if run.summary.exists() else None
-    figures = run.dir / "figures"
-    paths = []
-    if run.metrics.exists():
-        paths.append(
-            plots.epoch_curves(
-                run.read_metrics(),
-                figures / "epoch_curves.png",
-                seed=seed_curves(config.rows) if is_seed_recipe(config) else None,
-                title=f"Accuracy vs epoch: {config.describe()}",
-            )
-        )
-    else:
-        note(f"{run.dir} has no training history (no metrics.csv: an imported model?), so no epoch_curves.png")
-    paths.append(plots.weights(*model.first_layer_weights(), figures / "weights.png"))
-    if summary:
-        paths.append(
-            plots.confusion_grid({config.rows or 0: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
-        )
-    data = MNIST.load(data_dir)
-    x = run.sequencer(config).encode(data.test_x[:examples])
-    logits = torch.cat(list(step_logits(model, x)), dim=1)
-    paths.append(
-        plots.step_by_step(
-            data.test_x[:examples].numpy(),
-            torch.softmax(logits, dim=-1).numpy(),
-            running_probs(config.readout, logits).numpy(),
-            data.test_y[:examples].tolist(),
-            figures / "row_by_row.png",
-            rows_read=config.rows if config.task == "rows" else None,
-            readout=config.readout,
-        )
-    )
-    return paths

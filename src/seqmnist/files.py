@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, JSON, checked safetensors, the per-user cache and verified downloads.
+"""Files on disk: atomic writes, JSON, CSV, checked safetensors, the per-user cache and verified downloads.
 
 Every file a run leaves is written to a temporary sibling and renamed into
 place, so a process killed at any instant (even by SIGKILL) leaves either the
@@ -10,9 +10,11 @@ machine can read a run.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
 import http.client
+import io
 import json
 import math
 import os
@@ -101,6 +103,15 @@ def write_json(path: Path, obj: Any) -> None:
     write_text(path, to_json(obj) + "\n")
 
 
+def write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> None:
+    """Rows under a header of ``columns`` (by default the first row's keys), one line each."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -142,13 +153,6 @@ def check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], shapes: Mappi
             )
         if tensors[name].dtype != torch.float32:
             raise SeqmnistError(f"{path}: tensor {name} is {tensors[name].dtype}, expected float32")
-
-
-def load_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file holding exactly the tensors ``shapes`` names, float32."""
-    tensors, _ = read_tensors(path)
-    check_tensors(path, tensors, shapes)
-    return tensors
 
 
 # --- verified downloads -------------------------------------------------------------------------

@@ -124,24 +124,6 @@ def averaged_softmax_nll(mean_probs: torch.Tensor, labels: torch.Tensor) -> torc
     return -torch.log(mean_probs.gather(1, labels[:, None])).mean()
 
 
-def seed_code_readout(step_probs: torch.Tensor) -> torch.Tensor:
-    """The readout the seed's code *measured accuracy with*: the last row's softmax replaced by a uniform one.
-
-    The seed's Theano accuracy function (``layer.py`` in github.com/juliuswang0728/rnn_theano)
-    lists the state variable among its inputs and is called with zeros for it,
-    meant as the initial state. But by then that variable names the state after the
-    last row, so Theano substitutes the zeros there: the last row's softmax becomes
-    softmax(0) = 1/10 for every digit and the prediction rests on the other rows.
-    Training and the confusion matrices used the full readout. This explains the
-    seed's numbers: its K = 28 confusion matrix has 96.41% on its diagonal but its
-    reported test accuracy is 96.07%, and at K = 2 (the first row is blank in
-    almost every image, so the softmaxes tie and argmax says 0) it reports the share
-    of zeros in each set, to within one image. ``step_probs`` is (rows, batch, classes).
-    """
-    uniform = torch.full_like(step_probs[0], 1.0 / step_probs.shape[-1])
-    return (step_probs[:-1].sum(0) + uniform) / step_probs.shape[0]
-
-
 # --- initial weights ------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Figures, drawn after the seed's slides: accuracy per epoch, accuracy against rows read,
 confusion matrices, the learned weights, and what the model believes row by row.
 
-Every function takes plain numbers (lists, arrays) and writes one PNG.
+Every figure function takes plain numbers (lists, arrays) and writes one PNG; :func:`plot_run` reads
+a run directory and draws its figures with them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
-from .files import atomic_path
+from .data import MNIST
+from .files import atomic_path, read_json
+from .measures import measures_for
+from .model import running_probs
+from .runs import Run
+from .train import Log, step_logits
 
 SEED_STYLE = {"linestyle": "--", "alpha": 0.8}
 
@@ -298,3 +305,50 @@ def reading(
         fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --- a run's figures -------------------------------------------------------------------------------
+
+
+def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note: Log = print) -> list[Path]:
+    """The figures of one run: its curves (beside a reference log where a measure holds the run to
+    one), test confusion matrix, first-layer weights, and a few digits step by step. A run without a
+    training history (an imported model) gets no curves, and ``note`` says so: a figure left out
+    silently looks like a bug."""
+    run = Run(run_dir)
+    config = run.read_config()
+    model = run.load_model(config)
+    summary = read_json(run.summary) if run.summary.exists() else None
+    figures = run.dir / "figures"
+    paths = []
+    if run.metrics.exists():
+        logged = next((log for m in measures_for(config) if (log := m.reference(config))), {})
+        paths.append(
+            epoch_curves(
+                run.read_metrics(),
+                figures / "epoch_curves.png",
+                seed=list(logged.values()) or None,
+                title=f"Accuracy vs epoch: {config.describe()}",
+            )
+        )
+    else:
+        note(f"{run.dir} has no training history (no metrics.csv: an imported model?), so no epoch_curves.png")
+    paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
+    if summary:
+        matrix = np.array(summary["confusion_matrix"])
+        paths.append(confusion_grid({config.rows or 0: matrix}, figures / "confusion.png"))
+    data = MNIST.load(data_dir)
+    x = run.sequencer(config).encode(data.test_x[:examples])
+    logits = torch.cat(list(step_logits(model, x)), dim=1)
+    paths.append(
+        step_by_step(
+            data.test_x[:examples].numpy(),
+            torch.softmax(logits, dim=-1).numpy(),
+            running_probs(config.readout, logits).numpy(),
+            data.test_y[:examples].tolist(),
+            figures / "row_by_row.png",
+            rows_read=config.rows if config.task == "rows" else None,
+            readout=config.readout,
+        )
+    )
+    return paths

@@ -15,7 +15,6 @@ finished (a summary for as many epochs as its config asks for).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -26,23 +25,19 @@ import torch
 
 from .config import Config
 from .errors import SeqmnistError
-from .files import check_tensors, read_json, read_tensors, save_tensors, write_json, write_text
+from .files import check_tensors, read_json, read_tensors, save_tensors, write_csv, write_json
+from .measures import measure_columns
 from .model import SequenceClassifier, build_model
 from .sequence import PIXELS, Sequencer
 
-# *_as_seed: accuracy as the seed's code measured it (see seqmnist.model.seed_code_readout).
-# Epochs without evaluation (see Config.eval_every) hold NaN accuracies.
-# lr: the learning rate of the epoch's last step.
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_acc",
-    "train_acc_as_seed",
-    "val_acc_as_seed",
-    "lr",
-    "seconds",
-)
+
+def metric_columns() -> tuple[str, ...]:
+    """metrics.csv's columns: the model's own accuracies, then those of every registered measure
+    (seqmnist.measures), NaN where one does not apply and in epochs without evaluation (Config.eval_every);
+    lr is the learning rate of the epoch's last step."""
+    return ("epoch", "train_loss", "train_acc", "val_acc", *measure_columns("train", "val"), "lr", "seconds")
+
+
 CHECKPOINT_FORMAT = "seqmnist-checkpoint/3"
 RUN_FILES = (
     "config.json",
@@ -145,18 +140,14 @@ class Run:
     # --- metrics --------------------------------------------------------------------------------
 
     def write_metrics(self, rows: list[dict]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(self.metrics, buffer.getvalue())
+        write_csv(self.metrics, rows, metric_columns())
 
     def read_metrics(self) -> list[dict]:
         try:
             with open(self.metrics) as f:
                 reader = csv.DictReader(f)
-                if tuple(reader.fieldnames or ()) != METRIC_COLUMNS:
-                    raise ValueError(f"columns {reader.fieldnames}, expected {list(METRIC_COLUMNS)}")
+                if tuple(reader.fieldnames or ()) != metric_columns():
+                    raise ValueError(f"columns {reader.fieldnames}, expected {list(metric_columns())}")
                 return [{k: float(v) for k, v in row.items()} for row in reader]
         except (OSError, ValueError, TypeError) as exc:
             raise SeqmnistError(f"{self.metrics}: not a readable metrics file ({exc})") from None
@@ -191,7 +182,7 @@ class Run:
             payload = json.loads(metadata["state"])
             state = TrainingState(**{**payload["loop"], "position": Position(**payload["loop"]["position"])})
             optim = _optimizer_state(payload["optimizer"], tensors)
-            if any(set(row) != set(METRIC_COLUMNS) for row in state.metrics):
+            if any(set(row) != set(metric_columns()) for row in state.metrics):
                 raise ValueError("metrics of another layout")
             model.load_state_dict(weights)
             optimizer.load_state_dict(optim)

@@ -1,7 +1,10 @@
-"""The seed: its published numbers, and its trained model files.
+"""The seed: its published numbers, how its code measured accuracy, and its trained model files.
 
 ``reference/`` holds what the authors' training logs recorded (cited in its
-README). ``read_theano_model`` reads one of the model files the seed's code
+README). The seed's measure of accuracy registers itself with :mod:`seqmnist.measures`
+(the package imports this module), so every run whose readout it applies to records
+it, and a run of the seed's recipe prints the seed's log beside its own, without the
+training loop knowing the seed by name. ``read_theano_model`` reads one of the model files the seed's code
 wrote (``rnn_stepK.model``: three Python 2 pickles of float32 arrays) without
 ever running code from it: a pickle names functions that loading it calls, and
 only the three NumPy reconstructors an array needs are admitted.
@@ -18,18 +21,24 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import pickle
-from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .config import Config
+from .data import MNIST
 from .errors import SeqmnistError
-from .files import DOWNLOAD_TIMEOUT, check_digest, choose_dir, download
+from .files import DOWNLOAD_TIMEOUT, check_digest, choose_dir, download, file_digest, write_json
+from .measures import Measure, register
+from .model import VanillaRNN
+from .runs import new_run
+from .train import Log, evaluate, evaluate_run
 
 SWEEP_ROWS = tuple(range(2, 29, 2))
 CONFUSION_ROWS = (2, 6, 10, 14, 20, 28)
@@ -82,6 +91,51 @@ def seed_log(config: Config) -> dict[int, dict]:
     if not is_seed_recipe(config):
         return {}
     return {r["epoch"]: r for r in seed_curves(config.rows)}
+
+
+# --- how the seed's code measured accuracy -------------------------------------------------------
+
+
+def seed_code_readout(step_probs: torch.Tensor) -> torch.Tensor:
+    """The readout the seed's code *measured accuracy with*: the last row's softmax replaced by a uniform one.
+
+    The seed's Theano accuracy function (``layer.py`` in github.com/juliuswang0728/rnn_theano)
+    lists the state variable among its inputs and is called with zeros for it,
+    meant as the initial state. But by then that variable names the state after the
+    last row, so Theano substitutes the zeros there: the last row's softmax becomes
+    softmax(0) = 1/10 for every digit and the prediction rests on the other rows.
+    Training and the confusion matrices used the full readout. This explains the
+    seed's numbers: its K = 28 confusion matrix has 96.41% on its diagonal but its
+    reported test accuracy is 96.07%, and at K = 2 (the first row is blank in
+    almost every image, so the softmaxes tie and argmax says 0) it reports the share
+    of zeros in each set, to within one image. ``step_probs`` is (rows, batch, classes).
+    """
+    uniform = torch.full_like(step_probs[0], 1.0 / step_probs.shape[-1])
+    return (step_probs[:-1].sum(0) + uniform) / step_probs.shape[0]
+
+
+def _epoch_note(row: dict, logged: dict | None) -> str:
+    """An epoch's accuracies as the seed's code measured them, the seed's log for that epoch beside
+    them, then the words that introduce the model's own (every row read)."""
+    if math.isnan(row["train_acc_as_seed"]):
+        return ""
+    note = f"train {row['train_acc_as_seed']:.4f}  val {row['val_acc_as_seed']:.4f} as the seed's code measured"
+    if logged:
+        note += f" (seed's log: {logged['train_acc']:.4f}  {logged['val_acc']:.4f})"
+    return note + "; every row read: "
+
+
+SEED_MEASURE = register(
+    Measure(
+        name="as_seed",
+        label="as the seed's code measured",
+        # It changes one of the softmaxes the seed's readout averages; other readouts have no such measure.
+        applies=lambda config: config.readout == "mean-softmax",
+        scores=seed_code_readout,
+        epoch_note=_epoch_note,
+        reference=seed_log,
+    )
+)
 
 
 # --- the seed's model files -------------------------------------------------------------------
@@ -218,7 +272,7 @@ def find_seed_model(
     return download_seed_model(rows, directory, base_url, timeout)
 
 
-def available_seed_models(given: str | Path | None, log: Callable[[str], None]) -> dict[int, Path]:
+def available_seed_models(given: str | Path | None, log: Log) -> dict[int, Path]:
     """The seed's verified model files by K (what ``reproduce`` evaluates), from ``given``,
     $SEQMNIST_SEED_MODELS or the cache (downloading what it lacks). A directory named by the user
     must hold at least one; the cache, offline, may hold none (a report without that section beats
@@ -243,4 +297,42 @@ def available_seed_models(given: str | Path | None, log: Callable[[str], None]) 
             + ", ".join(map(str, missing))
             + (f" ({offline})" if offline else "")
         )
+    return found
+
+
+# --- a model file of the seed's code, imported and evaluated --------------------------------------
+
+
+def theano_model(path: Path) -> VanillaRNN:
+    """The model a file of the seed's code holds, as ours."""
+    arrays = read_theano_model(path)
+    model = VanillaRNN(arrays["W"].shape[0])
+    model.load_state_dict({name: torch.from_numpy(a) for name, a in arrays.items()})
+    return model
+
+
+def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None) -> dict:
+    """A run directory holding a model file of the seed's code: config.json (the seed's recipe for
+    ``rows``), model.safetensors, import.json (where it came from) and summary.json (its test)."""
+    config = Config.from_settings("seed", rows=rows)
+    model = theano_model(path)
+    config = replace(config, hidden=model.hidden_size).validate()
+    run = new_run(out)
+    data = MNIST.load(data_dir)
+    digest = file_digest(path, "sha256")
+    write_json(run.config, config.to_dict())
+    write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
+    run.save_model(model)
+    summary = {"epochs": config.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
+    run.write_summary(summary)
+    return summary
+
+
+def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]:
+    """The seed's model files by K, each evaluated on the test set."""
+    found = {}
+    for k, path in files.items():
+        config = Config.from_settings("seed", rows=k)
+        x = config.sequencer().encode(data.test_x)
+        found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
     return found

@@ -19,8 +19,6 @@ Every trial is checked before any trains; a bad file is one line naming the file
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 import re
@@ -31,7 +29,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import SeqmnistError
-from .files import read_json, write_text
+from .files import read_json, write_csv, write_text
 from .runner import Trial
 from .runs import Run
 
@@ -158,11 +156,7 @@ def result_rows(trials: list[Trial], out: Path) -> list[dict]:
 
 def write_results(rows: list[dict], out: Path) -> tuple[Path, Path]:
     """results.csv (every trial) and results.md (per setting, mean and spread over seeds)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "results.csv", buffer.getvalue())
+    write_csv(out / "results.csv", rows)
     write_text(out / "results.md", results_markdown(rows))
     return out / "results.csv", out / "results.md"
 
@@ -177,13 +171,15 @@ def results_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group, members in groups.items():
         cells = [str(v) for v in group] + [str(len(members))]
-        cells += [_mean_sd([m[k] for m in members], percent=True) for k in ("test_acc", "best_test_acc", "val_acc")]
-        cells += [_mean_sd([m["epochs"] for m in members]), _mean_sd([m["minutes"] for m in members])]
+        cells += [mean_sd([m[k] for m in members], percent=True) for k in ("test_acc", "best_test_acc", "val_acc")]
+        cells += [mean_sd([m["epochs"] for m in members]), mean_sd([m["minutes"] for m in members])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _mean_sd(values: list, percent: bool = False) -> str:
+def mean_sd(values: list, percent: bool = False) -> str:
+    """Mean ± sample standard deviation of the values given ("" and None: not measured), to two
+    decimals; ``percent`` scales shares to percent."""
     numbers = [float(v) for v in values if v not in ("", None)]
     if not numbers:
         return "-"

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -27,16 +27,15 @@ from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .machine import multiply_fingerprint, pick_device
-from .model import ENGINE_PATH, NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
+from .measures import Measure, measure_columns, measured_words, measures_for
+from .model import ENGINE_PATH, NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores
 from .recipes import learning_rate, make_optimizer, plain_sgd
-from .runs import Position, Run, TrainingState
-from .seed import seed_log
+from .runs import Position, Run, TrainingState, metric_columns
 
-Log = Callable[[str], None]
+Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
 # Called after the run's files change: with the epoch's metrics when an epoch ended, else None (a
 # checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
 AfterSave = Callable[[Run, "dict | None"], None]
-ACCURACY_KEYS = ("train_acc", "val_acc", "train_acc_as_seed", "val_acc_as_seed")
 
 
 # --- where the randomness comes from ------------------------------------------------------------
@@ -83,28 +82,39 @@ def step_logits(
         yield logits
 
 
-def predict(
-    model: SequenceClassifier, x: torch.Tensor, definition: bool = False, progress: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Digits predicted for sequences x (N, steps, inputs): the model's predictions, and (the seed's
-    readout only) the ones the seed's code measured accuracy with."""
-    readout = model.spec.readout
-    ours, as_seed = [], []
+def predicted_digits(
+    model: SequenceClassifier,
+    x: torch.Tensor,
+    measures: Sequence[Measure] = (),
+    definition: bool = False,
+    progress: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Digits predicted for sequences x (N, steps, inputs) by the model's readout, and by each of
+    ``measures`` (by name)."""
+    ours: list[torch.Tensor] = []
+    measured: dict[str, list[torch.Tensor]] = {m.name: [] for m in measures}
     for logits in step_logits(model, x, definition, progress):
         # The readout in float64: float32's softmax rounds by the CPU kernel ATen picks (AVX-512, AVX2),
         # so a near-tie could go either way on two machines whose training bits agree; in float64 none
-        # did (0 of 3.6 million predictions moved against float32 here). Both measures from one softmax.
+        # did (0 of 3.6 million predictions moved against float32 here). All measures from one softmax.
         logits = logits.double()
-        probs = torch.softmax(logits, dim=-1) if readout == "mean-softmax" else None
-        ours.append(readout_scores(readout, logits, probs).argmax(1))
-        if probs is not None:
-            as_seed.append(seed_code_readout(probs).argmax(1))
-    return torch.cat(ours), torch.cat(as_seed) if as_seed else None
+        probs = torch.softmax(logits, dim=-1) if measures else None
+        ours.append(readout_scores(model.spec.readout, logits, probs).argmax(1))
+        for m in measures:
+            measured[m.name].append(m.scores(probs).argmax(1))
+    return torch.cat(ours), {name: torch.cat(digits) for name, digits in measured.items()}
 
 
-def share_correct(predicted: torch.Tensor | None, y: torch.Tensor) -> float:
-    """The share of predictions that are right (NaN when there are none: a measure that does not apply)."""
-    return math.nan if predicted is None else (predicted == y).float().mean().item()
+def share_correct(predicted: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of predictions that are right."""
+    return (predicted == y).float().mean().item()
+
+
+def measured_shares(measured: dict[str, torch.Tensor], y: torch.Tensor, split: str, missing: float | None) -> dict:
+    """Every registered measure's accuracy on one set (``split``: "train", "val", "test") by its key,
+    ``missing`` for those that did not apply."""
+    shares = {f"{split}_acc_{name}": share_correct(digits, y) for name, digits in measured.items()}
+    return {key: shares.get(key, missing) for key in measure_columns(split)}
 
 
 def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
@@ -116,11 +126,12 @@ def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[
 def evaluate(
     model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None
 ) -> dict:
-    """Accuracy in both measures and the confusion matrix on sequences x with labels y."""
-    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
+    """Accuracy (the model's own, and every registered measure's: None where one does not apply) and
+    the confusion matrix on sequences x with labels y."""
+    ours, measured = predicted_digits(model, x, measures_for(config), config.engine == "autograd", progress)
     return {
         "test_acc": share_correct(ours, y),
-        "test_acc_as_seed": None if as_seed is None else share_correct(as_seed, y),
+        **measured_shares(measured, y, "test", None),
         "confusion_matrix": confusion_matrix(y.cpu(), ours.cpu()),
     }
 
@@ -132,10 +143,13 @@ def evaluate_run(run: Run, config: Config, data: MNIST, best: bool = False) -> d
     return evaluate(model, x, data.test_y, config, "test set")
 
 
-def accuracy(model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None):
-    """Accuracy of the model on sequences x, and as the seed's code measured it."""
-    ours, as_seed = predict(model, x, config.engine == "autograd", progress)
-    return share_correct(ours, y), share_correct(as_seed, y)
+def accuracy(
+    model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, split: str, progress: str | None
+) -> dict[str, float]:
+    """One set's accuracies in a metrics row (``split``: "train" or "val"): the model's own, and every
+    registered measure's (NaN where one does not apply)."""
+    ours, measured = predicted_digits(model, x, measures_for(config), config.engine == "autograd", progress)
+    return {f"{split}_acc": share_correct(ours, y), **measured_shares(measured, y, split, math.nan)}
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -315,7 +329,8 @@ class Trainer:
         sequencer = run.sequencer(config)
         order = sequencer.order_tensor()
         self.sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
-        self.reference = seed_log(config)
+        self.measures = measures_for(config)
+        self.logged = {m.name: m.reference(config) for m in self.measures}
         threads = torch.get_num_threads()
         log(config.describe())
         log(
@@ -416,7 +431,8 @@ class Trainer:
         evaluate_now = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
         row = self.epoch_metrics(position, started, evaluate_now)
         state.metrics.append(row)
-        self.log(format_epoch(row, config.epochs, self.reference.get(position.epoch)))
+        notes = "".join(m.epoch_note(row, self.logged[m.name].get(position.epoch)) for m in self.measures)
+        self.log(format_epoch(row, config.epochs, notes))
         self.run.write_metrics(state.metrics)
         if evaluate_now and not row["val_acc"] <= state.best_val_acc:
             state.best_val_acc, state.best_epoch = row["val_acc"], position.epoch
@@ -433,31 +449,24 @@ class Trainer:
 
     def epoch_metrics(self, position: Position, started: float, evaluate_now: bool) -> dict:
         """The row of metrics.csv: accuracy on the training and validation sets, as the seed did after
-        every epoch, in both measures (NaN where not measured)."""
-        nan = (math.nan, math.nan)
-        train_acc = (
-            accuracy(self.model, *self.sets["train"], self.config, "training set")
-            if evaluate_now and self.config.eval_train
-            else nan
-        )
-        val_acc = accuracy(self.model, *self.sets["val"], self.config, "validation set") if evaluate_now else nan
-        return {
-            "epoch": position.epoch,
-            "train_loss": position.loss_sum / position.seen,
-            "train_acc": train_acc[0],
-            "val_acc": val_acc[0],
-            "train_acc_as_seed": train_acc[1],
-            "val_acc_as_seed": val_acc[1],
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-        }
+        every epoch, by the model's readout and every registered measure (NaN where not measured)."""
+        row = {"epoch": position.epoch, "train_loss": position.loss_sum / position.seen}
+        for split, name, wanted in (
+            ("train", "training set", evaluate_now and self.config.eval_train),
+            ("val", "validation set", evaluate_now),
+        ):
+            unmeasured = dict.fromkeys((f"{split}_acc", *measure_columns(split)), math.nan)
+            row.update(accuracy(self.model, *self.sets[split], self.config, split, name) if wanted else unmeasured)
+        row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
+        return {column: row[column] for column in metric_columns()}
 
     def finish(self) -> dict:
         """Test the final model and the best-validation one; write the final model and the summary."""
         config, state, run = self.config, self.state, self.run
         summary = {"epochs": len(state.metrics), **evaluate(self.model, *self.sets["test"], config, "test set")}
         if state.metrics:
-            summary.update({k: state.metrics[-1][k] for k in ACCURACY_KEYS})
+            last = state.metrics[-1]
+            summary.update({k: last[k] for k in ("train_acc", "val_acc", *measure_columns("train", "val"))})
         if run.best.exists():
             best = build_model(config.model_spec()).to(self.device)
             run.load_weights(run.best, best)
@@ -470,11 +479,7 @@ class Trainer:
         run.save_model(self.model)
         run.write_summary(summary)
         self.after_save(run, None)
-        measured = (
-            f", {summary['test_acc_as_seed']:.4f} as the seed's code measured"
-            if summary["test_acc_as_seed"] is not None
-            else ""
-        )
+        measured = "".join(f", {words}" for words in measured_words(summary))
         best = f"; best validation at epoch {state.best_epoch}" if "best" in summary else ""
         self.log(f"test accuracy {summary['test_acc']:.4f}{measured}{best} ({run.dir})")
         return summary
@@ -510,15 +515,11 @@ def _minutes(minutes: float) -> str:
     return "under a minute" if minutes < 1 else f"about {minutes:.0f} min"
 
 
-def format_epoch(row: dict, epochs: int, seed: dict | None = None) -> str:
-    """One line per epoch; the two measures of accuracy named, and the seed's log beside ours."""
+def format_epoch(row: dict, epochs: int, notes: str = "") -> str:
+    """One line per epoch: the loss, the accuracies where measured (the measures' ``notes`` before the
+    model's own), the time."""
     line = f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
-    if not math.isnan(row["train_acc_as_seed"]):
-        line += f"train {row['train_acc_as_seed']:.4f}  val {row['val_acc_as_seed']:.4f} as the seed's code measured"
-        if seed:
-            line += f" (seed's log: {seed['train_acc']:.4f}  {seed['val_acc']:.4f})"
-        line += f"; every row read: train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  "
-    elif not math.isnan(row["val_acc"]):
+    if not math.isnan(row["val_acc"]):
         train = f"train {row['train_acc']:.4f}  " if not math.isnan(row["train_acc"]) else ""
-        line += f"{train}val {row['val_acc']:.4f}  "
+        line += f"{notes}{train}val {row['val_acc']:.4f}  "
     return line + f"{row['seconds']:.1f}s"

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from .data import MNIST
 from .errors import SeqmnistError
-from .files import read_json, write_json, write_text
+from .files import read_json, write_csv, write_json, write_text
 from .runner import Trial, connect, mnist_arrays, ray_trial, run_store
 from .runs import Run
-from .sweep import SETTINGS, GridFile, _mean_sd
+from .sweep import SETTINGS, GridFile, mean_sd
 
 DISTRIBUTIONS = {"choice", "uniform", "loguniform", "grid", "randint"}
 OPTIONS = {"samples": int, "scheduler": str, "grace_period": int, "reduction_factor": int}
@@ -155,7 +155,7 @@ def tune(path: Path, out: Path, address: str | None, cpus: int, gpus: float, dat
     if not rows:
         raise SeqmnistError("no trial of the search reported an epoch (see the trial logs above)")
     best = max(rows, key=lambda r: r["val_acc"])
-    write_text(out / "tune.csv", _csv(rows))
+    write_csv(out / "tune.csv", rows)
     write_text(out / "tune.md", _markdown(rows, best))
     write_json(out / "best.json", best)
     return best
@@ -205,23 +205,12 @@ def _result_row(result, search: dict, out: Path, epochs: int) -> dict | None:
     }
 
 
-def _csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _markdown(rows: list[dict], best: dict) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in sorted(rows, key=lambda r: -r["val_acc"]):
         lines.append("| " + " | ".join(_cell(row[k]) for k in keys) + " |")
-    mean = _mean_sd([r["val_acc"] for r in rows], percent=True)
+    mean = mean_sd([r["val_acc"] for r in rows], percent=True)
     return "\n".join(
         [*lines, "", f"best: {best['trial']} (validation accuracy {best['val_acc']:.4f}); all trials: {mean} %", ""]
     )
