@@ -18,6 +18,8 @@ from PIL import Image, ImageDraw
 from conftest import assert_one_line_error, run_cli
 from seqmnist import predict as P
 from seqmnist.cli import main
+from seqmnist.images import MAX_BYTES, ImageRejected
+from seqmnist.mnistify import stroke_width
 from seqmnist.runs import load_run
 
 SAMPLE = 100  # MNIST test images checked against evaluate's predictions (the docs have 1,000)
@@ -180,7 +182,7 @@ def test_thin_pen_is_thickened_to_mnists_stroke():
     page = Image.new("L", (1200, 1600), 225)
     ImageDraw.Draw(page).line([(400, 500), (800, 500), (520, 1100)], fill=40, width=5)
     made = P.prepare(encode(page, "JPEG", quality=90))
-    assert P.stroke_width(made / 255.0) >= 1.4
+    assert stroke_width(made / 255.0) >= 1.4
     assert made.max() == 255
 
 
@@ -198,11 +200,11 @@ def test_thin_pen_is_thickened_to_mnists_stroke():
         ("huge bmp", bmp_header(30_000, 30_000), 413, "pixels"),
         ("truncated", encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200), np.uint8)))[:3000],
          400, "a truncated or corrupt PNG image"),
-        ("too many bytes", b"\x89PNG" + b"\x00" * (P.MAX_BYTES + 1), 413, "larger than the 10.0 MB limit"),
+        ("too many bytes", b"\x89PNG" + b"\x00" * (MAX_BYTES + 1), 413, "larger than the 10.0 MB limit"),
     ],
 )  # fmt: skip
 def test_bad_images_are_refused(name, data, status, fragment):
-    with pytest.raises(P.ImageRejected) as caught:
+    with pytest.raises(ImageRejected) as caught:
         P.prepare(data)
     assert caught.value.status == status, name
     assert fragment in str(caught.value) and "\n" not in str(caught.value), name
@@ -214,7 +216,7 @@ def test_huge_image_is_refused_without_allocating_it(tmp_path):
     path.write_bytes(png_header(20_000, 20_000))
     script = (
         "import resource, sys\n"
-        "from seqmnist.predict import ImageRejected, prepare_file\n"
+        "from seqmnist.images import ImageRejected\nfrom seqmnist.predict import prepare_file\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n    prepare_file(sys.argv[1])\nexcept ImageRejected as exc:\n    print(exc)\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
@@ -318,6 +320,6 @@ def test_corrupted_files_are_refused_not_crashed_on(fmt):
         try:
             P.prepare(bytes(damaged))
             statuses.add(200)
-        except P.ImageRejected as exc:
+        except ImageRejected as exc:
             statuses.add(exc.status)
     assert statuses <= {200, 400, 413, 415, 422} and statuses & {400, 415}

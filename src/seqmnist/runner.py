@@ -34,9 +34,7 @@ from .data import MNIST
 from .errors import SeqmnistError
 from .machine import available_cpus
 from .runs import RUN_FILES, Run, new_run
-from .train import AfterSave, TrainingInterrupted, remember_signals, train
-
-Log = Callable[[str], None]
+from .train import AfterSave, Log, TrainingInterrupted, remember_signals, train
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message
 
 from ..errors import SeqmnistError
-from ..predict import FORMATS, MAX_BYTES, MAX_PIXELS, ImageRejected, predict_inputs, prepare, step_unit
+from ..images import FORMATS, MAX_BYTES, MAX_PIXELS, ImageRejected
+from ..predict import predict_inputs, prepare, step_unit
 from ..runs import TrainedModel, load_run, round_accuracy
 
 STATIC = Path(__file__).parent / "static"
