@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .data import TRAIN_IMAGES
 from .errors import SeqmnistError
 from .files import read_json
 from .model import CELLS, INITS, READOUTS, ModelSpec
@@ -16,7 +17,6 @@ from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 ENGINES = ("fast", "autograd")
 DEVICES = ("auto", "cpu", "cuda")
 RNGS = ("seed", "torch")
-TRAIN_IMAGES = 50_000
 
 
 @dataclass

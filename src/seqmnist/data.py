@@ -50,9 +50,7 @@ RESOURCES = {
     "test_labels": Resource("t10k-labels-idx1-ubyte", "ec29112dd5afa0611ce80d1b7f02629c", (10000,)),
 }
 
-# The seed's split of the 60,000 training images.
-TRAIN_SIZE = 50_000
-VAL_SIZE = 10_000
+TRAIN_IMAGES = 50_000  # the seed's split of the 60,000 training images: the first 50,000 train, the rest validate
 
 IDX_UBYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
@@ -178,10 +176,10 @@ class MNIST:
         """The split from the four arrays :func:`load_arrays` returns (also what a cluster ships)."""
         train_x, train_y = torch.from_numpy(arrays["train_images"].copy()), _labels(arrays["train_labels"])
         return cls(
-            train_x=train_x[:TRAIN_SIZE],
-            train_y=train_y[:TRAIN_SIZE],
-            val_x=train_x[TRAIN_SIZE:],
-            val_y=train_y[TRAIN_SIZE:],
+            train_x=train_x[:TRAIN_IMAGES],
+            train_y=train_y[:TRAIN_IMAGES],
+            val_x=train_x[TRAIN_IMAGES:],
+            val_y=train_y[TRAIN_IMAGES:],
             test_x=torch.from_numpy(arrays["test_images"].copy()),
             test_y=_labels(arrays["test_labels"]),
             source=Path(source),

@@ -29,7 +29,6 @@ from .errors import SeqmnistError
 TASKS = ("rows", "pixel", "permuted")
 SIDE = 28
 PIXELS = SIDE * SIDE
-PERMUTATIONS = ("random:SEED", "bitrev")
 _RANDOM = re.compile(r"random:(\d{1,18})")
 
 
