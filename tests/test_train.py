@@ -10,6 +10,7 @@ from safetensors.numpy import load_file
 
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
+from seqmnist.measures import MEASURES, Measure, register
 from seqmnist.model import VanillaRNN
 from seqmnist.runs import Position, Run, TrainingState, metric_columns, new_run
 from seqmnist.train import train
@@ -151,6 +152,33 @@ def test_eval_every_skips_accuracy_but_not_the_last_epoch(mnist, tmp_path):
     evaluated = [not math.isnan(r["val_acc"]) and not math.isnan(r["val_acc_as_seed"]) for r in rows]
     assert evaluated == [False, True, True]
     assert summary["val_acc"] == rows[-1]["val_acc"] and 0 <= summary["test_acc_as_seed"] <= 1
+
+
+@pytest.fixture
+def first_step_measure():
+    """A measure of this file alone: the digit the first step's softmax favours."""
+    register(
+        Measure(
+            name="first_step",
+            label="by the first step alone",
+            applies=lambda config: True,
+            scores=lambda probs: probs[0],
+            epoch_note=lambda row, logged: f"first step {row['val_acc_first_step']:.4f}; ",
+        )
+    )
+    yield
+    del MEASURES["first_step"]
+
+
+def test_a_registered_measure_is_recorded_and_logged_by_the_generic_loop(first_step_measure, mnist, tmp_path):
+    lines = []
+    config = Config.from_settings("quick", epochs=1, subset=500)
+    summary = train(config, mnist, new_run(tmp_path / "r"), log=lines.append)
+    row = Run(tmp_path / "r").read_metrics()[0]
+    assert 0 <= row["val_acc_first_step"] <= 1 and 0 <= summary["test_acc_first_step"] <= 1
+    assert math.isnan(row["val_acc_as_seed"]) and summary["test_acc_as_seed"] is None  # the seed's: not this readout
+    assert any(f"first step {row['val_acc_first_step']:.4f}; val {row['val_acc']:.4f}" in line for line in lines)
+    assert f"{summary['test_acc_first_step']:.4f} by the first step alone" in lines[-1]
 
 
 def test_metrics_file_of_another_layout_is_refused(tmp_path):

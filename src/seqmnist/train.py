@@ -451,14 +451,12 @@ class Trainer:
         """The row of metrics.csv: accuracy on the training and validation sets, as the seed did after
         every epoch, by the model's readout and every registered measure (NaN where not measured)."""
         row = {"epoch": position.epoch, "train_loss": position.loss_sum / position.seen}
-        for split, name, wanted in (
-            ("train", "training set", evaluate_now and self.config.eval_train),
-            ("val", "validation set", evaluate_now),
-        ):
-            unmeasured = dict.fromkeys((f"{split}_acc", *measure_columns(split)), math.nan)
-            row.update(accuracy(self.model, *self.sets[split], self.config, split, name) if wanted else unmeasured)
+        wanted = {"train": evaluate_now and self.config.eval_train, "val": evaluate_now}
+        for split, progress in (("train", "training set"), ("val", "validation set")):
+            if wanted[split]:
+                row.update(accuracy(self.model, *self.sets[split], self.config, split, progress))
         row.update(lr=self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - started)
-        return {column: row[column] for column in metric_columns()}
+        return {column: row.get(column, math.nan) for column in metric_columns()}
 
     def finish(self) -> dict:
         """Test the final model and the best-validation one; write the final model and the summary."""
