@@ -315,7 +315,7 @@ class TrainedModel:
         from .model import running_probs
 
         x = self.sequencer.encode(images.to(torch.uint8))
-        logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (train.predict)
+        logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (train.predicted_digits)
         running = running_probs(self.config.readout, logits)
         return {
             "logits": logits,
