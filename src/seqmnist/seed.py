@@ -2,12 +2,15 @@
 
 ``reference/`` holds what the authors' training logs recorded (cited in its
 README). The seed's measure of accuracy registers itself with :mod:`seqmnist.measures`
-(the package imports this module), so every run whose readout it applies to records
-it, and a run of the seed's recipe prints the seed's log beside its own, without the
-training loop knowing the seed by name. ``read_theano_model`` reads one of the model files the seed's code
-wrote (``rnn_stepK.model``: three Python 2 pickles of float32 arrays) without
-ever running code from it: a pickle names functions that loading it calls, and
-only the three NumPy reconstructors an array needs are admitted.
+(the package imports this module), so every run with the seed's readout records it
+and a run of the seed's recipe prints the seed's log beside its own, while the
+training loop never names the seed.
+
+``read_theano_model`` reads one of the model files the seed's code wrote
+(``rnn_stepK.model``: three Python 2 pickles of float32 arrays) without ever
+running code from it: a pickle names functions that loading it calls, and only
+the three NumPy reconstructors an array needs are admitted; ``import_theano``
+makes a run directory of one, which evaluate, plot, predict and serve take like any.
 
 Where the fourteen model files (K = 2, 4, ..., 28) come from, as MNIST's files:
   1. an explicit directory (``--seed-models``),
