@@ -11,9 +11,9 @@ import pytest
 
 from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import seed
+from seqmnist.cells import VanillaRNN
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
-from seqmnist.model import VanillaRNN
 from seqmnist.seed import (
     SEED_MODEL_SHA256,
     available_seed_models,

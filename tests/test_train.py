@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from seqmnist.cells import VanillaRNN
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
-from seqmnist.model import VanillaRNN
 from seqmnist.runs import METRIC_COLUMNS, Position, Run, TrainingState, new_run
 from seqmnist.train import predict, train
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from . import plots
+from .cells import VanillaRNN
 from .config import Config
 from .data import MNIST
 from .files import file_digest, read_json, write_json, write_text
-from .model import VanillaRNN, running_probs
 from .runner import Trial, run_trials
 from .runs import Run, new_run
 from .seed import (
@@ -386,7 +386,7 @@ def plot_run(
         plots.step_by_step(
             data.test_x[:examples].numpy(),
             torch.softmax(logits, dim=-1).numpy(),
-            running_probs(config.readout, logits).numpy(),
+            model.readout.running(logits).numpy(),
             data.test_y[:examples].tolist(),
             figures / "row_by_row.png",
             rows_read=config.rows if config.task == "rows" else None,

@@ -20,6 +20,7 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 
 from .files import atomic_path
+from .readouts import get_readout
 
 SEED_STYLE = {"linestyle": "--", "alpha": 0.8}
 
@@ -211,7 +212,7 @@ def step_by_step(
     ``rows_read`` marks how far down the image a rows-task model reads. The ``last`` readout's
     prediction after step t *is* softmax(z_t), so it gets one panel, not two identical ones."""
     n, steps = len(images), step_probs.shape[0]
-    same = readout == "last"
+    same = get_readout(readout).running_is_step_softmax
     widths = [1, 2.2] if same else [1, 2.2, 2.2]
     fig, axes = plt.subplots(
         n, len(widths), figsize=(4.4 + 3.3 * (len(widths) - 1), 2.6 * n), squeeze=False,

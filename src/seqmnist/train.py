@@ -27,8 +27,8 @@ from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .machine import multiply_fingerprint, pick_device
-from .model import ENGINE_PATH, NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores, seed_code_readout
-from .recipes import learning_rate, make_optimizer, plain_sgd
+from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model, seed_code_readout
+from .recipes import EngineSGD, learning_rate, make_optimizer
 from .runs import Position, Run, TrainingState
 from .seed import seed_log
 
@@ -88,15 +88,15 @@ def predict(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Digits predicted for sequences x (N, steps, inputs): the model's predictions, and (the seed's
     readout only) the ones the seed's code measured accuracy with."""
-    readout = model.spec.readout
+    readout = model.readout
     ours, as_seed = [], []
     for logits in step_logits(model, x, definition, progress):
         # The readout in float64: float32's softmax rounds by the CPU kernel ATen picks (AVX-512, AVX2),
         # so a near-tie could go either way on two machines whose training bits agree; in float64 none
         # did (0 of 3.6 million predictions moved against float32 here). Both measures from one softmax.
         logits = logits.double()
-        probs = torch.softmax(logits, dim=-1) if readout == "mean-softmax" else None
-        ours.append(readout_scores(readout, logits, probs).argmax(1))
+        probs = torch.softmax(logits, dim=-1) if readout.scores_from_probs else None
+        ours.append(readout.scores(logits, probs).argmax(1))
         if probs is not None:
             as_seed.append(seed_code_readout(probs).argmax(1))
     return torch.cat(ours), torch.cat(as_seed) if as_seed else None
@@ -188,12 +188,6 @@ class TrainingInterrupted(Exception):
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def may_take_own_step(optimizer: torch.optim.Optimizer, fast: bool, clip: float) -> bool:
-    """Whether a step may be the model's own plain SGD step (where the model has one): only for plain
-    SGD with nothing between the gradient and the update, on the fast path."""
-    return fast and not clip and plain_sgd(optimizer)
-
-
 def train_step(
     model: SequenceClassifier,
     optimizer: torch.optim.Optimizer,
@@ -204,13 +198,10 @@ def train_step(
 ) -> torch.Tensor:
     """One optimiser step on sequences x with labels y; returns the batch's mean loss.
 
-    Plain SGD takes the model's own step where it has one (the CPU engine's): the same bits as
-    autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1.2 ms
-    a batch, which is most of a small model's batch."""
-    if may_take_own_step(optimizer, fast, clip):
-        loss = model.sgd_step(x, y, optimizer.param_groups[0]["lr"])
-        if loss is not None:
-            return loss
+    An :class:`EngineSGD` takes the batch itself (the model's fused pass, no autograd); any other
+    optimiser steps on autograd's gradients of the model's loss."""
+    if isinstance(optimizer, EngineSGD):
+        return optimizer.step_on(x, y)
     loss = model.loss(x, y, fast=fast)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -263,7 +254,7 @@ class Progress:
         if not self.due(batch, now):
             return
         with torch.no_grad():
-            scores = readout_scores(self.config.readout, model.logits(x, fast=False))
+            scores = model.readout.scores(model.logits(x, fast=False))
         self.right += int((scores.argmax(1) == y).sum())
         self.sampled += len(y)
         loss, accuracy, rate = (
@@ -325,7 +316,7 @@ class Trainer:
 
     def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
         c = self.config
-        return make_optimizer(c.optimizer, model.parameters(), c.lr, c.momentum, c.weight_decay)
+        return make_optimizer(c.optimizer, model, c.lr, c.momentum, c.weight_decay, own_step=self.fast and not c.clip)
 
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
@@ -348,9 +339,8 @@ class Trainer:
 
     def path(self) -> str:
         """The training path in words: the model's, and whether plain SGD takes the engine's own step."""
-        path = self.model.training_path(self.device, self.fast)
-        own_step = path == ENGINE_PATH and may_take_own_step(self.optimizer, self.fast, self.config.clip)
-        return path + (" with its own SGD step" if own_step else "")
+        own_step = isinstance(self.optimizer, EngineSGD)
+        return self.model.training_path(self.device, self.fast) + (" with its own SGD step" if own_step else "")
 
     def fit(self) -> dict:
         """Train the remaining epochs, checkpointing after each (and on a signal); return the summary."""
