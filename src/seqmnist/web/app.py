@@ -72,6 +72,7 @@ def model_settings(trained: TrainedModel) -> dict:
         "task": config.task,
         "cell": config.cell,
         "readout": config.readout,
+        "one_view": trained.model.readout.running_is_step_softmax,  # its running belief is each step's own
         "input_scale": config.input_scale,
         "steps": sequencer.steps,
         "pixels_per_step": sequencer.pixels_per_step,
