@@ -25,7 +25,7 @@ class Readout:
     name: ClassVar[str]
     about: ClassVar[str]
     engine_code: ClassVar[int | None] = None  # engine.cpp's enum Readout; None: the engine has no loss for it
-    scores_from_probs: ClassVar[bool] = False  # the scores are a function of the steps' softmaxes alone
+    averages_softmaxes: ClassVar[bool] = False  # its scores are the steps' mean softmax: the seed's measure applies
     running_is_step_softmax: ClassVar[bool] = False  # the belief after step t is softmax(z_t) itself
 
     def scores(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,7 +51,7 @@ class MeanSoftmax(Readout):
     name = "mean-softmax"
     about = "the mean of the steps' softmaxes (the seed's)"
     engine_code = 0
-    scores_from_probs = True
+    averages_softmaxes = True
 
     def scores(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         return (torch.softmax(logits, dim=-1) if probs is None else probs).mean(0)

@@ -95,7 +95,7 @@ def predict(
         # so a near-tie could go either way on two machines whose training bits agree; in float64 none
         # did (0 of 3.6 million predictions moved against float32 here). Both measures from one softmax.
         logits = logits.double()
-        probs = torch.softmax(logits, dim=-1) if readout.scores_from_probs else None
+        probs = torch.softmax(logits, dim=-1) if readout.averages_softmaxes else None
         ours.append(readout.scores(logits, probs).argmax(1))
         if probs is not None:
             as_seed.append(seed_code_readout(probs).argmax(1))
