@@ -28,8 +28,8 @@ from seqmnist.train import accuracy, initial_model, train_step
 def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -> tuple[float, list[torch.Tensor]]:
     """Seconds for the slice from the seed's initial weights, and the weights it ends with."""
     model, _ = initial_model(config)
-    model._workspace = engine.Workspace(skip_blank=skip)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum, config.weight_decay)
+    model.workspaces = engine.Workspaces(skip_blank=skip)
+    optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum, config.weight_decay, own_step=True)
     started = time.perf_counter()
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]

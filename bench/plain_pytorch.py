@@ -12,15 +12,31 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
-from seqmnist.bench import PlainRNN
 from seqmnist.data import MNIST
-from seqmnist.model import ModelSpec, readout_loss, readout_scores
+from seqmnist.readouts import MeanSoftmax
+
+READOUT = MeanSoftmax()
+
+
+class PlainRNN(nn.Module):
+    """The seed's model as PyTorch code writes it: nn.RNN, a Linear readout on every step's state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(28, 200, bias=False, batch_first=True)
+        self.readout = nn.Linear(200, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step logits, (steps, batch, classes)."""
+        states, _ = self.rnn(x)
+        return self.readout(states).transpose(0, 1)
 
 
 def accuracy(model: PlainRNN, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return (readout_scores("mean-softmax", model(x)).argmax(1) == y).float().mean().item()
+        return (READOUT.scores(model(x)).argmax(1) == y).float().mean().item()
 
 
 def main() -> None:
@@ -32,14 +48,14 @@ def main() -> None:
     data = MNIST.load(args.data_dir)
     train_x, val_x = (images.float() / 256 for images in (data.train_x, data.val_x))  # as mnist.pkl.gz
     torch.manual_seed(12345)
-    model = PlainRNN(ModelSpec())
+    model = PlainRNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
         order = torch.from_numpy(np.random.default_rng([12345, epoch]).permutation(len(train_x)))
         for i in range(0, len(order), 100):
             index = order[i : i + 100]
-            loss = readout_loss("mean-softmax", model(train_x[index]), data.train_y[index])
+            loss = READOUT.loss(model(train_x[index]), data.train_y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

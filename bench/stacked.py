@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from seqmnist.model import VanillaRNN
+from seqmnist.cells import VanillaRNN
 
 
 def stacked_loss_and_grads(x, y, U, W, V):

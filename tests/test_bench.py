@@ -19,13 +19,15 @@ def test_flop_count_of_one_training_image():
 def test_plain_baseline_is_the_seed_model(mnist):
     import torch
 
-    from seqmnist.model import ModelSpec, VanillaRNN, readout_scores
+    from seqmnist.bench import our_model
+    from seqmnist.cells import VanillaRNN
+    from seqmnist.model import ModelSpec
 
-    plain = PlainRNN(ModelSpec())
+    plain = PlainRNN(our_model(ModelSpec()))
     ours = VanillaRNN.from_torch(plain.rnn, plain.readout)
     x = mnist.test_x[:50].float() / 255
     with torch.no_grad():
-        torch.testing.assert_close(readout_scores("mean-softmax", plain(x)), ours(x), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours.readout.scores(plain(x)), ours(x), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["vanilla", "irnn", "indrnn", "lstm"])
@@ -37,7 +39,7 @@ def test_the_plain_loop_starts_from_our_weights(cell):
 
     spec = ModelSpec(cell, 4, 16, 2, True, "last", None, 7)
     ours = our_model(spec)
-    plain = PlainRNN(spec).start_from(ours)
+    plain = PlainRNN(ours)
     x = torch.rand(5, 7, 4)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), ours.logits(x, fast=False), atol=1e-6, rtol=1e-5)

@@ -286,3 +286,21 @@ def test_an_engine_bringing_a_second_openmp_runtime_is_not_used(monkeypatch, cap
 )
 def test_openmp_runtimes_are_told_by_name(name, runtime):
     assert bool(engine._OPENMP_FILE.fullmatch(name)) == runtime
+
+
+def test_an_engine_whose_readout_codes_are_not_ours_is_not_used(monkeypatch, capsys):
+    # engine.cpp's enum and seqmnist.readouts must agree: a library that counts otherwise is refused.
+    from seqmnist.readouts import get_readout
+
+    monkeypatch.setattr(get_readout("last"), "engine_code", 2)
+    monkeypatch.setattr(get_readout("mean-logits"), "engine_code", 1)
+    assert engine.native_loops.__wrapped__() is None
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        line.startswith("seqmnist: warning: the CPU engine's readout codes {") and "are not seqmnist.readouts'" in line
+    )
+
+
+def test_the_engine_exports_the_activations_it_runs():
+    assert dict(NATIVE.activations) == {"tanh": (0, 2.0, 4.0), "relu": (1, 1.0, 1.0)}
+    assert engine.covers("tanh") and engine.covers("relu") and not engine.covers(None) and not engine.covers("gelu")

@@ -8,21 +8,17 @@ import torch
 from torch import nn
 
 from seqmnist import engine
+from seqmnist.cells import ElementwiseRNN, GatedRNN, VanillaRNN
 from seqmnist.errors import SeqmnistError
-from seqmnist.model import (
-    CELLS,
-    READOUTS,
-    Draws,
-    ElementwiseRNN,
-    ModelSpec,
-    VanillaRNN,
-    averaged_softmax_nll,
-    build_model,
-    readout_scores,
-    running_probs,
-)
-from seqmnist.recipes import make_optimizer, plain_sgd
+from seqmnist.model import Draws, ModelSpec, build_model
+from seqmnist.readouts import get_readout, readout_names
+from seqmnist.recipes import EngineSGD, make_optimizer
+from seqmnist.registry import cell_names, get_cell
 from seqmnist.train import train_step
+
+READOUTS = readout_names()
+ELEMENTWISE = [name for name in cell_names() if issubclass(get_cell(name), ElementwiseRNN)]
+GATED = [name for name in cell_names() if issubclass(get_cell(name), GatedRNN)]
 
 
 def numpy_mean_probs(U, W, V, x):
@@ -78,11 +74,11 @@ def test_forward_matches_numpy(rows):
     expected = numpy_mean_probs(*(p.detach().double().numpy() for p in weights(model)), x.double().numpy())
     with torch.no_grad():
         np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-6)
-    fast = torch.softmax(model.logits(x), dim=-1).mean(0)
-    np.testing.assert_allclose(fast.numpy(), expected, rtol=1e-5, atol=1e-6)
+        definition = torch.softmax(model.logits(x, fast=False), dim=-1).mean(0)
+    np.testing.assert_allclose(definition.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", cell_names())
 def test_definitions_gradients_match_finite_differences(cell):
     spec = ModelSpec(cell, inputs=3, hidden=4, layers=2, bias=True, readout="mean-logits", steps=5)
     model = _perturbed(spec, seed=0).double()
@@ -142,9 +138,6 @@ def _reference(model, spec, x, y):
     return loss, torch.autograd.grad(loss, list(exact.parameters())), exact.logits(x.double(), fast=False)
 
 
-ELEMENTWISE = [c for c, cell in CELLS.items() if cell.family == "elementwise"]
-
-
 @pytest.mark.parametrize(
     ("cell", "readout", "bias", "layers", "shape"),
     [
@@ -175,7 +168,7 @@ def test_every_elementwise_fast_path_equals_the_definition(cell, readout, bias, 
 )
 def test_the_seeds_fast_path_at_odd_shapes(batch, rows, hidden, threads):
     model, x, y = random_case(batch, rows, hidden, seed=batch)
-    ref_loss = averaged_softmax_nll(model(x), y)
+    ref_loss = model.loss(x, y, fast=False)
     ref_grads = torch.autograd.grad(ref_loss, list(weights(model)))
     loss = model.loss(x, y)
     grads = torch.autograd.grad(loss, list(weights(model)))
@@ -184,7 +177,7 @@ def test_the_seeds_fast_path_at_odd_shapes(batch, rows, hidden, threads):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", GATED)
 @pytest.mark.parametrize("layers", [1, 2])
 def test_gated_cells_fused_modules_equal_the_definition(cell, layers):
     spec = ModelSpec(cell, 5, 12, layers, True, "mean-logits", "orthogonal", 9)
@@ -198,7 +191,7 @@ def test_gated_cells_fused_modules_equal_the_definition(cell, layers):
     assert (model.logits(x) - want_logits).abs().max() <= 1e-5 * want_logits.abs().max()
 
 
-@pytest.mark.parametrize("cell", ["vanilla", "relu", "irnn"])
+@pytest.mark.parametrize("cell", [name for name in ELEMENTWISE if not get_cell(name).diagonal])
 def test_pytorchs_nn_rnn_path_equals_the_definition(cell):
     # The path a model takes where the engine cannot run (a GPU, no compiler): nn.RNN with our weights.
     spec = ModelSpec(cell, 4, 10, 2, True, "last", None, 6)
@@ -246,12 +239,13 @@ def test_initialisations():
 
 def test_readouts_and_their_running_probabilities():
     logits = torch.randn(6, 4, 10)
-    for readout in READOUTS:
-        running = running_probs(readout, logits)
+    for readout in map(get_readout, READOUTS):
+        running = readout.running(logits)
         assert running.shape == logits.shape
         torch.testing.assert_close(running.sum(-1), torch.ones(6, 4))
-        assert torch.equal(running[-1].argmax(1), readout_scores(readout, logits).argmax(1))
-    torch.testing.assert_close(running_probs("last", logits)[2], torch.softmax(logits[2], -1))
+        assert torch.equal(running[-1].argmax(1), readout.scores(logits).argmax(1))
+        if readout.running_is_step_softmax:
+            torch.testing.assert_close(running[2], torch.softmax(logits[2], -1))
 
 
 def test_blank_rows_give_exactly_uniform_softmaxes():
@@ -269,7 +263,8 @@ def test_the_compiled_loops_honour_inference_mode(threads):
     with torch.inference_mode():
         probs = torch.softmax(model.logits(x), -1)
     with torch.no_grad():
-        np.testing.assert_allclose(probs.mean(0).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        definition = torch.softmax(model.logits(x, fast=False), -1).mean(0)
+    np.testing.assert_allclose(probs.mean(0).numpy(), definition.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_the_compiled_loops_read_only_what_they_write(threads):
@@ -284,7 +279,7 @@ def test_the_compiled_loops_read_only_what_they_write(threads):
         return [loss.detach(), *torch.autograd.grad(loss, list(weights(model)))]
 
     want = loss_and_grads()
-    ws = model._workspace
+    ws = model.workspaces.get()
     ws.z.fill_(float("nan"))
     ws.grad[1:].fill_(float("nan"))
     for got, expected in zip(loss_and_grads(), want, strict=True):
@@ -325,7 +320,7 @@ def test_leaving_out_blank_steps_changes_no_bit(cell, readout, layers, shape, th
     x, y = _blank_led(batch, steps, inputs, seed=steps)
     results = []
     for skip in (False, True):
-        model._workspace = engine.Workspace(skip_blank=skip)
+        model.workspaces = engine.Workspaces(skip_blank=skip)
         loss = model.loss(x, y)
         results.append([loss.detach(), *torch.autograd.grad(loss, list(model.parameters())), model.logits(x)])
     for without, with_skips in zip(*results, strict=True):
@@ -336,11 +331,12 @@ def test_leaving_out_blank_steps_changes_no_bit(cell, readout, layers, shape, th
     ("cell", "readout", "bias", "layers"), list(itertools.product(ELEMENTWISE, READOUTS, [False, True], [1, 2]))
 )
 def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout, bias, layers):
-    # train_step takes the engine's own step for plain SGD (no autograd, no optimiser machinery): the
-    # losses and every weight after a few steps at changing rates must be the bits of the long way.
+    # EngineSGD steps on the engine's own pass (no autograd, no optimiser machinery): the losses and
+    # every weight after a few steps at changing rates must be the bits of autograd and torch.optim.SGD.
     spec = ModelSpec(cell, 28, 40, layers, bias, readout, None, 28)
     fused, long_way = (build_model(spec).init_weights(Draws(torch.Generator().manual_seed(1))) for _ in "ab")
-    optimizers = [make_optimizer("sgd", m.parameters(), 0.1, 0.0, 0.0) for m in (fused, long_way)]
+    optimizers = [make_optimizer("sgd", fused, 0.1, 0.0, 0.0, own_step=True), torch.optim.SGD(long_way.parameters())]
+    assert isinstance(optimizers[0], EngineSGD)
     for step, lr in enumerate([0.01, 0.04, 0.02]):
         x, y = _blank_led(100, 28, 28, seed=step)
         for optimizer in optimizers:
@@ -359,11 +355,30 @@ def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout,
 
 
 def test_only_plain_sgd_takes_the_fused_step():
-    parameters = [nn.Parameter(torch.zeros(3))]
-    assert plain_sgd(make_optimizer("sgd", parameters, 0.1, 0.0, 0.0))
-    assert not plain_sgd(make_optimizer("sgd", parameters, 0.1, 0.0, 1e-4))
+    model = VanillaRNN(8)
+    assert type(make_optimizer("sgd", model, 0.1, 0.0, 0.0, own_step=True)) is EngineSGD
+    assert type(make_optimizer("sgd", model, 0.1, 0.0, 0.0)) is torch.optim.SGD  # autograd path or clipping
+    assert type(make_optimizer("sgd", model, 0.1, 0.0, 1e-4, own_step=True)) is torch.optim.SGD
+    assert type(make_optimizer("sgd", model.double(), 0.1, 0.0, 0.0, own_step=True)) is torch.optim.SGD
+    lstm = build_model(ModelSpec("lstm", hidden=8))
+    assert type(make_optimizer("sgd", lstm, 0.1, 0.0, 0.0, own_step=True)) is torch.optim.SGD
     for name in ("momentum", "nesterov", "adam", "adamw", "rmsprop"):
-        assert not plain_sgd(make_optimizer(name, parameters, 0.1, 0.9, 0.0))
+        assert not isinstance(make_optimizer(name, model, 0.1, 0.9, 0.0, own_step=True), EngineSGD)
+    with pytest.raises(SeqmnistError, match="--optimizer must be one of sgd, .* \\(got 'adagrad'\\)"):
+        make_optimizer("adagrad", model, 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize(("cell", "readout"), list(itertools.product(ELEMENTWISE, READOUTS)))
+def test_the_fast_forward_is_differentiable_like_the_definition(cell, readout):
+    # model(x) takes the engine where training does; its gradient comes from the engine's backward pass.
+    spec = ModelSpec(cell, 7, 16, 2, True, readout, None, 9)
+    model = _perturbed(spec, seed=2)
+    x, w = torch.rand(40, 9, 7), torch.randn(40, 10)
+    assert model.uses_engine(x)
+    want = torch.autograd.grad((model.readout.scores(model.logits(x, fast=False)) * w).sum(), list(model.parameters()))
+    got = torch.autograd.grad((model(x) * w).sum(), list(model.parameters()))
+    for g, expected in zip(got, want, strict=True):
+        assert (g - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_workspace_misuse_is_caught():

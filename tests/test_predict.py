@@ -8,11 +8,13 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from conftest import assert_one_line_error, run_cli
@@ -323,3 +325,32 @@ def test_corrupted_files_are_refused_not_crashed_on(fmt):
         except ImageRejected as exc:
             statuses.add(exc.status)
     assert statuses <= {200, 400, 413, 415, 422} and statuses & {400, 415}
+
+
+def read_in_threads(trained, groups: list, at_once: bool, repeats: int = 1) -> list[dict]:
+    """Each group of images read by ``trained.read`` in a thread of its own: all at once, or one
+    thread after another (each thread reads its group ``repeats`` times; the last reading counts)."""
+    results: list = [None] * len(groups)
+
+    def read(i: int) -> None:
+        for _ in range(repeats):
+            results[i] = trained.read(groups[i])
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(len(groups))]
+    for thread in threads:
+        thread.start()
+        if not at_once:
+            thread.join()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_four_threads_reading_one_model_get_what_one_thread_gets(quick_run, mnist):
+    # Each thread has its own engine buffers: none overwrites another's logits mid-read.
+    trained = load_run(quick_run)
+    groups = [mnist.test_x[i * 100 : (i + 1) * 100] for i in range(4)]
+    alone = read_in_threads(trained, groups, at_once=False)
+    together = read_in_threads(trained, groups, at_once=True, repeats=5)
+    for one, four in zip(alone, together, strict=True):
+        assert all(torch.equal(one[key], four[key]) for key in one)

@@ -12,10 +12,10 @@ import torch
 
 from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import seed
+from seqmnist.cells import VanillaRNN
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
 from seqmnist.measures import measures_for
-from seqmnist.model import VanillaRNN
 from seqmnist.seed import (
     SEED_MEASURE,
     SEED_MODEL_SHA256,

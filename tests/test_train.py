@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from seqmnist.cells import VanillaRNN
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
 from seqmnist.measures import MEASURES, Measure, register
-from seqmnist.model import VanillaRNN
 from seqmnist.runs import Position, Run, TrainingState, metric_columns, new_run
 from seqmnist.train import train
 

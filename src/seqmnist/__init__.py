@@ -12,18 +12,19 @@ From Python::
 """
 
 from . import seed  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
+from .cells import ElementwiseRNN, GatedRNN, VanillaRNN  # importing seqmnist.cells registers every cell
 from .config import PRESETS, Config
 from .data import MNIST
 from .errors import SeqmnistError
-from .model import CELLS, READOUTS, ElementwiseRNN, GatedRNN, ModelSpec, VanillaRNN, build_model
+from .model import ModelSpec, build_model
+from .readouts import get_readout, readout_names
+from .registry import cell_names, get_cell, register_cell
 from .runs import Run, TrainedModel, load_run
 from .sequence import Sequencer
 
 __all__ = [
-    "CELLS",
     "MNIST",
     "PRESETS",
-    "READOUTS",
     "Config",
     "ElementwiseRNN",
     "GatedRNN",
@@ -34,5 +35,10 @@ __all__ = [
     "TrainedModel",
     "VanillaRNN",
     "build_model",
+    "cell_names",
+    "get_cell",
+    "get_readout",
     "load_run",
+    "readout_names",
+    "register_cell",
 ]

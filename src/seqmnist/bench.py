@@ -13,6 +13,7 @@ drift from run to run, ratios much less.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -23,72 +24,43 @@ from torch import nn
 
 from . import engine
 from .config import Config
-from .model import CELLS, NUM_CLASSES, Draws, GatedRNN, ModelSpec, SequenceClassifier, build_model, readout_loss
+from .model import AUTOGRAD_PATH, ENGINE_PATH, NUM_CLASSES, Draws, ModelSpec, SequenceClassifier, build_model
+from .readouts import get_readout
+from .recipes import make_optimizer
+from .registry import cell_names
 from .train import train_step
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class PlainRNN(nn.Module):
-    """A model the way most PyTorch code would write it: PyTorch's recurrent module, a Linear
-    readout on every step's state, the readout's loss (``plain_loss``) by autograd. indrnn has no
-    PyTorch module: its equations in a Python loop."""
+    """A model the way most PyTorch code would write it, starting from one of ours' weights (a cell's
+    initialisation decides how fast its gradients fade, and how often they turn denormal): PyTorch's
+    recurrent module with a Linear readout on every step's state, or, for a cell PyTorch has no module
+    for, its equations in a Python loop (our definition); the readout's loss by autograd."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, model: SequenceClassifier):
         super().__init__()
-        self.spec = spec
-        if spec.cell == "indrnn":
-            sizes = [spec.inputs] + [spec.hidden] * (spec.layers - 1)
-            self.cells = nn.ModuleList(nn.Linear(n, spec.hidden, bias=spec.bias) for n in sizes)
-            self.w = nn.ParameterList(nn.Parameter(torch.rand(spec.hidden)) for _ in sizes)
+        if model.has_torch_module():
+            self.rnn, self.readout = model.to_torch()
         else:
-            modules = {"lstm": nn.LSTM, "gru": nn.GRU}
-            kind = modules.get(spec.cell, nn.RNN)
-            extra = {} if spec.cell in modules else {"nonlinearity": CELLS[spec.cell].activation}
-            self.rnn = kind(spec.inputs, spec.hidden, spec.layers, bias=spec.bias, batch_first=True, **extra)
-        self.readout = nn.Linear(spec.hidden, NUM_CLASSES, bias=spec.bias)
+            self.loop = copy.deepcopy(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step logits, (steps, batch, classes)."""
-        if self.spec.cell == "indrnn":
-            for cell, w in zip(self.cells, self.w, strict=True):
-                s, states = x.new_zeros(x.shape[0], self.spec.hidden), []
-                for step in cell(x).unbind(1):  # unbind: x[:, t]'s backward would zero all of x every step
-                    s = torch.relu(step + w * s)
-                    states.append(s)
-                x = torch.stack(states, 1)
-            return self.readout(x).transpose(0, 1)
+        if not hasattr(self, "rnn"):
+            return self.loop.logits(x, fast=False)
         states, _ = self.rnn(x)
         return self.readout(states).transpose(0, 1)
 
-    @torch.no_grad()
-    def start_from(self, model: SequenceClassifier) -> PlainRNN:
-        """Take the weights of one of our models, so both loops start from the same numbers: a cell's
-        initialisation decides how fast its gradients fade (and how often they turn denormal)."""
-        if isinstance(model, GatedRNN):
-            self.rnn.load_state_dict(model.rnn.state_dict())
-            self.readout.weight.copy_(model.V.T)
-        elif model.diagonal:
-            for (U, W, b), cell, w in zip(model.layer_weights(), self.cells, self.w, strict=True):
-                cell.weight.copy_(U.T)
-                w.copy_(W)
-                if b is not None:
-                    cell.bias.copy_(b)
-            self.readout.weight.copy_(model.V.T)
-        else:
-            rnn, self.readout = model.to_torch()
-            self.rnn.load_state_dict(rnn.state_dict())
-        if model.c is not None:
-            self.readout.bias.copy_(model.c)
-        return self
-
 
 def plain_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
-    model = PlainRNN(spec).start_from(our_model(spec))
+    model = PlainRNN(our_model(spec))
+    readout = get_readout(spec.readout)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = readout_loss(spec.readout, model(x), y)
+        loss = readout.loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -103,7 +75,7 @@ def our_model(spec: ModelSpec) -> SequenceClassifier:
 def our_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
     """The project's training step, as the training loop takes it."""
     model = our_model(spec)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = make_optimizer("sgd", model, lr, 0.0, 0.0, own_step=True)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         train_step(model, optimizer, x, y)
@@ -175,10 +147,11 @@ def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
     }
 
 
+PATH_LABELS = {ENGINE_PATH: "compiled", AUTOGRAD_PATH: "autograd"}  # else PyTorch's fused module
+
+
 def our_path(spec: ModelSpec) -> str:
-    if CELLS[spec.cell].family == "gated":
-        return "nn module"
-    return "compiled" if engine.native_loops() is not None else "nn module"
+    return PATH_LABELS.get(build_model(spec).training_path(torch.device("cpu")), "nn module")
 
 
 SCALING = ((256, 200), (1024, 200), (100, 512))
@@ -221,13 +194,15 @@ def cells_run(configs: list[Config], seconds: float) -> dict:
     }
 
 
+MATRIX_READOUTS = {"rows": "mean-softmax", "pixel": "last"}  # each task's usual readout
+
+
 def matrix_configs(hidden: int | None = None) -> list[Config]:
     """Every cell on rows (28 steps, hidden 128 with a bias) and on pixel (784 steps, hidden 128):
     what the speed claims of the beyond-the-seed presets rest on."""
     configs = []
-    for task in ("rows", "pixel"):
-        for cell in CELLS:
-            readout = "mean-softmax" if task == "rows" else "last"
+    for task, readout in MATRIX_READOUTS.items():
+        for cell in cell_names():
             configs.append(
                 Config.from_settings("seed", task=task, cell=cell, hidden=hidden or 128, bias=True, readout=readout)
             )
@@ -269,8 +244,9 @@ def format_cells_table(result: dict) -> str:
             f"{low:>5.2f}-{high:<5.2f}  {row['path']}"
         )
     lines += ["", "rounds: each round's own ratio, the spread the machine's drift gives", _path_note(result["native"])]
-    if any(CELLS[row["cell"]].family == "gated" for row in result["comparisons"]):
-        lines.append("lstm, gru: the same PyTorch module on both sides, so a tie is the most they can show")
+    same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})
+    if same:
+        lines.append(f"{', '.join(same)}: the same PyTorch module on both sides, so a tie is the most they can show")
     return "\n".join(lines)
 
 

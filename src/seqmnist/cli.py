@@ -71,8 +71,10 @@ def preset_help() -> str:
 def add_training_flags(train: argparse.ArgumentParser) -> None:
     """One flag per setting of seqmnist.config.Config; unset flags leave the preset's value."""
     from .config import DEVICES, ENGINES, PRESETS, RNGS
-    from .model import CELLS, INIT_ABOUT, INITS, READOUTS
+    from .model import INIT_ABOUT
+    from .readouts import readout_names
     from .recipes import OPTIMIZERS, SCHEDULES
+    from .registry import cell_names, get_cell, init_names
     from .sequence import TASKS
 
     train.add_argument("--preset", choices=PRESETS, help=preset_help() + " (default: seed)")
@@ -102,7 +104,12 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
         help="pixel = byte / this (seed: 256, as its mnist.pkl.gz; 255 elsewhere)",
     )
     model = train.add_argument_group("the model")
-    model.add_argument("--cell", choices=CELLS, help="the recurrent cell (seed: vanilla, tanh)")
+    model.add_argument(
+        "--cell",
+        choices=cell_names(),
+        help="the recurrent cell (seed: vanilla): "
+        + "; ".join(f"{name}: {get_cell(name).about}" for name in cell_names()).replace("%", "%%"),
+    )
     model.add_argument("--hidden", type=int, help="hidden units per layer (seed: 200)")
     model.add_argument("--layers", type=int, help="stacked recurrent layers (seed: 1)")
     model.add_argument(
@@ -110,14 +117,14 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
     )
     model.add_argument(
         "--init",
-        choices=INITS,
+        choices=init_names(),
         help="initial weights: "
         + "; ".join(f"{name}: {about}" for name, about in INIT_ABOUT.items())
         + " (default: the cell's; irnn: identity)",
     )
     model.add_argument(
         "--readout",
-        choices=READOUTS,
+        choices=readout_names(),
         help="how the per-step outputs make one prediction: "
         "mean-softmax (the seed's), mean-logits, last (the final state's)",
     )
@@ -390,6 +397,7 @@ BENCH_SHAPE = ("cell", "task", "hidden", "layers", "readout", "pixels_per_step",
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .config import Config
+    from .model import ModelSpec
 
     if not 0 < args.seconds <= 3600:
         raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
@@ -399,7 +407,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in shape))
         result = bench.cells_run(bench.matrix_configs(), args.seconds)
     elif shape:
-        if shape.get("cell", "vanilla") != "vanilla":
+        if shape.get("cell", ModelSpec.cell) != ModelSpec.cell:  # the seed's cell has no bias
             shape.setdefault("bias", True)
         result = bench.cells_run([Config.from_settings("seed", **shape)], args.seconds)
     else:

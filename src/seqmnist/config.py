@@ -10,8 +10,10 @@ from pathlib import Path
 from .data import TRAIN_IMAGES
 from .errors import SeqmnistError
 from .files import read_json
-from .model import CELLS, INITS, READOUTS, ModelSpec
+from .model import ModelSpec, check_spec
+from .readouts import readout_names
 from .recipes import OPTIMIZERS, SCHEDULES
+from .registry import cell_names, init_names
 from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 
 ENGINES = ("fast", "autograd")
@@ -76,12 +78,12 @@ class Config:
                 "an integer >= 1",
             ),
             ("--input-scale", self.input_scale in (255, 256), "255 or 256"),
-            ("--cell", self.cell in CELLS, f"one of {', '.join(CELLS)}"),
+            ("--cell", self.cell in cell_names(), f"one of {', '.join(cell_names())}"),
             ("--hidden", _is_int(self.hidden) and 1 <= self.hidden <= 65536, "an integer in 1..65536"),
             ("--layers", _is_int(self.layers) and 1 <= self.layers <= 16, "an integer in 1..16"),
             ("--bias", isinstance(self.bias, bool), "true or false"),
-            ("--init", self.init is None or self.init in INITS, f"one of {', '.join(INITS)}"),
-            ("--readout", self.readout in READOUTS, f"one of {', '.join(READOUTS)}"),
+            ("--init", self.init is None or self.init in init_names(), f"one of {', '.join(init_names())}"),
+            ("--readout", self.readout in readout_names(), f"one of {', '.join(readout_names())}"),
             ("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("--lr", _is_number(self.lr) and 0 < self.lr < math.inf, "a finite number > 0"),
             ("--momentum", _is_number(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
@@ -130,10 +132,7 @@ class Config:
             if self.task != "permuted":
                 raise SeqmnistError(f"--permutation is for the permuted task, not {self.task}")
             permutation_order(self.permutation)
-        if self.init is not None and self.init not in CELLS[self.cell].inits:
-            raise SeqmnistError(
-                f"--init {self.init} is not for the {self.cell} cell (it takes {', '.join(CELLS[self.cell].inits)})"
-            )
+        check_spec(self.model_spec())
         if self.batch_size > self.train_images:
             raise SeqmnistError(
                 f"--batch-size {self.batch_size} is larger than the {self.train_images} training images"

@@ -720,8 +720,21 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // Each entry point checks every argument, and every combination of them, before it reads or writes
 // a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
 // writing out of bounds.
+// The codes and factors are written here alone: engine.py reads the activations' from `activations` and
+// checks `readout_codes` against seqmnist.readouts when it loads the library.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);
   m.def("first_inked_steps", &first_inked_steps);
+  pybind11::dict readouts;
+  readouts["mean-softmax"] = static_cast<int64_t>(kMeanSoftmax);
+  readouts["last"] = static_cast<int64_t>(kLast);
+  readouts["mean-logits"] = static_cast<int64_t>(kMeanLogits);
+  m.attr("readout_codes") = readouts;
+  pybind11::dict activations;  // name: (code, sigma, kappa)
+  for (const auto& [name, code] : {std::pair<const char*, Activation>{"tanh", kTanh}, {"relu", kRelu}}) {
+    const Factors f = factors(code);
+    activations[name] = pybind11::make_tuple(static_cast<int64_t>(code), f.sigma, f.kappa);
+  }
+  m.attr("activations") = activations;
 }

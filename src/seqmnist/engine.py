@@ -33,14 +33,16 @@ Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's sha
   its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, and
   (bench/blank_rows.py: training and evaluation, alternating, one thread) 1.14x for a 28-row model,
   1.3-2.4x for 2 to 14 rows; the full ``reproduce`` took 65.8 minutes instead of 79.9.
-* Plain SGD skips autograd and the optimiser (:func:`layers_sgd_step`, taken by ``train.train_step``):
-  the two passes, then ``p.add_(grad, alpha=-lr)`` as ``torch.optim.SGD`` does it, so the same bits.
+* Plain SGD skips autograd and the optimiser (:func:`layers_gradients`, taken by
+  :class:`seqmnist.recipes.EngineSGD`): the two passes, then ``p.add_(grad, alpha=-lr)`` as
+  ``torch.optim.SGD`` does it, so the same bits.
   Their machinery cost 0.5-1.2 ms a batch (more for longer sequences: the passes push Python's own
   data out of cache), most of a small model's batch: 1.08x a 28-row batch, 1.65x a 2-row one.
 * The logits and their gradients are compact (T + 1, batch, classes) buffers: the loss pass reads and
   writes 112 KB in cache rather than one cache line in each 896-byte row of 2.6 MB (~0.25 ms a
   28-row batch instead of ~0.6).
-* Preallocated buffers, reused batch after batch: the hot loop allocates nothing.
+* Preallocated buffers, reused batch after batch: the hot loop allocates nothing. Each thread has its
+  own (:class:`Workspaces`), so several threads may read one model at once.
 * Layers above the first read the states of the layer below in place (no copy), and hand it the
   gradient in its states, already multiplied by its tanh' factor, from an extra block of columns of
   their backward weights.
@@ -63,17 +65,15 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
 from .files import user_cache, write_text
+from .readouts import engine_readout_codes
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
-ACTIVATIONS = {"tanh": 0, "relu": 1}
-READOUT_CODES = {"mean-softmax": 0, "last": 1, "mean-logits": 2}
-SIGMA = {"tanh": 2.0, "relu": 1.0}  # s = sigma r
-KAPPA = {"tanh": 4.0, "relu": 1.0}  # phi' = kappa slope(r)
 
 
 @functools.cache
@@ -128,13 +128,28 @@ def _link_flags() -> list[str]:
 
 
 def _load_or_build():
-    """The engine, loaded only if it brings no OpenMP runtime beside PyTorch's (openmp_runtimes)."""
+    """The engine, loaded only if it brings no OpenMP runtime beside PyTorch's (openmp_runtimes) and
+    knows the readouts by the codes seqmnist.readouts gives them."""
     before = openmp_runtimes()
     module = _load_or_build_unchecked()
     added = openmp_runtimes() - before
     if added:
         raise RuntimeError(f"the CPU engine loaded a second OpenMP runtime ({', '.join(sorted(added))})")
+    exported, ours = dict(module.readout_codes), engine_readout_codes()
+    if exported != ours:
+        raise RuntimeError(f"the CPU engine's readout codes {exported} are not seqmnist.readouts' {ours}")
     return module
+
+
+def covers(activation: str | None) -> bool:
+    """Whether the compiled engine is here and runs this activation (engine.cpp's ``activations``)."""
+    native = native_loops()
+    return native is not None and activation in native.activations
+
+
+def _factors(activation: str) -> tuple[int, float, float]:
+    """engine.cpp's code of an activation, its sigma (s = sigma r) and kappa (phi' = kappa slope(r))."""
+    return native_loops().activations[activation]
 
 
 def built_library(ldflags: list[str] | None = None) -> Path:
@@ -278,6 +293,26 @@ class Workspace:
         return self.z[1:]
 
 
+class Workspaces:
+    """A model's workspaces, one per thread: two threads reading one model never share buffers, while
+    each thread reuses its own batch after batch. A copy of the model (deepcopy, pickle) starts with none."""
+
+    def __init__(self, skip_blank: bool = True) -> None:
+        self.skip_blank = skip_blank
+        self._local = threading.local()
+
+    def get(self) -> Workspace:
+        """The calling thread's workspace."""
+        try:
+            return self._local.workspace
+        except AttributeError:
+            self._local.workspace = Workspace(self.skip_blank)
+            return self._local.workspace
+
+    def __reduce__(self) -> tuple:
+        return Workspaces, (self.skip_blank,)
+
+
 def _forward(
     ws: Workspace,
     x: torch.Tensor,
@@ -318,17 +353,18 @@ def _forward_arguments(
     top = depth == len(layers) - 1
     U, W, b = layers[depth]
     weights = [t.contiguous() if t is not None else None for t in (U, W, b, V if top else None, c if top else None)]
+    code, sigma, _ = _factors(activation)
     return (
         ws.z if top else None,
         ws.states[depth],
         ws.inputs(x, depth),
         *weights,
         ws.step_weights[depth],
-        ACTIVATIONS[activation],
-        SIGMA[activation] if depth else 1.0,
+        code,
+        sigma if depth else 1.0,
         y.contiguous() if top and y is not None else None,
         ws.grad if top and y is not None else None,
-        READOUT_CODES[readout],
+        native_loops().readout_codes[readout],
         ws.inked_from,
     )
 
@@ -375,6 +411,7 @@ def _backward_arguments(
     """engine.cpp's backward_layer's arguments for layer ``depth`` (see :func:`_forward_arguments`)."""
     top = depth == len(layers) - 1
     U, W, b = (t.contiguous() if t is not None else None for t in layers[depth])
+    code, sigma, kappa = _factors(activation)
     return (
         ws.grad if top else None,
         ws.above[depth],
@@ -386,11 +423,11 @@ def _backward_arguments(
         c.contiguous() if top and c is not None else None,
         ws.back_weights[depth],
         _padded(ws.hidden[depth]),
-        ACTIVATIONS[activation],
-        SIGMA[activation] if depth else 1.0,
+        code,
+        sigma if depth else 1.0,
         scale,
         ws.above[depth - 1] if depth else None,
-        KAPPA[activation],
+        kappa,
         ws.inked_from,
     )
 
@@ -421,7 +458,7 @@ def layers_loss(
     return _LayersLoss.apply(ws, x, y, structure, *_flat(layers, V, c))
 
 
-def layers_sgd_step(
+def layers_gradients(
     ws: Workspace,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -430,31 +467,48 @@ def layers_sgd_step(
     c: torch.Tensor | None,
     activation: str,
     readout: str,
-    lr: float,
-) -> torch.Tensor:
-    """One step of plain SGD on a batch, as ``torch.optim.SGD`` without momentum or weight decay takes
-    it (``p.add_(grad, alpha=-lr)``, the same kernel, so the same bits), but without autograd or the
-    optimiser's machinery: Python's overhead around the two compiled passes, 0.5-1.2 ms a batch, which
-    is most of a small model's batch. Returns the batch's mean loss."""
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The batch's mean loss and the gradient of every weight (in the order of :func:`_flat`), by the
+    two compiled passes alone: no autograd, whose machinery around them costs 0.5-1.2 ms a batch, most
+    of a small model's batch (:class:`seqmnist.recipes.EngineSGD` steps with them)."""
     with torch.no_grad():
         losses = _forward(ws, x, layers, V, c, activation, y, readout)
-        grads = _backward(ws, layers, V, c, activation, 1.0 / len(losses))
-        for weight, grad in zip(_flat(layers, V, c), grads, strict=True):
-            weight.add_(grad, alpha=-lr)
-        return losses.mean()
+        return losses.mean(), _backward(ws, layers, V, c, activation, 1.0 / len(losses))
+
+
+class _LayersLogits(torch.autograd.Function):
+    """The logits by the compiled forward pass; their gradient, where asked for, by the compiled
+    backward pass, fed the logits' gradient in place of the one a loss would have left in ``ws.grad``
+    (none reaches x: the engine computes no input gradient of the bottom layer)."""
+
+    @staticmethod
+    def forward(ctx, ws: Workspace, x, structure: tuple, *weights):
+        activation, layers, bias = structure
+        stack, V, c = _unflatten(weights, layers, bias)
+        _forward(ws, x, stack, V, c, activation)
+        ctx.save_for_backward(*weights)
+        ctx.ws, ctx.generation, ctx.structure = ws, ws.generation, structure
+        return ws.logits().clone()
+
+    @staticmethod
+    def backward(ctx, dz):
+        ws = ctx.ws
+        if ctx.generation != ws.generation:
+            raise RuntimeError("engine workspace reused by another forward pass before backward")
+        activation, layers, bias = ctx.structure
+        stack, V, c = _unflatten(ctx.saved_tensors, layers, bias)
+        ws.ensure_backward()
+        ws.grad[1:].copy_(dz)
+        return None, None, None, *_backward(ws, stack, V, c, activation, 1.0)
 
 
 def layers_logits(
     ws: Workspace, x: torch.Tensor, layers: list[LayerWeights], V: torch.Tensor, c: torch.Tensor | None, activation: str
 ) -> torch.Tensor:
-    """Per-step logits (steps, batch, classes), forward only (no gradient), a copy."""
-    with torch.no_grad():
-        _forward(
-            ws,
-            x,
-            [tuple(t.detach() if t is not None else None for t in layer) for layer in layers],
-            V.detach(),
-            c.detach() if c is not None else None,
-            activation,
-        )
-        return ws.logits().clone()
+    """Per-step logits (steps, batch, classes), a copy, differentiable in every weight. Without a
+    gradient to track, the forward pass alone: autograd's Function costs ~10% of one image's read."""
+    weights = _flat(layers, V, c)
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        return _LayersLogits.apply(ws, x, (activation, len(layers), c is not None), *weights)
+    _forward(ws, x, layers, V, c, activation)
+    return ws.logits().clone()

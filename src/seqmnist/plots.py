@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from .data import MNIST
 from .files import atomic_path, read_json
 from .measures import measures_for
-from .model import running_probs
+from .readouts import get_readout
 from .runs import Run
 from .train import Log, step_logits
 
@@ -218,7 +218,7 @@ def step_by_step(
     ``rows_read`` marks how far down the image a rows-task model reads. The ``last`` readout's
     prediction after step t *is* softmax(z_t), so it gets one panel, not two identical ones."""
     n, steps = len(images), step_probs.shape[0]
-    same = readout == "last"
+    same = get_readout(readout).running_is_step_softmax
     widths = [1, 2.2] if same else [1, 2.2, 2.2]
     fig, axes = plt.subplots(
         n, len(widths), figsize=(4.4 + 3.3 * (len(widths) - 1), 2.6 * n), squeeze=False,
@@ -344,7 +344,7 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note
         step_by_step(
             data.test_x[:examples].numpy(),
             torch.softmax(logits, dim=-1).numpy(),
-            running_probs(config.readout, logits).numpy(),
+            model.readout.running(logits).numpy(),
             data.test_y[:examples].tolist(),
             figures / "row_by_row.png",
             rows_read=config.rows if config.task == "rows" else None,

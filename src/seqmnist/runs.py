@@ -312,11 +312,9 @@ class TrainedModel:
         """What the model makes of uint8 images (N, 28, 28), MNIST's format: per-step logits and
         softmaxes (steps, N, 10), the readout's probabilities had the sequence ended after each step
         (steps, N, 10), and the final probabilities and labels (N, 10), (N,)."""
-        from .model import running_probs
-
         x = self.sequencer.encode(images.to(torch.uint8))
         logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (train.predicted_digits)
-        running = running_probs(self.config.readout, logits)
+        running = self.model.readout.running(logits)
         return {
             "logits": logits,
             "step_probs": torch.softmax(logits, dim=-1),

@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cells import VanillaRNN
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import DOWNLOAD_TIMEOUT, check_digest, choose_dir, download, file_digest, write_json
 from .measures import Measure, register
-from .model import VanillaRNN
+from .readouts import get_readout
 from .runs import new_run
 from .train import Log, evaluate, evaluate_run
 
@@ -133,7 +134,7 @@ SEED_MEASURE = register(
         name="as_seed",
         label="as the seed's code measured",
         # It changes one of the softmaxes the seed's readout averages; other readouts have no such measure.
-        applies=lambda config: config.readout == "mean-softmax",
+        applies=lambda config: get_readout(config.readout).averages_softmaxes,
         scores=seed_code_readout,
         epoch_note=_epoch_note,
         reference=seed_log,

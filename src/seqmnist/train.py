@@ -28,8 +28,8 @@ from .data import MNIST
 from .errors import SeqmnistError
 from .machine import multiply_fingerprint, pick_device
 from .measures import Measure, measure_columns, measured_words, measures_for
-from .model import ENGINE_PATH, NUM_CLASSES, Draws, SequenceClassifier, build_model, readout_scores
-from .recipes import learning_rate, make_optimizer, plain_sgd
+from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model
+from .recipes import EngineSGD, learning_rate, make_optimizer
 from .runs import Position, Run, TrainingState, metric_columns
 
 Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
@@ -99,7 +99,7 @@ def predicted_digits(
         # did (0 of 3.6 million predictions moved against float32 here). All measures from one softmax.
         logits = logits.double()
         probs = torch.softmax(logits, dim=-1) if measures else None
-        ours.append(readout_scores(model.spec.readout, logits, probs).argmax(1))
+        ours.append(model.readout.scores(logits, probs).argmax(1))
         for m in measures:
             measured[m.name].append(m.scores(probs).argmax(1))
     return torch.cat(ours), {name: torch.cat(digits) for name, digits in measured.items()}
@@ -202,12 +202,6 @@ class TrainingInterrupted(Exception):
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def may_take_own_step(optimizer: torch.optim.Optimizer, fast: bool, clip: float) -> bool:
-    """Whether a step may be the model's own plain SGD step (where the model has one): only for plain
-    SGD with nothing between the gradient and the update, on the fast path."""
-    return fast and not clip and plain_sgd(optimizer)
-
-
 def train_step(
     model: SequenceClassifier,
     optimizer: torch.optim.Optimizer,
@@ -218,13 +212,10 @@ def train_step(
 ) -> torch.Tensor:
     """One optimiser step on sequences x with labels y; returns the batch's mean loss.
 
-    Plain SGD takes the model's own step where it has one (the CPU engine's): the same bits as
-    autograd and ``torch.optim.SGD`` (tests hold the two equal) without their overhead, 0.5-1.2 ms
-    a batch, which is most of a small model's batch."""
-    if may_take_own_step(optimizer, fast, clip):
-        loss = model.sgd_step(x, y, optimizer.param_groups[0]["lr"])
-        if loss is not None:
-            return loss
+    An :class:`EngineSGD` takes the batch itself (the model's fused pass, no autograd); any other
+    optimiser steps on autograd's gradients of the model's loss."""
+    if isinstance(optimizer, EngineSGD):
+        return optimizer.step_on(x, y)
     loss = model.loss(x, y, fast=fast)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -277,7 +268,7 @@ class Progress:
         if not self.due(batch, now):
             return
         with torch.no_grad():
-            scores = readout_scores(self.config.readout, model.logits(x, fast=False))
+            scores = model.readout.scores(model.logits(x, fast=False))
         self.right += int((scores.argmax(1) == y).sum())
         self.sampled += len(y)
         loss, accuracy, rate = (
@@ -340,7 +331,7 @@ class Trainer:
 
     def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
         c = self.config
-        return make_optimizer(c.optimizer, model.parameters(), c.lr, c.momentum, c.weight_decay)
+        return make_optimizer(c.optimizer, model, c.lr, c.momentum, c.weight_decay, own_step=self.fast and not c.clip)
 
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
@@ -363,9 +354,8 @@ class Trainer:
 
     def path(self) -> str:
         """The training path in words: the model's, and whether plain SGD takes the engine's own step."""
-        path = self.model.training_path(self.device, self.fast)
-        own_step = path == ENGINE_PATH and may_take_own_step(self.optimizer, self.fast, self.config.clip)
-        return path + (" with its own SGD step" if own_step else "")
+        own_step = isinstance(self.optimizer, EngineSGD)
+        return self.model.training_path(self.device, self.fast) + (" with its own SGD step" if own_step else "")
 
     def fit(self) -> dict:
         """Train the remaining epochs, checkpointing after each (and on a signal); return the summary."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -48,17 +47,10 @@ PAGE_POLICY = (
 )
 
 
-class Predictor:
-    """The run's model behind a lock: the compiled engine reuses one workspace per model."""
-
-    def __init__(self, trained: TrainedModel):
-        self.trained = trained
-        self.lock = threading.Lock()
-
-    def __call__(self, data: bytes, name: str) -> dict:
-        image = prepare(data)  # many at once: Pillow and NumPy release the GIL
-        with self.lock:
-            return predict_inputs(self.trained, [image], [name])[0]
+def read_image(trained: TrainedModel, data: bytes, name: str) -> dict:
+    """An upload's answer, in a worker thread: several at once (Pillow and NumPy release the GIL, and
+    the model gives each thread its own engine buffers)."""
+    return predict_inputs(trained, [prepare(data)], [name])[0]
 
 
 def model_settings(trained: TrainedModel) -> dict:
@@ -81,6 +73,7 @@ def model_settings(trained: TrainedModel) -> dict:
         "task": config.task,
         "cell": config.cell,
         "readout": config.readout,
+        "one_view": trained.model.readout.running_is_step_softmax,  # its running belief is each step's own
         "input_scale": config.input_scale,
         "steps": sequencer.steps,
         "pixels_per_step": sequencer.pixels_per_step,
@@ -96,7 +89,6 @@ def create_app(run_dir: Path | str, best: bool = False) -> Starlette:
     best-validation weights). The run is loaded now, so a bad run directory fails here, before the
     server listens."""
     trained = load_run(Path(run_dir), best)
-    predictor = Predictor(trained)
     settings = model_settings(trained)
     limiter = anyio.CapacityLimiter(WORKERS)
 
@@ -112,7 +104,7 @@ def create_app(run_dir: Path | str, best: bool = False) -> Starlette:
     async def predict(request: Request) -> Response:
         data, name = await read_upload(request)
         try:
-            result = await anyio.to_thread.run_sync(predictor, data, name, limiter=limiter)
+            result = await anyio.to_thread.run_sync(read_image, trained, data, name, limiter=limiter)
         except ImageRejected as exc:
             return error(exc.status, str(exc))
         return JSONResponse(result)

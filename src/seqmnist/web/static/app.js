@@ -37,7 +37,7 @@ async function loadModel() {
   const unit = model.step_unit;
   $("heatmap-caption").textContent = `its belief, ${unit} by ${unit}`;
   $("view-step").textContent = `each ${unit} alone`;
-  $("view").hidden = model.readout === "last"; // the last state's readout: the two views are the same
+  $("view").hidden = model.one_view; // the readout's belief after a step is that step's own: the two views are the same
   $("explain").textContent = explanation(model);
   sizeHeatmap();
   buildClasses();
