@@ -63,8 +63,8 @@ def test_saved_model_recomputes_with_numpy(quick_run, mnist):
     out, config, summary = quick_run
     weights = {k: v.astype(np.float64) for k, v in load_file(out / "model.safetensors").items()}
     assert {k: v.shape for k, v in weights.items()} == {"U": (28, 200), "W": (200, 200), "V": (200, 10)}
-    images = mnist.test_x.numpy().astype(np.float64) / config.input_scale
-    predicted = numpy_predict(weights, images, config.rows)
+    images = mnist.test_x.numpy().astype(np.float64) / config.task.input_scale
+    predicted = numpy_predict(weights, images, config.task.rows)
     accuracy = (predicted == mnist.test_y.numpy()).mean()
     assert accuracy == pytest.approx(summary["test_acc"], abs=3e-4)  # float32 vs float64: a few images at most
 
@@ -132,8 +132,8 @@ def test_subset_larger_than_the_training_set_is_refused():
 
 def test_batches_are_whole_as_the_seeds():
     # The seed ran int(n / mini_batch) batches: a last partial batch is left out.
-    assert Config.from_settings("seed", subset=250).batches == 2
-    assert Config.from_settings("seed").batches == 500
+    assert Config.from_settings("seed", subset=250).recipe.batches == 2
+    assert Config.from_settings("seed").recipe.batches == 500
     with pytest.raises(SeqmnistError, match="--batch-size 300 is larger than the 250 training images"):
         Config.from_settings("seed", subset=250, batch_size=300)
 
@@ -147,7 +147,7 @@ def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
     # Reading 2 rows, the seed's code measured only the first, blank in almost every MNIST image:
     # those images tie exactly and count as digit 0, which is why the seed reports 0.0980 on the test set.
     model = VanillaRNN(200).reset_parameters(3)
-    ours, as_seed = predict(model, Config(rows=2).sequencer().encode(mnist.test_x))
+    ours, as_seed = predict(model, Config.from_settings(rows=2).task.sequencer().encode(mnist.test_x))
     blank = mnist.test_x[:, 0].amax(1) == 0
     assert blank.float().mean() > 0.99
     assert (as_seed[blank] == 0).all()

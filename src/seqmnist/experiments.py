@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +288,7 @@ def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]
     found = {}
     for k, path in files.items():
         config = Config.from_settings("seed", rows=k)
-        x = config.sequencer().encode(data.test_x)
+        x = config.task.sequencer().encode(data.test_x)
         found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
     return found
 
@@ -305,14 +305,14 @@ def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None)
     ``rows``), model.safetensors, import.json (where it came from) and summary.json (its test)."""
     config = Config.from_settings("seed", rows=rows)
     model = theano_model(path)
-    config = replace(config, hidden=model.hidden_size).validate()
+    config = config.replace(hidden=model.hidden_size).validate()
     run = new_run(out)
     data = MNIST.load(data_dir)
     digest = file_digest(path, "sha256")
     write_json(run.config, config.to_dict())
     write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
     run.save_model(model)
-    summary = {"epochs": config.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
+    summary = {"epochs": config.recipe.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
     run.write_summary(summary)
     return summary
 
@@ -368,7 +368,7 @@ def plot_run(
             plots.epoch_curves(
                 run.read_metrics(),
                 figures / "epoch_curves.png",
-                seed=seed_curves(config.rows) if is_seed_recipe(config) else None,
+                seed=seed_curves(config.task.rows) if is_seed_recipe(config) else None,
                 title=f"Accuracy vs epoch: {config.describe()}",
             )
         )
@@ -377,7 +377,9 @@ def plot_run(
     paths.append(plots.weights(*model.first_layer_weights(), figures / "weights.png"))
     if summary:
         paths.append(
-            plots.confusion_grid({config.rows or 0: np.array(summary["confusion_matrix"])}, figures / "confusion.png")
+            plots.confusion_grid(
+                {config.task.rows or 0: np.array(summary["confusion_matrix"])}, figures / "confusion.png"
+            )
         )
     data = MNIST.load(data_dir)
     x = run.sequencer(config).encode(data.test_x[:examples])
@@ -386,11 +388,11 @@ def plot_run(
         plots.step_by_step(
             data.test_x[:examples].numpy(),
             torch.softmax(logits, dim=-1).numpy(),
-            running_probs(config.readout, logits).numpy(),
+            running_probs(config.model.readout, logits).numpy(),
             data.test_y[:examples].tolist(),
             figures / "row_by_row.png",
-            rows_read=config.rows if config.task == "rows" else None,
-            readout=config.readout,
+            rows_read=config.task.rows if config.task.task == "rows" else None,
+            readout=config.model.readout,
         )
     )
     return paths

@@ -20,7 +20,6 @@ import csv
 import io
 import pickle
 from collections.abc import Callable
-from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -74,14 +73,14 @@ def is_seed_recipe(config: Config) -> bool:
     """Whether a run follows the seed's recipe (any rows, epochs, evaluation interval, engine or
     device), so that the seed's logs are its yardstick."""
     neutral = {"rows": 28, "epochs": 100, "eval_every": 1, "engine": "fast", "device": "auto", "preset": "seed"}
-    return replace(config, **neutral) == Config()
+    return config.replace(**neutral) == Config()
 
 
 def seed_log(config: Config) -> dict[int, dict]:
     """The seed's logged accuracies by epoch for this run, when it follows the seed's recipe; else {}."""
     if not is_seed_recipe(config):
         return {}
-    return {r["epoch"]: r for r in seed_curves(config.rows)}
+    return {r["epoch"]: r for r in seed_curves(config.task.rows)}
 
 
 # --- the seed's model files -------------------------------------------------------------------
