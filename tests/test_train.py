@@ -55,7 +55,7 @@ def test_short_run_learns_and_writes_its_files(quick_run, mnist):
     assert matrix.shape == (10, 10) and matrix.sum() == 10000
     assert np.array_equal(matrix.sum(1), np.bincount(mnist.test_y.numpy(), minlength=10))  # rows = true digit
     assert np.trace(matrix) / 10000 == pytest.approx(saved["test_acc"], abs=1e-6)
-    assert json.loads((out / "config.json").read_text()) == {**config.__dict__}
+    assert json.loads((out / "config.json").read_text()) == config.to_dict()
     assert saved["sessions"][0]["threads"] >= 1 and saved["sessions"][0]["path"].startswith("the compiled engine")
 
 

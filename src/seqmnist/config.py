@@ -120,8 +120,18 @@ class Setting:
 # --- the groups -------------------------------------------------------------------------------------
 
 
+class Group:
+    """What a settings group has besides its fields: a title for the command line's help, and a check of
+    settings valid alone but not together."""
+
+    title: ClassVar[str]
+
+    def check_combinations(self) -> None:
+        """None by default."""
+
+
 @dataclass
-class TaskSettings:
+class TaskSettings(Group):
     """How an image becomes a sequence (seqmnist.sequence)."""
 
     title: ClassVar[str] = "the task (how an image becomes a sequence)"
@@ -178,7 +188,7 @@ class TaskSettings:
 
 
 @dataclass
-class ModelSettings:
+class ModelSettings(Group):
     """The network (seqmnist.model)."""
 
     title: ClassVar[str] = "the model"
@@ -206,7 +216,7 @@ class ModelSettings:
 
 
 @dataclass
-class RecipeSettings:
+class RecipeSettings(Group):
     """How the weights are learnt (seqmnist.recipes), and from what randomness."""
 
     title: ClassVar[str] = "the recipe"
@@ -227,9 +237,7 @@ class RecipeSettings:
     decay: float = setting(0.1, number(lambda v: 0 < v <= 1, "a number in (0, 1]"), "step schedule: the factor")
     epochs: int = setting(100, integer(1), "passes over the training set")
     batch_size: int = setting(100, integer(1), "images per step")
-    patience: int = setting(
-        0, integer(0), "stop after N evaluations without a better validation accuracy (0: never)"
-    )
+    patience: int = setting(0, integer(0), "stop after N evaluations without a better validation accuracy (0: never)")
     seed: int = setting(
         12345, integer(0, 2**32 - 1, "an integer in 0..2^32-1"), "seed of the initial weights and the shuffles"
     )
@@ -267,7 +275,7 @@ class RecipeSettings:
 
 
 @dataclass
-class RunSettings:
+class RunSettings(Group):
     """How a run is computed: none of these changes what it learns, beyond float rounding."""
 
     title: ClassVar[str] = "running"
