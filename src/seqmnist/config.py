@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import SeqmnistError
 from .files import read_json
@@ -57,7 +57,7 @@ def one_of(choices: Collection, words: str | None = None) -> Valid:
 
 
 BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false", bool)
-NAME = Valid(lambda v: isinstance(v, str), "random:SEED or bitrev")
+PERMUTATION_NAME = Valid(lambda v: isinstance(v, str), "random:SEED or bitrev")  # the rest: permutation_order
 
 
 def _is_int(value: object) -> bool:
@@ -75,12 +75,12 @@ def setting(
     shown: str | None = None,
     metavar: str | None = None,
     optional: bool = False,
-):
+) -> Any:
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
     whenever the default is None)."""
-    about_it = {"valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional}
-    return field(default=default, metadata=about_it)
+    declared = {"valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional}
+    return field(default=default, metadata=declared)
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ class Setting:
         return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
     def accepts(self, value: object) -> bool:
+        """A valid value, or None (unset) where the setting may be unset."""
         return (value is None and (self.optional or self.default is None)) or self.valid.test(value)
 
 
@@ -147,7 +148,7 @@ class TaskSettings(Group):
     )
     permutation: str | None = setting(
         None,
-        NAME,
+        PERMUTATION_NAME,
         "permuted task: random:SEED or bitrev (the bit-reversal order S4 calls pMNIST)",
         "random:0",
         metavar="NAME",
