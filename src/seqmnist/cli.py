@@ -94,18 +94,13 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
     from .config import GROUPS, PRESETS, SETTINGS
 
     train.add_argument("--preset", choices=PRESETS, help=preset_help() + " (default: seed)")
-    for group, kind in GROUPS.items():
-        flags = train.add_argument_group(kind.title)
-        for name, setting in SETTINGS.items():
-            if setting.group == group:
-                extra = RESUME_HELP.get(name)
-                add_setting_flag(flags, name, f"{setting.help}; {extra}" if extra else None)
-        if group == "run":
-            flags.add_argument(
-                "--threads",
-                type=int,
-                help="CPU threads (default: every CPU this process may use); not a setting of the run",
-            )
+    groups = {group: train.add_argument_group(kind.title) for group, kind in GROUPS.items()}
+    for name, setting in SETTINGS.items():
+        extra = RESUME_HELP.get(name)
+        add_setting_flag(groups[setting.group], name, f"{setting.help}; {extra}" if extra else None)
+    groups["run"].add_argument(
+        "--threads", type=int, help="CPU threads (default: every CPU this process may use); not a setting of the run"
+    )
 
 
 def add_cluster_flags(parser: argparse.ArgumentParser) -> None:

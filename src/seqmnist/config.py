@@ -153,8 +153,9 @@ class TaskSettings(Group):
         "random:0",
         metavar="NAME",
     )
-    # Pixel intensity = byte / input_scale: the seed read mnist.pkl.gz, which holds byte / 256.
-    input_scale: int = setting(256, one_of((255, 256), "255 or 256"), "pixel = byte / this (255 elsewhere)")
+    input_scale: int = setting(
+        256, one_of((255, 256), "255 or 256"), "pixel = byte / this (256 as the seed's mnist.pkl.gz, 255 elsewhere)"
+    )
 
     def check_combinations(self) -> None:
         if self.task == "rows":
