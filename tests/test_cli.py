@@ -90,7 +90,7 @@ def test_train_then_evaluate(mnist_dir, tmp_path, monkeypatch):
     extended = run_cli("train", "--resume", out, "--epochs", "2", env=env)
     assert extended.returncode == 0, extended.stderr
     assert "epoch   2/2" in extended.stdout and "epoch   1/" not in extended.stdout
-    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert json.loads((out / "config.json").read_text())["recipe"]["epochs"] == 2
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     assert_one_line_error(call_main("train", "--resume", out, "--epochs", "1"), "already trained 2 epochs")

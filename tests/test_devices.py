@@ -83,7 +83,8 @@ def gpu_trained_run(quick_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "run"
     shutil.copytree(quick_run, out)
     config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    config["run"]["device"] = "cuda"
+    (out / "config.json").write_text(json.dumps(config))
     return out
 
 
@@ -131,7 +132,7 @@ def test_resuming_a_gpu_run_on_a_cpu_is_asked_for_by_flag(gpu_trained_run, mnist
     resumed = call_main("train", "--resume", gpu_trained_run, "--epochs", "2", "--device", "cpu",
                         "--data-dir", mnist_dir)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((gpu_trained_run / "config.json").read_text())["device"] == "cpu"
+    assert json.loads((gpu_trained_run / "config.json").read_text())["run"]["device"] == "cpu"
     summary = json.loads((gpu_trained_run / "summary.json").read_text())
     assert summary["epochs"] == 2 and [s["device"] for s in summary["sessions"]] == ["cpu", "cpu"]
 
@@ -142,7 +143,8 @@ def test_a_refused_resume_leaves_the_runs_device_as_it_was(gpu_trained_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(gpu_trained_run, run)  # (an earlier test may have moved the module's copy to the CPU)
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    config["run"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(config))
     before = (run / "config.json").read_bytes()
     refused = call_main("train", "--resume", run, "--device", "cpu")
     assert_one_line_error(refused, "is a finished run", "--epochs N")
@@ -158,7 +160,7 @@ def test_resume_across_devices_keeps_every_tensor_on_one_device(mnist, tmp_path)
     run = new_run(tmp_path / "run")
     train(Config.from_settings("quick", subset=500, epochs=1, device="cuda"), mnist, run, log=lambda line: None)
     for device in ("cpu", "cuda"):
-        run, config = open_for_resume(run.dir, config.epochs, device)
+        run, config = open_for_resume(run.dir, config.recipe.epochs, device)
         trainer = Trainer(config, mnist, run, resume=True, log=lambda line: None, after_save=None)
         devices = {p.device.type for p in trainer.model.parameters()}
         devices |= {t.device.type for s in trainer.optimizer.state.values() for t in s.values() if t.dim()}

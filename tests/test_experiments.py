@@ -70,9 +70,14 @@ def test_quick_reproduction_writes_every_file(quick):
 def test_every_member_is_the_seed_recipe_evaluated_every_epoch():
     for rows in (12, 28):
         config = member_config(rows, quick=False)
-        assert config.eval_every == 1 and config.rows == rows and config.lr == 0.01 and config.epochs == 100
-        assert config.rng == "seed" and config.input_scale == 256
-    assert member_config(12, quick=True).epochs == 2
+        assert (
+            config.run.eval_every == 1
+            and config.task.rows == rows
+            and config.recipe.lr == 0.01
+            and config.recipe.epochs == 100
+        )
+        assert config.recipe.rng == "seed" and config.task.input_scale == 256
+    assert member_config(12, quick=True).recipe.epochs == 2
 
 
 def test_agreement_counts_epochs_within_a_tenth_of_a_point():

@@ -146,7 +146,7 @@ def test_summary_confusion_matrix_reads_one_line_per_digit(tiny_run):
 
 
 def test_evaluation_leaves_gradients_on_for_the_caller():
-    model = Config(hidden=8).model_spec()
+    model = Config.from_settings(hidden=8).model_spec()
     from seqmnist.model import build_model
 
     chunks = step_logits(build_model(model), torch.rand(3, 28, 28))

@@ -118,7 +118,8 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoint(mnist_dir, tmp_path)
     env = {"SEQMNIST_DATA": str(mnist_dir)}
     assert run_cli("train", "--epochs", "1", "--subset", "1000", "--lr", "0.1", "--out", out, env=env).returncode == 0
     config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "epochs": 2, "lr": 1e9}))  # blow up in epoch 2
+    config["recipe"] |= {"epochs": 2, "lr": 1e9}  # blow up in epoch 2
+    (out / "config.json").write_text(json.dumps(config))
     (out / "model.safetensors").unlink()
     good = (out / "checkpoint.safetensors").read_bytes()
     result = run_cli("train", "--resume", out, env=env)

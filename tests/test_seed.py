@@ -104,7 +104,7 @@ def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_mod
     source = ["--seed-models", seed_models_dir] if k == 14 else [model_file]
     result = call_main("import-theano", *source, "--rows", k, "--out", out)
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "config.json").read_text())["rows"] == k
+    assert json.loads((out / "config.json").read_text())["task"]["rows"] == k
     evaluated = call_main("evaluate", out, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads(evaluated.stdout)

@@ -8,7 +8,7 @@ From Python::
     out = trained.read(data.test_x[:5])      # labels, probabilities, per-step traces
 
     from seqmnist import Config, build_model
-    model = build_model(Config(cell="lstm", hidden=128).model_spec())
+    model = build_model(Config.from_settings(cell="lstm", hidden=128).model_spec())
 """
 
 from . import seed  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)

@@ -17,7 +17,6 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -108,7 +107,7 @@ def _seconds(fn: Callable[[], object]) -> float:
 def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
     """Images/s of the plain loop and of ours on the same synthetic batches, interleaved."""
     spec = config.model_spec()
-    batch = config.batch_size
+    batch = config.recipe.batch_size
     g = torch.Generator().manual_seed(0)
     n_batches = 4
     xs = torch.rand(n_batches, batch, spec.steps, spec.inputs, generator=g)
@@ -131,7 +130,7 @@ def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
     round_ratios = [o / p for o, p in zip(rates["ours"], rates["plain"], strict=True)]
     return {
         "cell": spec.cell,
-        "task": config.task,
+        "task": config.task.task,
         "steps": spec.steps,
         "inputs": spec.inputs,
         "hidden": spec.hidden,
@@ -162,7 +161,7 @@ def seed_run(seconds: float, scaling_seconds: float) -> dict:
     seed = Config()
     peak = gemm_peak()
     main = compare(seed, seconds)
-    scaling = [compare(replace(seed, batch_size=b, hidden=h), scaling_seconds, rounds=3) for b, h in SCALING]
+    scaling = [compare(seed.replace(batch_size=b, hidden=h), scaling_seconds, rounds=3) for b, h in SCALING]
     peak = max(peak, gemm_peak())  # measured again after the load, the better of the two
     for row in [main, *scaling]:
         row["gflops"] = row["samples_per_s"] * flops_per_image(28, row["hidden"]) / 1e9

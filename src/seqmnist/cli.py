@@ -68,119 +68,38 @@ def preset_help() -> str:
     return "named settings that other flags override: " + presets.replace("%", "%%")
 
 
+# What the train command adds to a setting's help: how --resume uses it.
+RESUME_HELP = {
+    "epochs": "with --resume: train the run on to this many epochs (see --resume for the learning rate)",
+    "device": "with --resume: continue the run there",
+}
+
+
+def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | None = None) -> None:
+    """The flag of a setting of seqmnist.config, as its declaration says; unset, it leaves the preset's value."""
+    from .config import SETTINGS
+
+    setting = SETTINGS[name]
+    valid = setting.valid
+    text = (text or setting.help).replace("%", "%%")
+    if valid.parse is bool:
+        parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, help=text)
+        return
+    choices = list(valid.choices) if valid.choices is not None else None
+    parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=setting.metavar, help=text)
+
+
 def add_training_flags(train: argparse.ArgumentParser) -> None:
-    """One flag per setting of seqmnist.config.Config; unset flags leave the preset's value."""
-    from .config import DEVICES, ENGINES, PRESETS, RNGS
-    from .model import INIT_ABOUT
-    from .readouts import readout_names
-    from .recipes import OPTIMIZERS, SCHEDULES
-    from .registry import cell_names, get_cell, init_names
-    from .sequence import TASKS
+    """One flag per setting of seqmnist.config, by group."""
+    from .config import GROUPS, PRESETS, SETTINGS
 
     train.add_argument("--preset", choices=PRESETS, help=preset_help() + " (default: seed)")
-    task = train.add_argument_group("the task (how an image becomes a sequence)")
-    task.add_argument(
-        "--task",
-        choices=TASKS,
-        help="rows (the seed's: 28 pixels a step), pixel (sequential "
-        "MNIST), permuted (pixels in a fixed permuted order)",
-    )
-    task.add_argument("--rows", type=int, help="rows task: the first K rows are read, 1..28 (seed: 28)")
-    task.add_argument(
-        "--pixels-per-step",
-        type=int,
-        metavar="P",
-        help="pixel tasks: P pixels a step, a divisor of 784 (default 1: 784 steps)",
-    )
-    task.add_argument(
-        "--permutation",
-        metavar="NAME",
-        help="permuted task: random:SEED (default random:0) or bitrev (the bit-reversal order S4 calls pMNIST)",
-    )
-    task.add_argument(
-        "--input-scale",
-        type=int,
-        choices=(255, 256),
-        help="pixel = byte / this (seed: 256, as its mnist.pkl.gz; 255 elsewhere)",
-    )
-    model = train.add_argument_group("the model")
-    model.add_argument(
-        "--cell",
-        choices=cell_names(),
-        help="the recurrent cell (seed: vanilla): "
-        + "; ".join(f"{name}: {get_cell(name).about}" for name in cell_names()).replace("%", "%%"),
-    )
-    model.add_argument("--hidden", type=int, help="hidden units per layer (seed: 200)")
-    model.add_argument("--layers", type=int, help="stacked recurrent layers (seed: 1)")
-    model.add_argument(
-        "--bias", action=argparse.BooleanOptionalAction, help="biases in the cells and readout (seed: none)"
-    )
-    model.add_argument(
-        "--init",
-        choices=init_names(),
-        help="initial weights: "
-        + "; ".join(f"{name}: {about}" for name, about in INIT_ABOUT.items())
-        + " (default: the cell's; irnn: identity)",
-    )
-    model.add_argument(
-        "--readout",
-        choices=readout_names(),
-        help="how the per-step outputs make one prediction: "
-        "mean-softmax (the seed's), mean-logits, last (the final state's)",
-    )
-    recipe = train.add_argument_group("the recipe")
-    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="seed: sgd")
-    recipe.add_argument("--lr", type=float, help="learning rate (seed: 0.01)")
-    recipe.add_argument("--momentum", type=float, help="of momentum and nesterov (0.9)")
-    recipe.add_argument("--weight-decay", type=float, help="L2 penalty; decoupled with adamw (0)")
-    recipe.add_argument("--clip", type=float, help="clip the gradient's norm to this (0: off)")
-    recipe.add_argument("--schedule", choices=SCHEDULES, help="learning rate over the run (constant)")
-    recipe.add_argument("--warmup", type=float, help="epochs of linear warm-up (0)")
-    recipe.add_argument("--decay-every", type=int, help="step schedule: epochs between decays (10)")
-    recipe.add_argument("--decay", type=float, help="step schedule: the factor (0.1)")
-    recipe.add_argument(
-        "--epochs",
-        type=int,
-        help="passes over the training set (seed: 100); with --resume: train the run on to this many epochs "
-        "(see --resume for the learning rate)",
-    )
-    recipe.add_argument("--batch-size", type=int, help="images per step (seed: 100)")
-    recipe.add_argument(
-        "--patience", type=int, help="stop after N evaluations without a better validation accuracy (0: never)"
-    )
-    recipe.add_argument("--seed", type=int, help="seed of the initial weights and the shuffles (seed: 12345)")
-    recipe.add_argument(
-        "--rng",
-        choices=RNGS,
-        help="seed: NumPy's stream as the seed's code drew from it; "
-        "torch: a torch.Generator, and each epoch's order from (seed, epoch)",
-    )
-    recipe.add_argument("--subset", type=int, help="train on the first N training images only")
-    running = train.add_argument_group("running")
-    running.add_argument(
-        "--engine",
-        choices=ENGINES,
-        help="fast (the compiled engine or PyTorch's fused modules, "
-        "default) or autograd (the plain definition, for training and evaluation)",
-    )
-    running.add_argument(
-        "--device",
-        choices=DEVICES,
-        help="where to train (default auto: CUDA where present, but the CPU for the seed's replay); "
-        "with --resume: continue the run there",
-    )
-    running.add_argument(
+    groups = {group: train.add_argument_group(kind.title) for group, kind in GROUPS.items()}
+    for name, setting in SETTINGS.items():
+        extra = RESUME_HELP.get(name)
+        add_setting_flag(groups[setting.group], name, f"{setting.help}; {extra}" if extra else None)
+    groups["run"].add_argument(
         "--threads", type=int, help="CPU threads (default: every CPU this process may use); not a setting of the run"
-    )
-    running.add_argument(
-        "--eval-every",
-        type=int,
-        help="accuracy on the validation (and training) set every N epochs, and after the last (1)",
-    )
-    running.add_argument(
-        "--eval-train",
-        action=argparse.BooleanOptionalAction,
-        help="measure accuracy on the whole training set too, as the seed did (seed: yes)",
     )
 
 
@@ -192,6 +111,11 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cpus-per-trial", type=int, help="CPU cores each trial uses (local: cores / jobs; Ray: 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial asks Ray for (0)")
+
+
+# The settings bench times one configuration by, and where its help differs from train's.
+BENCH_SHAPE = ("cell", "task", "hidden", "layers", "readout", "pixels_per_step", "batch_size", "bias")
+BENCH_HELP = {"bias": "biases (default: none for the seed, with for other cells)"}
 
 
 def build_parser() -> Parser:
@@ -296,24 +220,16 @@ def build_parser() -> Parser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--all", action="store_true", help="every cell on rows and on pixel, side by side")
     shape = bench.add_argument_group("one configuration (default: the seed's, with the multiply peak and scaling)")
-    for flag in ("--cell", "--task", "--hidden", "--layers", "--readout", "--pixels-per-step", "--batch-size"):
-        action = next(a for a in train._actions if flag in a.option_strings)
-        shape.add_argument(flag, type=action.type, choices=action.choices, metavar=action.metavar, help=action.help)
-    shape.add_argument(
-        "--bias",
-        action=argparse.BooleanOptionalAction,
-        help="biases (default: none for the seed, with for other cells)",
-    )
+    for name in BENCH_SHAPE:
+        add_setting_flag(shape, name, BENCH_HELP.get(name))
     return parser
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """The Config settings the command line gave (None where a flag was not given)."""
-    from dataclasses import fields
+    """The settings the command line gave, by flat name (None where a flag was not given)."""
+    from .config import SETTINGS
 
-    from .config import Config
-
-    return {f.name: getattr(args, f.name) for f in fields(Config) if f.name != "preset"}
+    return {name: getattr(args, name) for name in SETTINGS}
 
 
 # What --resume takes besides the saved settings: how far, and where this session runs.
@@ -389,9 +305,6 @@ def cmd_import_theano(args: argparse.Namespace) -> int:
         f"read, {summary['test_acc_as_seed']:.4f} as the seed's code measured"
     )
     return 0
-
-
-BENCH_SHAPE = ("cell", "task", "hidden", "layers", "readout", "pixels_per_step", "batch_size", "bias")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

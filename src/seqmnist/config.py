@@ -1,19 +1,25 @@
-"""Settings: every knob of a run in one plain dataclass whose defaults are the seed's recipe, and the
-presets, named sets of settings that flags on the command line override."""
+"""Settings: every knob of a run, in four groups (the task, the model, the recipe, how it runs), each
+declared once with its default (the seed's recipe), the values it takes and its help; and the presets,
+named partial settings that flags on the command line override.
+
+A setting has one flat name across the groups (``lr``, ``cell``): the flag (``--lr``), the key in a
+grid file and the keyword of ``Config.from_settings`` all use it, so a user never needs the groups."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 from .data import TRAIN_IMAGES
 from .errors import SeqmnistError
 from .files import read_json
-from .model import ModelSpec, check_spec
+from .model import INIT_ABOUT, ModelSpec, check_spec
 from .readouts import readout_names
 from .recipes import OPTIMIZERS, SCHEDULES
-from .registry import cell_names, init_names
+from .registry import cell_names, get_cell, init_names
 from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 
 ENGINES = ("fast", "autograd")
@@ -21,101 +27,157 @@ DEVICES = ("auto", "cpu", "cuda")
 RNGS = ("seed", "torch")
 
 
+# --- what a setting takes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Valid:
+    """The values a setting takes: the test, the words an error names them by, and how the command line
+    reads one. ``choices`` is kept live (a registry's own mapping), so a name registered later counts."""
+
+    test: Callable[[object], bool]
+    words: str | None = None  # None: "one of" the choices
+    parse: type = str
+    choices: Collection | None = None
+
+    def describe(self) -> str:
+        return self.words or f"one of {', '.join(map(str, self.choices))}"
+
+
+def integer(low: int, high: int | None = None, words: str | None = None) -> Valid:
+    span = f"in {low}..{high}" if high is not None else f">= {low}"
+    return Valid(lambda v: _is_int(v) and low <= v and (high is None or v <= high), words or f"an integer {span}", int)
+
+
+def number(test: Callable[[float], bool], words: str) -> Valid:
+    return Valid(lambda v: _is_number(v) and test(v), words, float)
+
+
+class Registered(Collection):
+    """The names a registry holds now (cells, readouts): a cell registered after this module loads counts."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]], about: Callable[[str], str] | None = None):
+        self.names, self.about = names, about
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+def one_of(choices: Collection, words: str | None = None) -> Valid:
+    parse = type(next(iter(choices)))
+    return Valid(lambda v: isinstance(v, Hashable) and v in choices, words, parse, choices)
+
+
+BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false", bool)
+PERMUTATION_NAME = Valid(lambda v: isinstance(v, str), "random:SEED or bitrev")  # the rest: permutation_order
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def setting(
+    default: object,
+    valid: Valid,
+    about: str,
+    shown: str | None = None,
+    metavar: str | None = None,
+    optional: bool = False,
+) -> Any:
+    """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
+    in the help's words where its value alone says too little; ``optional``: None is valid too (it is
+    whenever the default is None)."""
+    declared = {"valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional}
+    return field(default=default, metadata=declared)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as the command line, the checks and the flat names see it."""
+
+    name: str
+    group: str
+    default: object
+    valid: Valid
+    about: str
+    shown: str | None
+    metavar: str | None
+    optional: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def help(self) -> str:
+        """The help line, with the seed's default (and each registered name's own line, where it has one)."""
+        choices = self.valid.choices
+        listed = "".join(f"; {n}: {choices.about(n)}" for n in choices) if getattr(choices, "about", None) else ""
+        return f"{self.about} (seed: {self.shown_default}){listed}"
+
+    @property
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, bool):
+            return "yes" if self.default else "no"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    def accepts(self, value: object) -> bool:
+        """A valid value, or None (unset) where the setting may be unset."""
+        return (value is None and (self.optional or self.default is None)) or self.valid.test(value)
+
+
+# --- the groups -------------------------------------------------------------------------------------
+
+
+class Group:
+    """What a settings group has besides its fields: a title for the command line's help, and a check of
+    settings valid alone but not together."""
+
+    title: ClassVar[str]
+
+    def check_combinations(self) -> None:
+        """None by default."""
+
+
 @dataclass
-class Config:
-    """Every setting of a run; the defaults are the seed's recipe (Keurulainen et al. 2016)."""
+class TaskSettings(Group):
+    """How an image becomes a sequence (seqmnist.sequence)."""
 
-    preset: str = "seed"
-    # --- the task: how an image becomes a sequence (seqmnist.sequence)
-    task: str = "rows"
-    rows: int | None = 28  # the rows task reads the first K rows
-    pixels_per_step: int | None = None  # None: the task's own (rows: 28, pixel and permuted: 1)
-    permutation: str | None = None  # the permuted task's order; None: random:0
-    # Pixel intensity = byte / input_scale: the seed read mnist.pkl.gz, which holds byte / 256.
-    input_scale: int = 256
-    # --- the model (seqmnist.model)
-    cell: str = "vanilla"
-    hidden: int = 200
-    layers: int = 1
-    bias: bool = False
-    init: str | None = None  # None: the cell's own
-    readout: str = "mean-softmax"
-    # --- the recipe (seqmnist.recipes)
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9  # of SGD with momentum and Nesterov's
-    weight_decay: float = 0.0
-    clip: float = 0.0  # the gradient's largest norm (0: not clipped)
-    schedule: str = "constant"
-    warmup: float = 0.0  # epochs of linear warm-up
-    decay_every: int = 10  # epochs between the step schedule's decays
-    decay: float = 0.1  # the step schedule's factor
-    epochs: int = 100
-    batch_size: int = 100
-    patience: int = 0  # stop after this many evaluations without a better validation accuracy (0: never)
-    seed: int = 12345
-    # Where the randomness comes from. "seed": NumPy's legacy stream as the seed's code used it:
-    # np.random.seed(seed), the weights drawn U, V, W in that order, then every epoch a permutation
-    # applied to the previous epoch's order. "torch": the weights from torch.Generator(seed), and
-    # epoch e's order a permutation of the original order drawn from (seed, e) alone.
-    rng: str = "seed"
-    subset: int | None = None
-    # --- how it runs
-    engine: str = "fast"
-    device: str = "auto"
-    eval_every: int = 1  # accuracy on the training and validation sets every N epochs (always after the last)
-    eval_train: bool = True  # accuracy on the whole training set too (the seed's; a forward pass over 50,000)
+    title: ClassVar[str] = "the task (how an image becomes a sequence)"
+    task: str = setting(
+        "rows",
+        one_of(TASKS),
+        "rows (28 pixels a step), pixel (sequential MNIST), permuted (pixels in a fixed permuted order)",
+    )
+    # None outside the rows task, which reads every pixel
+    rows: int | None = setting(28, integer(1, SIDE), "rows task: the first K rows are read, 1..28", optional=True)
+    pixels_per_step: int | None = setting(
+        None, integer(1), "pixel tasks: P pixels a step, a divisor of 784", "1, 784 steps", metavar="P"
+    )
+    permutation: str | None = setting(
+        None,
+        PERMUTATION_NAME,
+        "permuted task: random:SEED or bitrev (the bit-reversal order S4 calls pMNIST)",
+        "random:0",
+        metavar="NAME",
+    )
+    input_scale: int = setting(
+        256, one_of((255, 256), "255 or 256"), "pixel = byte / this (256 as the seed's mnist.pkl.gz, 255 elsewhere)"
+    )
 
-    def validate(self) -> Config:
-        """Reject bad settings before any work starts, naming the flag and its valid range."""
-        checks = [
-            ("--preset", self.preset in PRESETS, f"one of {', '.join(PRESETS)}"),
-            ("--task", self.task in TASKS, f"one of {', '.join(TASKS)}"),
-            ("--rows", self.rows is None or (_is_int(self.rows) and 1 <= self.rows <= SIDE), "an integer in 1..28"),
-            (
-                "--pixels-per-step",
-                self.pixels_per_step is None or (_is_int(self.pixels_per_step) and self.pixels_per_step >= 1),
-                "an integer >= 1",
-            ),
-            ("--input-scale", self.input_scale in (255, 256), "255 or 256"),
-            ("--cell", self.cell in cell_names(), f"one of {', '.join(cell_names())}"),
-            ("--hidden", _is_int(self.hidden) and 1 <= self.hidden <= 65536, "an integer in 1..65536"),
-            ("--layers", _is_int(self.layers) and 1 <= self.layers <= 16, "an integer in 1..16"),
-            ("--bias", isinstance(self.bias, bool), "true or false"),
-            ("--init", self.init is None or self.init in init_names(), f"one of {', '.join(init_names())}"),
-            ("--readout", self.readout in readout_names(), f"one of {', '.join(readout_names())}"),
-            ("--optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
-            ("--lr", _is_number(self.lr) and 0 < self.lr < math.inf, "a finite number > 0"),
-            ("--momentum", _is_number(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
-            ("--weight-decay", _is_number(self.weight_decay) and 0 <= self.weight_decay < 1, "a number in [0, 1)"),
-            ("--clip", _is_number(self.clip) and 0 <= self.clip < math.inf, "a finite number >= 0"),
-            ("--schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("--warmup", _is_number(self.warmup) and 0 <= self.warmup < math.inf, "a number of epochs >= 0"),
-            ("--decay-every", _is_int(self.decay_every) and self.decay_every >= 1, "an integer >= 1"),
-            ("--decay", _is_number(self.decay) and 0 < self.decay <= 1, "a number in (0, 1]"),
-            ("--epochs", _is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
-            ("--batch-size", _is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
-            ("--patience", _is_int(self.patience) and self.patience >= 0, "an integer >= 0"),
-            ("--seed", _is_int(self.seed) and 0 <= self.seed < 2**32, "an integer in 0..2^32-1"),
-            ("--rng", self.rng in RNGS, f"one of {', '.join(RNGS)}"),
-            (
-                "--subset",
-                self.subset is None or (_is_int(self.subset) and 1 <= self.subset <= TRAIN_IMAGES),
-                f"an integer in 1..{TRAIN_IMAGES} (the training set's size)",
-            ),
-            ("--engine", self.engine in ENGINES, f"one of {', '.join(ENGINES)}"),
-            ("--device", self.device in DEVICES, f"one of {', '.join(DEVICES)}"),
-            ("--eval-every", _is_int(self.eval_every) and self.eval_every >= 1, "an integer >= 1"),
-            ("--eval-train", isinstance(self.eval_train, bool), "true or false"),
-        ]
-        for flag, ok, valid in checks:
-            if not ok:
-                value = getattr(self, flag[2:].replace("-", "_"))
-                raise SeqmnistError(f"{flag} must be {valid} (got {value!r})")
-        self._validate_combinations()
-        return self
-
-    def _validate_combinations(self) -> None:
+    def check_combinations(self) -> None:
         if self.task == "rows":
             if self.rows is None:
                 raise SeqmnistError("the rows task needs --rows (1..28)")
@@ -132,13 +194,6 @@ class Config:
             if self.task != "permuted":
                 raise SeqmnistError(f"--permutation is for the permuted task, not {self.task}")
             permutation_order(self.permutation)
-        check_spec(self.model_spec())
-        if self.batch_size > self.train_images:
-            raise SeqmnistError(
-                f"--batch-size {self.batch_size} is larger than the {self.train_images} training images"
-            )
-
-    # --- what the settings make -------------------------------------------------------------------
 
     @property
     def steps_inputs(self) -> tuple[int, int]:
@@ -153,9 +208,78 @@ class Config:
         permutation = (self.permutation or "random:0") if self.task == "permuted" else None
         return Sequencer(self.task, self.rows or SIDE, per_step, permutation, self.input_scale)
 
-    def model_spec(self) -> ModelSpec:
-        steps, per_step = self.steps_inputs
-        return ModelSpec(self.cell, per_step, self.hidden, self.layers, self.bias, self.readout, self.init, steps)
+
+@dataclass
+class ModelSettings(Group):
+    """The network (seqmnist.model)."""
+
+    title: ClassVar[str] = "the model"
+    cell: str = setting("vanilla", one_of(Registered(cell_names, lambda name: get_cell(name).about)), "the recurrent cell", "vanilla, tanh")
+    hidden: int = setting(200, integer(1, 65536), "hidden units per layer")
+    layers: int = setting(1, integer(1, 16), "stacked recurrent layers")
+    bias: bool = setting(False, BOOLEAN, "biases in the cells and readout")
+    init: str | None = setting(
+        None,
+        one_of(Registered(init_names)),
+        "initial weights: " + "; ".join(f"{name}: {about}" for name, about in INIT_ABOUT.items()),
+        "the cell's own; irnn: identity",
+    )
+    readout: str = setting(
+        "mean-softmax",
+        one_of(Registered(readout_names)),
+        "how the per-step outputs make one prediction: mean-softmax, mean-logits, last (the final state's)",
+    )
+
+
+
+@dataclass
+class RecipeSettings(Group):
+    """How the weights are learnt (seqmnist.recipes), and from what randomness."""
+
+    title: ClassVar[str] = "the recipe"
+    optimizer: str = setting("sgd", one_of(OPTIMIZERS), "how a step follows the gradient")
+    lr: float = setting(0.01, number(lambda v: 0 < v < math.inf, "a finite number > 0"), "learning rate")
+    momentum: float = setting(0.9, number(lambda v: 0 <= v < 1, "a number in [0, 1)"), "of momentum and nesterov")
+    weight_decay: float = setting(
+        0.0, number(lambda v: 0 <= v < 1, "a number in [0, 1)"), "L2 penalty; decoupled with adamw"
+    )
+    clip: float = setting(
+        0.0, number(lambda v: 0 <= v < math.inf, "a finite number >= 0"), "clip the gradient's norm to this (0: off)"
+    )
+    schedule: str = setting("constant", one_of(SCHEDULES), "learning rate over the run")
+    warmup: float = setting(
+        0.0, number(lambda v: 0 <= v < math.inf, "a number of epochs >= 0"), "epochs of linear warm-up"
+    )
+    decay_every: int = setting(10, integer(1), "step schedule: epochs between decays")
+    decay: float = setting(0.1, number(lambda v: 0 < v <= 1, "a number in (0, 1]"), "step schedule: the factor")
+    epochs: int = setting(100, integer(1), "passes over the training set")
+    batch_size: int = setting(100, integer(1), "images per step")
+    patience: int = setting(0, integer(0), "stop after N evaluations without a better validation accuracy (0: never)")
+    seed: int = setting(
+        12345, integer(0, 2**32 - 1, "an integer in 0..2^32-1"), "seed of the initial weights and the shuffles"
+    )
+    # "seed": NumPy's legacy stream as the seed's code used it: np.random.seed(seed), the weights drawn
+    # U, V, W in that order, then every epoch a permutation applied to the previous epoch's order.
+    # "torch": the weights from torch.Generator(seed), and epoch e's order a permutation of the original
+    # order drawn from (seed, e) alone.
+    rng: str = setting(
+        "seed",
+        one_of(RNGS),
+        "seed: NumPy's stream as the seed's code drew from it; "
+        "torch: a torch.Generator, and each epoch's order from (seed, epoch)",
+    )
+    subset: int | None = setting(
+        None,
+        integer(1, TRAIN_IMAGES, f"an integer in 1..{TRAIN_IMAGES} (the training set's size)"),
+        "train on the first N training images only",
+        "all 50000",
+    )
+
+    def check_combinations(self) -> None:
+        if self.batch_size > self.train_images:
+            raise SeqmnistError(
+                f"--batch-size {self.batch_size} is larger than the {self.train_images} training images"
+            )
 
     @property
     def train_images(self) -> int:
@@ -166,60 +290,157 @@ class Config:
         """Batches per epoch: whole batches only, as the seed (a last partial batch is left out)."""
         return self.train_images // self.batch_size
 
+
+@dataclass
+class RunSettings(Group):
+    """How a run is computed: none of these changes what it learns, beyond float rounding."""
+
+    title: ClassVar[str] = "running"
+    engine: str = setting(
+        "fast",
+        one_of(ENGINES),
+        "fast (the compiled engine or PyTorch's fused modules) or autograd (the plain definition, for "
+        "training and evaluation)",
+    )
+    device: str = setting(
+        "auto", one_of(DEVICES), "where to train (auto: CUDA where present, but the CPU for the seed's replay)"
+    )
+    eval_every: int = setting(
+        1, integer(1), "accuracy on the validation (and training) set every N epochs, and after the last"
+    )
+    eval_train: bool = setting(
+        True, BOOLEAN, "measure accuracy on the whole training set too (a forward pass over 50,000)"
+    )
+
+
+GROUPS = {"task": TaskSettings, "model": ModelSettings, "recipe": RecipeSettings, "run": RunSettings}
+# Every setting by its flat name, in the groups' order; the names are unique across the groups.
+SETTINGS = {
+    f.name: Setting(f.name, group, f.default, **f.metadata) for group, kind in GROUPS.items() for f in fields(kind)
+}
+NAMES = ("preset", *SETTINGS)  # what from_settings, grid files and sweeps take
+
+
+# --- a run's settings -------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """Every setting of a run, by group; the defaults are the seed's recipe (Keurulainen et al. 2016)."""
+
+    preset: str = "seed"
+    task: TaskSettings = field(default_factory=TaskSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    recipe: RecipeSettings = field(default_factory=RecipeSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> Config:
+        """Reject bad settings before any work starts, naming the flag and its valid range."""
+        if self.preset not in PRESETS:
+            raise SeqmnistError(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
+        for setting in SETTINGS.values():
+            value = getattr(getattr(self, setting.group), setting.name)
+            if not setting.accepts(value):
+                raise SeqmnistError(f"{setting.flag} must be {setting.valid.describe()} (got {value!r})")
+        for group in GROUPS:
+            getattr(self, group).check_combinations()
+        check_spec(self.model_spec())  # what the cell takes: its class says (seqmnist.cells)
+        return self
+
+    # --- what the settings make -------------------------------------------------------------------
+
+    def model_spec(self) -> ModelSpec:
+        steps, per_step = self.task.steps_inputs
+        m = self.model
+        return ModelSpec(m.cell, per_step, m.hidden, m.layers, m.bias, m.readout, m.init, steps)
+
     def describe(self) -> str:
         """One line: task, model, recipe."""
-        spec = self.model_spec()
-        extras = [f"{self.layers} layers" if self.layers > 1 else "", "bias" if self.bias else "no bias"]
-        recipe = f"{self.optimizer} lr {self.lr:g}" + (f", {self.schedule}" if self.schedule != "constant" else "")
+        m, r = self.model, self.recipe
+        extras = [f"{m.layers} layers" if m.layers > 1 else "", "bias" if m.bias else "no bias"]
+        recipe = f"{r.optimizer} lr {r.lr:g}" + (f", {r.schedule}" if r.schedule != "constant" else "")
         return (
-            f"{self.sequencer().describe()}; {self.cell} {self.hidden} ({', '.join(e for e in extras if e)}), "
-            f"{spec.init_scheme} init, {self.readout}; {recipe}, batch {self.batch_size}, {self.epochs} epochs"
+            f"{self.task.sequencer().describe()}; {m.cell} {m.hidden} ({', '.join(e for e in extras if e)}), "
+            f"{self.model_spec().init_scheme} init, {m.readout}; {recipe}, batch {r.batch_size}, {r.epochs} epochs"
         )
 
-    # --- making one ---------------------------------------------------------------------------------
+    # --- making one, and its flat and nested forms -----------------------------------------------
 
     @classmethod
     def from_settings(cls, preset: str = "seed", **overrides: object) -> Config:
-        """The preset's settings, then every override that is not None. A task other than rows reads
-        no rows, unless rows are asked for (which is then an error)."""
+        """The preset's settings, then every override that is not None (flat names). A task other than
+        rows reads no rows, unless rows are asked for (which is then an error)."""
         if preset not in PRESETS:
             raise SeqmnistError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
-        settings = {**PRESETS[preset].settings, "preset": preset}
         given = {k: v for k, v in overrides.items() if v is not None}
-        names = {f.name for f in fields(cls)}
-        if not set(given) <= names:
-            raise SeqmnistError(f"unknown settings: {', '.join(sorted(set(given) - names))}")
-        settings.update(given)
+        settings = {**PRESETS[preset].settings, **given}
         if settings.get("task", "rows") != "rows" and "rows" not in given:
             settings["rows"] = None
-        return cls(**settings).validate()
+        return cls.from_flat({"preset": preset, **settings}).validate()
+
+    @classmethod
+    def from_flat(cls, settings: dict) -> Config:
+        """Settings by flat name, the preset among them; the defaults for the rest. Not validated."""
+        unknown = set(settings) - set(NAMES)
+        if unknown:
+            raise SeqmnistError(f"unknown settings: {', '.join(sorted(unknown))}")
+        groups: dict[str, dict] = {group: {} for group in GROUPS}
+        for name, value in settings.items():
+            if name != "preset":
+                groups[SETTINGS[name].group][name] = value
+        kinds = {group: GROUPS[group](**values) for group, values in groups.items()}
+        return cls(settings.get("preset", "seed"), **kinds)
 
     @classmethod
     def from_file(cls, path: Path) -> Config:
+        """A run's config.json: nested by group, or flat (as runs made before the groups wrote it)."""
         data = read_json(path)
-        names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not set(data) <= names:
+        settings = _flat_settings(data)
+        if settings is None:
             raise SeqmnistError(f"{path}: not a seqmnist run configuration")
         try:
-            return cls(**data).validate()
+            return cls.from_flat(settings).validate()
         except (SeqmnistError, TypeError) as exc:
             raise SeqmnistError(f"{path}: {exc}") from None
 
+    def replace(self, **changes: object) -> Config:
+        """These settings changed (flat names), as dataclasses.replace; not validated."""
+        return self.from_flat({**self.to_flat(), **changes})
+
     def to_dict(self) -> dict:
+        """The nested form config.json holds."""
         return asdict(self)
 
+    def to_flat(self) -> dict:
+        """Every setting by its flat name, the preset first."""
+        return {"preset": self.preset, **{k: v for group in GROUPS for k, v in asdict(getattr(self, group)).items()}}
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+
+def _flat_settings(data: object) -> dict | None:
+    """A config.json's settings by flat name, from either form; None when it is neither."""
+    if not isinstance(data, dict):
+        return None
+    if not any(isinstance(data.get(group), dict) for group in GROUPS):
+        return data if set(data) <= set(NAMES) else None
+    if not set(data) <= {"preset", *GROUPS}:
+        return None
+    flat = {"preset": data["preset"]} if "preset" in data else {}
+    for group, values in data.items():
+        if group == "preset":
+            continue
+        if not isinstance(values, dict) or not all(k in SETTINGS and SETTINGS[k].group == group for k in values):
+            return None
+        flat.update(values)
+    return flat
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+# --- presets ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named set of settings, what it is for, and what to expect from it."""
+    """Named partial settings (flat names: only what differs from the seed), what it is for, and what to
+    expect from it."""
 
     settings: dict
     about: str

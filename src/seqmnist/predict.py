@@ -42,7 +42,7 @@ def prepare_file(path: Path) -> np.ndarray:
 
 def step_unit(trained: TrainedModel) -> str:
     """What one step reads: a row on the rows task, else a group of pixels."""
-    return "row" if trained.config.task == "rows" else "step"
+    return "row" if trained.config.task.task == "rows" else "step"
 
 
 def predict_inputs(trained: TrainedModel, inputs: list[np.ndarray], names: list[str], chunk: int = 256) -> list[dict]:
@@ -194,7 +194,7 @@ def draw_readings(trained: TrainedModel, results: list[dict], directory: Path, p
             running,
             path,
             unit=result["step_unit"],
-            rows_read=config.rows if config.task == "rows" and config.rows != SIDE else None,
+            rows_read=config.task.rows if config.task.task == "rows" and config.task.rows != SIDE else None,
             first_inked=result["first_inked_step"],
             title=f"{Path(result['file']).name} read by {trained.run.dir.name} ({config.describe()})",
         )

@@ -59,8 +59,8 @@ def trial_name(settings: dict) -> str:
     config = Config.from_settings(
         settings.get("preset", "seed"), **{k: v for k, v in settings.items() if k != "preset"}
     )
-    canonical = json.dumps(config.to_dict(), sort_keys=True)
-    return f"{config.cell}-{config.task}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
+    canonical = json.dumps(config.to_flat(), sort_keys=True)  # flat: the names of runs before the groups
+    return f"{config.model.cell}-{config.task.task}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
 
 
 def run_trial(trial: Trial, runs: Path, data: MNIST, log: Log = print, after_save: AfterSave | None = None) -> dict:

@@ -24,17 +24,16 @@ import math
 import re
 import statistics
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-from .config import Config
+from .config import NAMES
 from .errors import SeqmnistError
 from .files import read_json, write_csv, write_text
 from .runner import Trial
 from .runs import Run
 
 TABLES = {"settings": dict, "grid": dict, "include": list, "exclude": list}
-SETTINGS = {f.name for f in fields(Config)}
+SETTINGS = set(NAMES)
 RESULT_COLUMNS = ("test_acc", "val_acc", "best_epoch", "best_test_acc", "epochs", "minutes", "run_dir")
 
 

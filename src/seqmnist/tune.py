@@ -107,7 +107,7 @@ def _finite(value: float) -> float:
 def tune(path: Path, out: Path, address: str | None, cpus: int, gpus: float, data_dir: str | None) -> dict:
     """Run the search; every trial's run directory under out/runs; out/tune.csv, tune.md and best.json."""
     settings, search, options = load_space(path)
-    epochs = Trial.of(settings).config().epochs
+    epochs = Trial.of(settings).config().recipe.epochs
     data = MNIST.load(data_dir)
     ray = connect(address) if address else _local_ray()
     from ray import tune as ray_tune
