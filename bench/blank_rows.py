@@ -29,7 +29,14 @@ def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -
     """Seconds for the slice from the seed's initial weights, and the weights it ends with."""
     model, _ = initial_model(config)
     model.workspaces = engine.Workspaces(skip_blank=skip)
-    optimizer = make_optimizer(config.optimizer, model, config.lr, config.momentum, config.weight_decay, own_step=True)
+    optimizer = make_optimizer(
+        config.recipe.optimizer,
+        model,
+        config.recipe.lr,
+        config.recipe.momentum,
+        config.recipe.weight_decay,
+        own_step=True,
+    )
     started = time.perf_counter()
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]
@@ -52,7 +59,7 @@ def main() -> None:
     print(f"{args.batches} batches + accuracy on {args.images} images, median of {args.rounds}, one thread")
     for rows in args.rows:
         config = Config.from_settings("seed", rows=rows)
-        sequencer = config.sequencer()
+        sequencer = config.task.sequencer()
         x = sequencer.encode(data.train_x)
         share = args.images * 5 // 6
         xe = torch.cat([x[:share], sequencer.encode(data.val_x[: args.images - share])])

@@ -97,32 +97,32 @@ def rows_of(sweep: Path) -> list[dict]:
 
 
 def describe(preset: str, members: list[dict]) -> dict:
-    members = sorted(members, key=lambda m: m["config"].seed)
+    members = sorted(members, key=lambda m: m["config"].recipe.seed)
     config = members[0]["config"]
     best = [m["summary"]["best"]["test_acc"] for m in members]
     final = [m["summary"]["test_acc"] for m in members]
     minutes = [minutes_of(m["summary"]) for m in members]
-    steps, per_step = config.steps_inputs
+    steps, per_step = config.task.steps_inputs
     task = {"rows": f"rows ({steps} x {per_step})", "pixel": f"pixel ({steps} x {per_step})"}.get(
-        config.task, f"permuted ({steps} x {per_step}, {config.sequencer().permutation})"
+        config.task.task, f"permuted ({steps} x {per_step}, {config.task.sequencer().permutation})"
     )
-    recipe = [f"{config.optimizer} {config.lr:g}", config.schedule]
-    recipe += [f"warm-up {config.warmup:g}"] if config.warmup else []
-    recipe += [f"clip {config.clip:g}"] if config.clip else []
-    recipe += [f"wd {config.weight_decay:g}"] if config.weight_decay else []
-    recipe += [f"batch {config.batch_size}", config.readout]
+    recipe = [f"{config.recipe.optimizer} {config.recipe.lr:g}", config.recipe.schedule]
+    recipe += [f"warm-up {config.recipe.warmup:g}"] if config.recipe.warmup else []
+    recipe += [f"clip {config.recipe.clip:g}"] if config.recipe.clip else []
+    recipe += [f"wd {config.recipe.weight_decay:g}"] if config.recipe.weight_decay else []
+    recipe += [f"batch {config.recipe.batch_size}", config.model.readout]
     return {
         "preset": preset,
         "task": task,
-        "cell": config.cell,
-        "size": f"{config.layers} x {config.hidden}",
+        "cell": config.model.cell,
+        "size": f"{config.model.layers} x {config.model.hidden}",
         "parameters": members[0]["summary"]["parameters"],
         "recipe": ", ".join(recipe),
-        "epochs": config.epochs,
+        "epochs": config.recipe.epochs,
         "best": best,
         "final": final,
         "minutes": ", ".join(minutes),
-        "seeds": [m["config"].seed for m in members],
+        "seeds": [m["config"].recipe.seed for m in members],
     }
 
 
@@ -164,7 +164,7 @@ def tried(runs: list[Path]) -> str:
         config = Config.from_file(run / "config.json")
         r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
         lines.append(
-            f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.seed} "
+            f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.recipe.seed} "
             f"| {mean_sd(r['best'], percent=True)} | {r['minutes']} | `docs/results/tried/{run.name}` |"
         )
     return "\n".join(lines)

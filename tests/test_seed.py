@@ -69,7 +69,9 @@ def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
     # Reading 2 rows, the seed's code measured only the first, blank in almost every MNIST image:
     # those images tie exactly and count as digit 0, which is why the seed reports 0.0980 on the test set.
     model = VanillaRNN(200).reset_parameters(3)
-    ours, measured = predicted_digits(model, Config(rows=2).sequencer().encode(mnist.test_x), [SEED_MEASURE])
+    ours, measured = predicted_digits(
+        model, Config.from_settings(rows=2).task.sequencer().encode(mnist.test_x), [SEED_MEASURE]
+    )
     as_seed = measured["as_seed"]
     blank = mnist.test_x[:, 0].amax(1) == 0
     assert blank.float().mean() > 0.99
@@ -80,7 +82,7 @@ def test_as_seed_measure_on_two_rows_says_zero_for_blank_images(mnist):
 
 def test_the_seed_measure_applies_to_the_averaged_softmax_only():
     assert measures_for(Config()) == [SEED_MEASURE]
-    assert measures_for(Config(readout="last")) == []
+    assert measures_for(Config.from_settings(readout="last")) == []
 
 
 @pytest.mark.slow

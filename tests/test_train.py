@@ -56,7 +56,7 @@ def test_short_run_learns_and_writes_its_files(quick_run, mnist):
     assert matrix.shape == (10, 10) and matrix.sum() == 10000
     assert np.array_equal(matrix.sum(1), np.bincount(mnist.test_y.numpy(), minlength=10))  # rows = true digit
     assert np.trace(matrix) / 10000 == pytest.approx(saved["test_acc"], abs=1e-6)
-    assert json.loads((out / "config.json").read_text()) == {**config.__dict__}
+    assert json.loads((out / "config.json").read_text()) == config.to_dict()
     assert saved["sessions"][0]["threads"] >= 1 and saved["sessions"][0]["path"].startswith("the compiled engine")
 
 
@@ -64,8 +64,8 @@ def test_saved_model_recomputes_with_numpy(quick_run, mnist):
     out, config, summary = quick_run
     weights = {k: v.astype(np.float64) for k, v in load_file(out / "model.safetensors").items()}
     assert {k: v.shape for k, v in weights.items()} == {"U": (28, 200), "W": (200, 200), "V": (200, 10)}
-    images = mnist.test_x.numpy().astype(np.float64) / config.input_scale
-    predicted = numpy_predict(weights, images, config.rows)
+    images = mnist.test_x.numpy().astype(np.float64) / config.task.input_scale
+    predicted = numpy_predict(weights, images, config.task.rows)
     accuracy = (predicted == mnist.test_y.numpy()).mean()
     assert accuracy == pytest.approx(summary["test_acc"], abs=3e-4)  # float32 vs float64: a few images at most
 
@@ -133,8 +133,8 @@ def test_subset_larger_than_the_training_set_is_refused():
 
 def test_batches_are_whole_as_the_seeds():
     # The seed ran int(n / mini_batch) batches: a last partial batch is left out.
-    assert Config.from_settings("seed", subset=250).batches == 2
-    assert Config.from_settings("seed").batches == 500
+    assert Config.from_settings("seed", subset=250).recipe.batches == 2
+    assert Config.from_settings("seed").recipe.batches == 500
     with pytest.raises(SeqmnistError, match="--batch-size 300 is larger than the 250 training images"):
         Config.from_settings("seed", subset=250, batch_size=300)
 

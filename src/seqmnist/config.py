@@ -214,7 +214,12 @@ class ModelSettings(Group):
     """The network (seqmnist.model)."""
 
     title: ClassVar[str] = "the model"
-    cell: str = setting("vanilla", one_of(Registered(cell_names, lambda name: get_cell(name).about)), "the recurrent cell", "vanilla, tanh")
+    cell: str = setting(
+        "vanilla",
+        one_of(Registered(cell_names, lambda name: get_cell(name).about)),
+        "the recurrent cell",
+        "vanilla, tanh",
+    )
     hidden: int = setting(200, integer(1, 65536), "hidden units per layer")
     layers: int = setting(1, integer(1, 16), "stacked recurrent layers")
     bias: bool = setting(False, BOOLEAN, "biases in the cells and readout")
@@ -229,7 +234,6 @@ class ModelSettings(Group):
         one_of(Registered(readout_names)),
         "how the per-step outputs make one prediction: mean-softmax, mean-logits, last (the final state's)",
     )
-
 
 
 @dataclass

@@ -336,7 +336,7 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note
     paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
     if summary:
         matrix = np.array(summary["confusion_matrix"])
-        paths.append(confusion_grid({config.rows or 0: matrix}, figures / "confusion.png"))
+        paths.append(confusion_grid({config.task.rows or 0: matrix}, figures / "confusion.png"))
     data = MNIST.load(data_dir)
     x = run.sequencer(config).encode(data.test_x[:examples])
     logits = torch.cat(list(step_logits(model, x)), dim=1)
@@ -347,8 +347,8 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note
             model.readout.running(logits).numpy(),
             data.test_y[:examples].tolist(),
             figures / "row_by_row.png",
-            rows_read=config.rows if config.task == "rows" else None,
-            readout=config.readout,
+            rows_read=config.task.rows if config.task.task == "rows" else None,
+            readout=config.model.readout,
         )
     )
     return paths

@@ -33,7 +33,7 @@ from .sequence import PIXELS, Sequencer
 
 def metric_columns() -> tuple[str, ...]:
     """metrics.csv's columns: the model's own accuracies, then those of every registered measure
-    (seqmnist.measures), NaN where one does not apply and in epochs without evaluation (Config.eval_every);
+    (seqmnist.measures), NaN where one does not apply and in epochs without evaluation (Config.run.eval_every);
     lr is the learning rate of the epoch's last step."""
     return ("epoch", "train_loss", "train_acc", "val_acc", *measure_columns("train", "val"), "lr", "seconds")
 
@@ -104,9 +104,9 @@ class Run:
     def start(self, config: Config) -> None:
         """The files a new run begins with: its settings, and the permuted task's pixel order."""
         write_json(self.config, config.to_dict())
-        order = config.sequencer().order
+        order = config.task.sequencer().order
         if order is not None:
-            write_json(self.permutation, {"name": config.sequencer().permutation, "order": order.tolist()})
+            write_json(self.permutation, {"name": config.task.sequencer().permutation, "order": order.tolist()})
 
     def discard(self) -> None:
         """Remove what :meth:`start` and the first epochs wrote (a run that diverged at once)."""
@@ -121,11 +121,11 @@ class Run:
         summary = read_json(self.summary)
         if not isinstance(summary, dict):
             return None
-        return summary if summary.get("epochs") == config.epochs or summary.get("stopped_early") else None
+        return summary if summary.get("epochs") == config.recipe.epochs or summary.get("stopped_early") else None
 
     def sequencer(self, config: Config) -> Sequencer:
         """How this run turns images into sequences: its config's, with the pixel order it saved."""
-        sequencer = config.sequencer()
+        sequencer = config.task.sequencer()
         if sequencer.task != "permuted" or not self.permutation.exists():
             return sequencer
         saved = read_json(self.permutation)
@@ -278,9 +278,9 @@ def open_for_resume(directory: Path, epochs: int | None = None, device: str | No
     or the reverse), are recorded in its config.json once every check has passed, before any work starts."""
     run = Run(directory)
     saved = run.read_config()
-    config = saved if device is None else replace(saved, device=device).validate()
+    config = saved if device is None else saved.replace(device=device).validate()
     summary = run.finished_summary(config)
-    if epochs is None or epochs == config.epochs:
+    if epochs is None or epochs == config.recipe.epochs:
         if summary:
             raise SeqmnistError(
                 f"{run.describe_finished(summary)}; to train it further: seqmnist train --resume {run.dir} "
@@ -292,7 +292,7 @@ def open_for_resume(directory: Path, epochs: int | None = None, device: str | No
             raise SeqmnistError(f"--epochs {epochs}: {run.dir} has already trained {done} epochs")
         if summary and not run.checkpoint.exists():
             raise SeqmnistError(f"{run.dir}: no checkpoint to continue from (an imported model cannot be trained on)")
-        config = replace(config, epochs=epochs).validate()
+        config = config.replace(epochs=epochs).validate()
     if config != saved:
         write_json(run.config, config.to_dict())
     return run, config

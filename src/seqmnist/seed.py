@@ -26,7 +26,6 @@ import csv
 import io
 import math
 import pickle
-from dataclasses import replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -87,14 +86,14 @@ def is_seed_recipe(config: Config) -> bool:
     """Whether a run follows the seed's recipe (any rows, epochs, evaluation interval, engine or
     device), so that the seed's logs are its yardstick."""
     neutral = {"rows": 28, "epochs": 100, "eval_every": 1, "engine": "fast", "device": "auto", "preset": "seed"}
-    return replace(config, **neutral) == Config()
+    return config.replace(**neutral) == Config()
 
 
 def seed_log(config: Config) -> dict[int, dict]:
     """The seed's logged accuracies by epoch for this run, when it follows the seed's recipe; else {}."""
     if not is_seed_recipe(config):
         return {}
-    return {r["epoch"]: r for r in seed_curves(config.rows)}
+    return {r["epoch"]: r for r in seed_curves(config.task.rows)}
 
 
 # --- how the seed's code measured accuracy -------------------------------------------------------
@@ -134,7 +133,7 @@ SEED_MEASURE = register(
         name="as_seed",
         label="as the seed's code measured",
         # It changes one of the softmaxes the seed's readout averages; other readouts have no such measure.
-        applies=lambda config: get_readout(config.readout).averages_softmaxes,
+        applies=lambda config: get_readout(config.model.readout).averages_softmaxes,
         scores=seed_code_readout,
         epoch_note=_epoch_note,
         reference=seed_log,
@@ -320,14 +319,14 @@ def import_theano(path: Path, rows: int, out: Path, data_dir: str | None = None)
     ``rows``), model.safetensors, import.json (where it came from) and summary.json (its test)."""
     config = Config.from_settings("seed", rows=rows)
     model = theano_model(path)
-    config = replace(config, hidden=model.hidden_size).validate()
+    config = config.replace(hidden=model.hidden_size).validate()
     run = new_run(out)
     data = MNIST.load(data_dir)
     digest = file_digest(path, "sha256")
     write_json(run.config, config.to_dict())
     write_json(run.dir / "import.json", {"file": str(path.resolve()), "sha256": digest, "format": "rnn_theano"})
     run.save_model(model)
-    summary = {"epochs": config.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
+    summary = {"epochs": config.recipe.epochs, **evaluate_run(run, config, data), "imported_from": str(path.resolve())}
     run.write_summary(summary)
     return summary
 
@@ -337,6 +336,6 @@ def evaluate_seed_models(files: dict[int, Path], data: MNIST) -> dict[int, dict]
     found = {}
     for k, path in files.items():
         config = Config.from_settings("seed", rows=k)
-        x = config.sequencer().encode(data.test_x)
+        x = config.task.sequencer().encode(data.test_x)
         found[k] = {"file": path.name, **evaluate(theano_model(path), x, data.test_y, config)}
     return found

@@ -43,14 +43,14 @@ AfterSave = Callable[[Run, "dict | None"], None]
 
 def initial_model(config: Config) -> tuple[SequenceClassifier, Iterator[np.ndarray]]:
     """The model with its initial weights, and the orders of the training images, epoch 1 onwards
-    (config.rng)."""
+    (config.recipe.rng)."""
     model = build_model(config.model_spec())
-    n = config.train_images
-    if config.rng == "seed":
-        stream = np.random.RandomState(config.seed)  # np.random.seed(seed), as layer.py
+    n = config.recipe.train_images
+    if config.recipe.rng == "seed":
+        stream = np.random.RandomState(config.recipe.seed)  # np.random.seed(seed), as layer.py
         return model.init_weights(Draws(stream)), _cumulative_orders(stream, n)
-    model.init_weights(Draws(torch.Generator().manual_seed(config.seed)))
-    return model, (_fresh_order(config.seed, e, n) for e in itertools.count(1))
+    model.init_weights(Draws(torch.Generator().manual_seed(config.recipe.seed)))
+    return model, (_fresh_order(config.recipe.seed, e, n) for e in itertools.count(1))
 
 
 def _cumulative_orders(stream: np.random.RandomState, n: int) -> Iterator[np.ndarray]:
@@ -128,7 +128,7 @@ def evaluate(
 ) -> dict:
     """Accuracy (the model's own, and every registered measure's: None where one does not apply) and
     the confusion matrix on sequences x with labels y."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.engine == "autograd", progress)
+    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
     return {
         "test_acc": share_correct(ours, y),
         **measured_shares(measured, y, "test", None),
@@ -148,7 +148,7 @@ def accuracy(
 ) -> dict[str, float]:
     """One set's accuracies in a metrics row (``split``: "train" or "val"): the model's own, and every
     registered measure's (NaN where one does not apply)."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.engine == "autograd", progress)
+    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
     return {f"{split}_acc": share_correct(ours, y), **measured_shares(measured, y, split, math.nan)}
 
 
@@ -251,12 +251,12 @@ class Progress:
     def __init__(self, config: Config, position: Position, log: Log):
         self.config, self.position, self.log = config, position, log
         self.bar = tqdm(
-            desc=f"epoch {position.epoch}/{config.epochs}",
+            desc=f"epoch {position.epoch}/{config.recipe.epochs}",
             unit="batch",
             leave=False,
             disable=None,
             initial=position.batch,
-            total=config.batches,
+            total=config.recipe.batches,
         )
         self.started = self.last_line = time.perf_counter()
         self.images, self.right, self.sampled = 0, 0, 0
@@ -280,9 +280,9 @@ class Progress:
             self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", img_s=f"{rate:.0f}")
             return
         self.last_line = now
-        left = (self.config.batches - batch) * self.config.batch_size / rate
+        left = (self.config.recipe.batches - batch) * self.config.recipe.batch_size / rate
         self.log(
-            f"epoch {self.position.epoch}/{self.config.epochs}: batch {batch}/{self.config.batches}, "
+            f"epoch {self.position.epoch}/{self.config.recipe.epochs}: batch {batch}/{self.config.recipe.batches}, "
             f"loss {loss:.4f}, accuracy {accuracy:.3f} (sampled), {rate:.0f} images/s, {left / 60:.1f} min left"
         )
 
@@ -302,9 +302,9 @@ class Trainer:
     def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log, after_save: AfterSave | None):
         self.config, self.run, self.log = config, run, log
         self.after_save = after_save or (lambda run, row: None)
-        self.device, why = pick_device(config.device, replay=config.rng == "seed")
-        data = (data.subset(config.subset) if config.subset else data).to(self.device)
-        self.fast = config.engine == "fast"
+        self.device, why = pick_device(config.run.device, replay=config.recipe.rng == "seed")
+        data = (data.subset(config.recipe.subset) if config.recipe.subset else data).to(self.device)
+        self.fast = config.run.engine == "fast"
         # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
         # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
@@ -326,12 +326,19 @@ class Trainer:
         log(config.describe())
         log(
             f"on {self.device} ({why}), {path}, {threads} thread{'s' if threads > 1 else ''}; "
-            f"{_minutes(self.estimate_minutes())} for epochs {self.state.position.epoch}-{config.epochs}"
+            f"{_minutes(self.estimate_minutes())} for epochs {self.state.position.epoch}-{config.recipe.epochs}"
         )
 
     def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
         c = self.config
-        return make_optimizer(c.optimizer, model, c.lr, c.momentum, c.weight_decay, own_step=self.fast and not c.clip)
+        return make_optimizer(
+            c.recipe.optimizer,
+            model,
+            c.recipe.lr,
+            c.recipe.momentum,
+            c.recipe.weight_decay,
+            own_step=self.fast and not c.recipe.clip,
+        )
 
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
@@ -339,18 +346,18 @@ class Trainer:
         config, position = self.config, self.state.position
         model = copy.deepcopy(self.model)
         optimizer = self.new_optimizer(model)
-        x, y = (t[: config.batch_size] for t in self.sets["train"])
-        train_step(model, optimizer, x, y, self.fast, config.clip)  # warm-up: first allocations, kernels
+        x, y = (t[: config.recipe.batch_size] for t in self.sets["train"])
+        train_step(model, optimizer, x, y, self.fast, config.recipe.clip)  # warm-up: first allocations, kernels
         started = time.perf_counter()
-        train_step(model, optimizer, x, y, self.fast, config.clip)
+        train_step(model, optimizer, x, y, self.fast, config.recipe.clip)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         step = time.perf_counter() - started
-        epochs = config.epochs - position.epoch + 1
-        batches = epochs * config.batches - position.batch
-        evaluated = len(self.sets["val"][0]) + (len(self.sets["train"][0]) if config.eval_train else 0)
-        images_read = evaluated * -(-epochs // config.eval_every) + 2 * len(self.sets["test"][0])
-        return step * (batches + images_read / config.batch_size / 3) / 60
+        epochs = config.recipe.epochs - position.epoch + 1
+        batches = epochs * config.recipe.batches - position.batch
+        evaluated = len(self.sets["val"][0]) + (len(self.sets["train"][0]) if config.run.eval_train else 0)
+        images_read = evaluated * -(-epochs // config.run.eval_every) + 2 * len(self.sets["test"][0])
+        return step * (batches + images_read / config.recipe.batch_size / 3) / 60
 
     def path(self) -> str:
         """The training path in words: the model's, and whether plain SGD takes the engine's own step."""
@@ -361,7 +368,7 @@ class Trainer:
         """Train the remaining epochs, checkpointing after each (and on a signal); return the summary."""
         config, state = self.config, self.state
         with Interrupt() as interrupt:
-            while state.position.epoch <= config.epochs and not state.stopped_early:
+            while state.position.epoch <= config.recipe.epochs and not state.stopped_early:
                 position = state.position
                 started = time.perf_counter() - position.seconds
                 order = torch.from_numpy(next(self.orders)).to(self.device)
@@ -369,7 +376,7 @@ class Trainer:
                 if not math.isfinite(position.loss_sum):
                     raise diverged(self.run, position)
                 row = None
-                if position.batch == config.batches:
+                if position.batch == config.recipe.batches:
                     row = self.end_epoch(started)
                 else:
                     position.seconds = time.perf_counter() - started
@@ -379,7 +386,7 @@ class Trainer:
                     raise TrainingInterrupted(
                         interrupt.signal,
                         f"{signal.Signals(interrupt.signal).name}: stopped at epoch {state.position.epoch}, "
-                        f"batch {state.position.batch}/{config.batches}; checkpoint saved; "
+                        f"batch {state.position.batch}/{config.recipe.batches}; checkpoint saved; "
                         f"continue with: seqmnist train --resume {self.run.dir}",
                     )
         return self.finish()
@@ -391,12 +398,12 @@ class Trainer:
         # Summed on the device and read once per epoch: no synchronisation per batch.
         loss_sum = torch.tensor(position.loss_sum, dtype=torch.float64, device=x.device)
         progress = Progress(config, position, self.log)
-        for b in range(position.batch, config.batches):
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            self.set_learning_rate((position.epoch - 1) * config.batches + b)
+        for b in range(position.batch, config.recipe.batches):
+            index = order[b * config.recipe.batch_size : (b + 1) * config.recipe.batch_size]
+            self.set_learning_rate((position.epoch - 1) * config.recipe.batches + b)
             # index_select rather than x[index]: the same rows, a quarter of the overhead (~20 us, not ~80).
             batch_x, batch_y = x.index_select(0, index), y.index_select(0, index)
-            loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, config.clip)
+            loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, config.recipe.clip)
             model.constrain_()
             loss_sum += loss.detach() * len(index)
             position.seen += len(index)
@@ -409,7 +416,16 @@ class Trainer:
 
     def set_learning_rate(self, step: int) -> None:
         c = self.config
-        rate = learning_rate(c.lr, c.schedule, step, c.batches, c.epochs, c.warmup, c.decay_every, c.decay)
+        rate = learning_rate(
+            c.recipe.lr,
+            c.recipe.schedule,
+            step,
+            c.recipe.batches,
+            c.recipe.epochs,
+            c.recipe.warmup,
+            c.recipe.decay_every,
+            c.recipe.decay,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = rate
 
@@ -418,19 +434,19 @@ class Trainer:
         position."""
         config, state = self.config, self.state
         position = state.position
-        evaluate_now = position.epoch % config.eval_every == 0 or position.epoch == config.epochs
+        evaluate_now = position.epoch % config.run.eval_every == 0 or position.epoch == config.recipe.epochs
         row = self.epoch_metrics(position, started, evaluate_now)
         state.metrics.append(row)
         notes = "".join(m.epoch_note(row, self.logged[m.name].get(position.epoch)) for m in self.measures)
-        self.log(format_epoch(row, config.epochs, notes))
+        self.log(format_epoch(row, config.recipe.epochs, notes))
         self.run.write_metrics(state.metrics)
         if evaluate_now and not row["val_acc"] <= state.best_val_acc:
             state.best_val_acc, state.best_epoch = row["val_acc"], position.epoch
             self.run.save_best(self.model)
         elif (
             evaluate_now
-            and config.patience
-            and position.epoch - state.best_epoch >= config.patience * config.eval_every
+            and config.recipe.patience
+            and position.epoch - state.best_epoch >= config.recipe.patience * config.run.eval_every
         ):
             state.stopped_early = True
             self.log(f"stopping early: no better validation accuracy since epoch {state.best_epoch}")
@@ -441,7 +457,7 @@ class Trainer:
         """The row of metrics.csv: accuracy on the training and validation sets, as the seed did after
         every epoch, by the model's readout and every registered measure (NaN where not measured)."""
         row = {"epoch": position.epoch, "train_loss": position.loss_sum / position.seen}
-        wanted = {"train": evaluate_now and self.config.eval_train, "val": evaluate_now}
+        wanted = {"train": evaluate_now and self.config.run.eval_train, "val": evaluate_now}
         for split, progress in (("train", "training set"), ("val", "validation set")):
             if wanted[split]:
                 row.update(accuracy(self.model, *self.sets[split], self.config, split, progress))

@@ -70,11 +70,11 @@ def model_settings(trained: TrainedModel) -> dict:
     return {
         "run": trained.run.dir.name,
         "description": config.describe(),
-        "task": config.task,
-        "cell": config.cell,
-        "readout": config.readout,
+        "task": config.task.task,
+        "cell": config.model.cell,
+        "readout": config.model.readout,
         "one_view": trained.model.readout.running_is_step_softmax,  # its running belief is each step's own
-        "input_scale": config.input_scale,
+        "input_scale": config.task.input_scale,
         "steps": sequencer.steps,
         "pixels_per_step": sequencer.pixels_per_step,
         "step_unit": step_unit(trained),
