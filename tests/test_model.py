@@ -387,3 +387,19 @@ def test_workspace_misuse_is_caught():
     model.loss(x, y)
     with pytest.raises(RuntimeError, match="workspace"):
         first.backward()
+
+
+@pytest.mark.parametrize("cell", ["indrnn", "lstm"])
+def test_recurrent_weights_take_their_own_rate_and_decay(cell):
+    """recurrent_lr and decay_recurrent split the recurrent weights into a group of their own; at their
+    defaults the optimiser keeps the one group every run had."""
+    model = build_model(ModelSpec(cell, 1, 8, 2, True, "last", None, 16))
+    (one,) = make_optimizer("adamw", model, 1e-3, 0.9, 0.01).param_groups
+    assert len(one["params"]) == len(list(model.parameters()))
+    others, recurrent = make_optimizer(
+        "adamw", model, 1e-3, 0.9, 0.01, recurrent_lr=0.1, decay_recurrent=False
+    ).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in recurrent["params"]} == model.recurrent_names() != set()
+    assert not {names[id(p)] for p in others["params"]} & model.recurrent_names()
+    assert (recurrent["lr_scale"], recurrent["weight_decay"], others["weight_decay"]) == (0.1, 0.0, 0.01)

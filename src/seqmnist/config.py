@@ -93,11 +93,20 @@ def setting(
     shown: str | None = None,
     metavar: str | None = None,
     optional: bool = False,
+    added: bool = False,
 ) -> Any:
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
-    whenever the default is None)."""
-    declared = {"valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional}
+    whenever the default is None); ``added``: a setting that came after runs were first named (see
+    :meth:`Config.identity`)."""
+    declared = {
+        "valid": valid,
+        "about": about,
+        "shown": shown,
+        "metavar": metavar,
+        "optional": optional,
+        "added": added,
+    }
     return field(default=default, metadata=declared)
 
 
@@ -113,6 +122,7 @@ class Setting:
     shown: str | None
     metavar: str | None
     optional: bool
+    added: bool
 
     @property
     def flag(self) -> str:
@@ -251,6 +261,15 @@ class RecipeSettings(Group):
         0.0, number(lambda v: 0 <= v < math.inf, "a finite number >= 0"), "clip the gradient's norm to this (0: off)"
     )
     schedule: str = setting("constant", one_of(SCHEDULES), "learning rate over the run")
+    recurrent_lr: float = setting(
+        1.0,
+        number(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "the recurrent weights' learning rate as a share of --lr (S4's recipe: 0.1 for A and dt)",
+        added=True,
+    )
+    decay_recurrent: bool = setting(
+        True, BOOLEAN, "weight decay on the recurrent weights too (IndRNN's and S4's recipes: no)", added=True
+    )
     warmup: float = setting(
         0.0, number(lambda v: 0 <= v < math.inf, "a number of epochs >= 0"), "epochs of linear warm-up"
     )
@@ -418,6 +437,15 @@ class Config:
     def to_flat(self) -> dict:
         """Every setting by its flat name, the preset first."""
         return {"preset": self.preset, **{k: v for group in GROUPS for k, v in asdict(getattr(self, group)).items()}}
+
+    def identity(self) -> dict:
+        """The flat settings that tell runs apart: all of them, except a setting added later while it keeps its
+        default, so a trial's name (a hash of these) stays the one it had before that setting existed."""
+        return {k: v for k, v in self.to_flat().items() if not (k in SETTINGS and _unchanged_addition(k, v))}
+
+
+def _unchanged_addition(name: str, value: object) -> bool:
+    return SETTINGS[name].added and value == SETTINGS[name].default
 
 
 def _flat_settings(data: object) -> dict | None:

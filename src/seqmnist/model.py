@@ -177,6 +177,11 @@ class SequenceClassifier(nn.Module):
     def initial_value(self, name: str, shape: tuple[int, ...], draws: Draws) -> torch.Tensor:
         raise NotImplementedError
 
+    def recurrent_names(self) -> set[str]:
+        """The parameters that carry the state from step to step, which a recipe may give their own learning
+        rate and spare from weight decay (:func:`seqmnist.recipes.parameter_groups`)."""
+        return set()
+
     def constrain_(self) -> None:
         """Keep the weights where the cell needs them, after every optimiser step (indrnn's)."""
 

@@ -44,28 +44,54 @@ class EngineSGD(torch.optim.SGD):
 
 
 def make_optimizer(
-    name: str, model: SequenceClassifier, lr: float, momentum: float, weight_decay: float, own_step: bool = False
+    name: str,
+    model: SequenceClassifier,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    own_step: bool = False,
+    recurrent_lr: float = 1.0,
+    decay_recurrent: bool = True,
 ) -> torch.optim.Optimizer:
     """sgd (plain, the seed's), momentum and nesterov (SGD with ``momentum``), adam, adamw (decoupled weight
     decay, Loshchilov & Hutter 2019), rmsprop (Tieleman & Hinton 2012). With ``own_step`` (nothing is to
     come between the gradient and the update: the fast path, no clipping), plain SGD is :class:`EngineSGD`
-    where the model has a fused pass."""
-    parameters = list(model.parameters())
+    where the model has a fused pass. The model's recurrent parameters (:meth:`recurrent_names`) may learn
+    at ``recurrent_lr`` times the rate and without weight decay, as IndRNN's and S4's recipes do."""
+    groups = parameter_groups(model, weight_decay, recurrent_lr, decay_recurrent)
     if name == "sgd":
-        if own_step and not weight_decay and model.has_fused_pass():
+        if own_step and not weight_decay and len(groups) == 1 and model.has_fused_pass():
             return EngineSGD(model, lr)
-        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr)
     if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(
-            parameters, lr=lr, momentum=momentum, nesterov=name == "nesterov", weight_decay=weight_decay
-        )
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov")
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr)
     if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.RMSprop(groups, lr=lr)
     raise SeqmnistError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+
+
+def parameter_groups(
+    model: SequenceClassifier, weight_decay: float, recurrent_lr: float, decay_recurrent: bool
+) -> list[dict]:
+    """One group of every parameter where the recurrent ones are treated as the rest (so a run's optimiser
+    state has the one group it always had); else the others, then the recurrent ones with their own rate
+    (``lr_scale``, which the schedule multiplies) and decay."""
+    if recurrent_lr == 1.0 and decay_recurrent:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay, "lr_scale": 1.0}]
+    recurrent = model.recurrent_names()
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n not in recurrent], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {
+            "params": [p for n, p in named if n in recurrent],
+            "weight_decay": weight_decay if decay_recurrent else 0.0,
+            "lr_scale": recurrent_lr,
+        },
+    ]
 
 
 def learning_rate(

@@ -59,7 +59,7 @@ def trial_name(settings: dict) -> str:
     config = Config.from_settings(
         settings.get("preset", "seed"), **{k: v for k, v in settings.items() if k != "preset"}
     )
-    canonical = json.dumps(config.to_flat(), sort_keys=True)  # flat: the names of runs before the groups
+    canonical = json.dumps(config.identity(), sort_keys=True)  # flat: the names of runs before the groups
     return f"{config.model.cell}-{config.task.task}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
 
 

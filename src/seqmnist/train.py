@@ -338,6 +338,8 @@ class Trainer:
             c.recipe.momentum,
             c.recipe.weight_decay,
             own_step=self.fast and not c.recipe.clip,
+            recurrent_lr=c.recipe.recurrent_lr,
+            decay_recurrent=c.recipe.decay_recurrent,
         )
 
     def estimate_minutes(self) -> float:
@@ -427,7 +429,7 @@ class Trainer:
             c.recipe.decay,
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = rate
+            group["lr"] = rate * group.get("lr_scale", 1.0)  # a checkpoint from before the groups has no scale
 
     def end_epoch(self, started: float) -> dict:
         """Metrics of the finished epoch (returned), the best weights so far, the early stop; the next

@@ -74,6 +74,9 @@ class ElementwiseRNN(SequenceClassifier):
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(t.detach().cpu().numpy() for t in (self.U, self.W, self.V))
 
+    def recurrent_names(self) -> set[str]:
+        return {_name("W", layer) for layer in range(1, self.spec.layers + 1)}
+
     def draw_order(self) -> list[str]:
         """The seed's order for its model (U, V, W: layer.py), then the other layers, then the biases."""
         order = ["U", "V", "W"]

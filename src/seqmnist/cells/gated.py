@@ -59,6 +59,9 @@ class GatedRNN(SequenceClassifier):
         weights = (self.rnn.weight_ih_l0.T, self.rnn.weight_hh_l0.T, self.V)
         return tuple(t.detach().cpu().numpy() for t in weights)
 
+    def recurrent_names(self) -> set[str]:
+        return {f"rnn.weight_hh_l{k}" for k in range(self.spec.layers)}
+
     def draw_order(self) -> list[str]:
         order = ["rnn.weight_ih_l0", "V", "rnn.weight_hh_l0"]
         for k in range(1, self.spec.layers):
