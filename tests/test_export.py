@@ -110,7 +110,7 @@ def test_a_quick_run_exports_and_onnxruntime_gives_its_probabilities(quick_run, 
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"wrote {tmp_path / 'cli.onnx'}: the whole sequence, x (batch, 28, 28)")
     assert lines[1].startswith(f"wrote {tmp_path / 'cli.step.onnx'}: one step, x_t (batch, 28)")
-    assert "onnxruntime against PyTorch on 1,000 test images, largest difference" in lines[2]
+    assert "onnxruntime against PyTorch on 1,000 test images, every step's belief, largest difference" in lines[2]
 
 
 @pytest.mark.slow
