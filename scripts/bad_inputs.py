@@ -7,6 +7,7 @@ exit code and the one line on stderr.
 """
 
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -113,7 +114,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
             ["train", "--epochs", "2", "--subset", "1000", "--lr", "1e9", "--out", str(root / "div")],
         ),
     ]
-    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root)
+    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root) + export_cases(root)
 
 
 def digit_png(root: Path) -> Path:
@@ -202,6 +203,20 @@ def file_cases(root: Path) -> list[tuple[str, list[str]]]:
         )
     )
     return cases
+
+
+def export_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """Runs that ``export`` cannot write as ONNX. (A cell that cannot be exported is refused in one
+    line too; every cell registered today exports, so tests/test_export.py registers one that does not.)"""
+    from seqmnist import Config
+
+    unfinished = root / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(Config.from_settings("quick").to_dict()))
+    return [
+        ("export: a run that did not finish", ["export", str(unfinished), "--onnx", str(root / "m.onnx")]),
+        ("export: --check 0", ["export", str(unfinished), "--onnx", str(root / "m.onnx"), "--check", "0"]),
+    ]
 
 
 def main() -> None:

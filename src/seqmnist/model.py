@@ -101,6 +101,9 @@ class SequenceClassifier(nn.Module):
     readouts: tuple[str, ...] = readout_names()  # the readouts it takes
     max_layers: int = 16
     takes_bias: bool = True
+    # why ``seqmnist export`` refuses the cell, None where it exports: a cell exports by its
+    # step-by-step form (state_sizes, advance), in plain tensor operations
+    export_refusal: str | None = "it has no step-by-step form (state_sizes and advance) to export"
     spec: ModelSpec
 
     @classmethod
@@ -150,6 +153,16 @@ class SequenceClassifier(nn.Module):
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         """The cell's equations, step by step, with autograd: the reference every fast path is held to."""
         raise NotImplementedError
+
+    def state_sizes(self) -> list[int]:
+        """The width of each state tensor one step hands the next, (batch, width) each; all are zeros
+        before the first step."""
+        raise NotImplementedError(f"the {self.name} cell has no step-by-step form")
+
+    def advance(self, x_t: torch.Tensor, state: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One step of the definition: the next state and the step's logits z_t (batch, classes) from the
+        step's input (batch, inputs). Streaming reads (and the ONNX step form) run on it."""
+        raise NotImplementedError(f"the {self.name} cell has no step-by-step form")
 
     def has_torch_module(self) -> bool:
         """Whether PyTorch has a module for this cell (:meth:`to_torch`)."""
