@@ -75,6 +75,7 @@ def one_of(choices: Collection, words: str | None = None) -> Valid:
 
 
 BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false", bool)
+FOLDER = Valid(lambda v: isinstance(v, str) and v.strip() != "", "a folder's path")
 PERMUTATION_NAME = Valid(lambda v: isinstance(v, str), "random:SEED or bitrev")  # the rest: permutation_order
 
 
@@ -93,11 +94,15 @@ def setting(
     shown: str | None = None,
     metavar: str | None = None,
     optional: bool = False,
+    identity: bool = True,
 ) -> Any:
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
-    whenever the default is None)."""
-    declared = {"valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional}
+    whenever the default is None); ``identity`` False: the setting says only where a run's records go,
+    not what the run is (see Config.identity)."""
+    declared = {
+        "valid": valid, "about": about, "shown": shown, "metavar": metavar, "optional": optional, "identity": identity
+    }  # fmt: skip
     return field(default=default, metadata=declared)
 
 
@@ -113,6 +118,7 @@ class Setting:
     shown: str | None
     metavar: str | None
     optional: bool
+    identity: bool
 
     @property
     def flag(self) -> str:
@@ -315,6 +321,16 @@ class RunSettings(Group):
     eval_train: bool = setting(
         True, BOOLEAN, "measure accuracy on the whole training set too (a forward pass over 50,000)"
     )
+    tensorboard: str | None = setting(
+        None,
+        FOLDER,
+        "write TensorBoard event files into DIR/<run folder's name> (a sweep's trials: one each): every "
+        "epoch's loss, accuracies, learning rate and weight histograms, and the settings; needs the "
+        "tensorboard extra",
+        "none",
+        metavar="DIR",
+        identity=False,
+    )
 
 
 GROUPS = {"task": TaskSettings, "model": ModelSettings, "recipe": RecipeSettings, "run": RunSettings}
@@ -323,6 +339,8 @@ SETTINGS = {
     f.name: Setting(f.name, group, f.default, **f.metadata) for group, kind in GROUPS.items() for f in fields(kind)
 }
 NAMES = ("preset", *SETTINGS)  # what from_settings, grid files and sweeps take
+# The names that make a run what it is: all but the settings that only say where its records go.
+IDENTITY = tuple(name for name in NAMES if name == "preset" or SETTINGS[name].identity)
 
 
 # --- a run's settings -------------------------------------------------------------------------------
@@ -418,6 +436,12 @@ class Config:
     def to_flat(self) -> dict:
         """Every setting by its flat name, the preset first."""
         return {"preset": self.preset, **{k: v for group in GROUPS for k, v in asdict(getattr(self, group)).items()}}
+
+    def identity(self) -> dict:
+        """The flat settings that make the run what it is: all but those that only say where its records
+        go (tensorboard). Trial names hash these, so adding a TensorBoard folder to a sweep's grid renames
+        no trial and a finished trial is still found."""
+        return {k: v for k, v in self.to_flat().items() if k in IDENTITY}
 
 
 def _flat_settings(data: object) -> dict | None:
