@@ -329,6 +329,7 @@ class Trainer:
         # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
         self.model.to(self.device)
+        self.listeners = [listener for make in LISTENERS if (listener := make(config, run, self.model))]
         self.optimizer = self.new_optimizer(self.model)
         self.state = TrainingState()
         if resume and run.checkpoint.exists():
@@ -342,7 +343,6 @@ class Trainer:
         self.sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
         self.measures = measures_for(config)
         self.logged = {m.name: m.reference(config) for m in self.measures}
-        self.listeners = [listener for make in LISTENERS if (listener := make(config, run, self.model))]
         threads = torch.get_num_threads()
         log(config.describe())
         log(
@@ -401,10 +401,12 @@ class Trainer:
                     row = self.end_epoch(started)
                 else:
                     position.seconds = time.perf_counter() - started
-                self.run.save_checkpoint(self.model, self.optimizer, state)
-                self.after_save(self.run, row)
+                # Heard before the checkpoint: killed in between, the epoch is trained again and its
+                # listeners hear it again (TensorBoard's writer drops the first telling), never not at all.
                 for listener in self.listeners if row else ():
                     listener.epoch_ended(row)
+                self.run.save_checkpoint(self.model, self.optimizer, state)
+                self.after_save(self.run, row)
                 if interrupt.signal is not None:
                     raise TrainingInterrupted(
                         interrupt.signal,
