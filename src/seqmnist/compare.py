@@ -154,16 +154,20 @@ def read_run(directory: Path) -> ComparedRun:
 
 
 def gather(paths: list[Path], note: Note) -> dict[Path, ComparedRun]:
-    """Every usable run under ``paths``; the others are left out with a note, unless none is usable."""
-    directories = list(dict.fromkeys(d.resolve() for path in paths for d in find_run_dirs(path)))
+    """Every usable run under ``paths`` (each once, by the path it was found by); the others are left
+    out with a note, unless none is usable."""
+    directories: dict[Path, Path] = {}
+    for path in paths:
+        for directory in find_run_dirs(path):
+            directories.setdefault(directory.resolve(), directory)
     usable, refused = {}, []
-    for directory in directories:
+    for directory in directories.values():
         try:
             usable[directory] = read_run(directory)
         except SeqmnistError as exc:
             refused.append(str(exc))
     if not usable:
-        more = f" (and {len(refused) - 1} more runs without metrics)" if len(refused) > 1 else ""
+        more = f" (and {len(refused) - 1} more runs like it)" if len(refused) > 1 else ""
         raise SeqmnistError(f"no run to compare: {refused[0]}{more}")
     for reason in refused:
         note(f"left out {reason}")
@@ -176,11 +180,12 @@ def gather(paths: list[Path], note: Note) -> dict[Path, ComparedRun]:
 def labels(directories: list[Path]) -> list[str]:
     """Each run's name in the table and the legend: its folder's name, or where two share one, its path
     below the folder all have in common."""
-    names = [d.name for d in directories]
+    names = [d.resolve().name for d in directories]
     if len(set(names)) == len(names):
         return names
-    common = Path(os.path.commonpath(directories))
-    return [str(d.relative_to(common)) for d in directories]
+    absolute = [d.resolve() for d in directories]
+    common = Path(os.path.commonpath(absolute))
+    return [str(d.relative_to(common)) for d in absolute]
 
 
 def differing_settings(runs: list[ComparedRun]) -> list[str]:
@@ -189,6 +194,7 @@ def differing_settings(runs: list[ComparedRun]) -> list[str]:
 
 
 def comparison(paths: list[Path], note: Note = print) -> Comparison:
+    """The usable runs under ``paths`` by label, and the settings in which they differ."""
     runs = list(gather(paths, note).values())
     return Comparison(dict(zip(labels([run.dir for run in runs]), runs, strict=True)), differing_settings(runs))
 
