@@ -94,5 +94,7 @@ def event_writer(config: Config, run: Run, model: torch.nn.Module) -> EventWrite
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SeqmnistError(f"--tensorboard {config.run.tensorboard}: cannot create {folder} ({exc})") from None
+        raise SeqmnistError(
+            f"--tensorboard {config.run.tensorboard}: cannot create {folder} ({exc.strerror or exc})"
+        ) from None
     return EventWriter(folder, config, model)
