@@ -202,7 +202,23 @@ def file_cases(root: Path) -> list[tuple[str, list[str]]]:
             ["sweep", str(root / "good.toml"), "--out", str(root / "s2"), "--ray-address", "127.0.0.1:9"],
         )
     )
-    return cases
+    return cases + compare_cases(root)
+
+
+def compare_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """Folders compare cannot use, and a TensorBoard folder that cannot be made."""
+    (root / "no-runs").mkdir()
+    unfinished = root / "sweep-without-metrics" / "runs" / "vanilla-rows-0000000000"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.json").write_text('{"preset": "quick"}')  # a run that never finished an epoch
+    (root / "a-file").write_text("x")
+    quick = ["train", "--preset", "quick", "--subset", "1000", "--out", str(root / "tb-run")]
+    return [
+        ("compare: no such folder", ["compare", str(root / "nowhere")]),
+        ("compare: a folder with no runs", ["compare", str(root / "no-runs")]),
+        ("compare: no run with metrics", ["compare", str(root / "sweep-without-metrics")]),
+        ("train: --tensorboard a file", [*quick, "--tensorboard", str(root / "a-file")]),
+    ]
 
 
 def export_cases(root: Path) -> list[tuple[str, list[str]]]:

@@ -196,6 +196,19 @@ def build_parser() -> Parser:
     )
     add_data_flag(plot)
 
+    compare = commands.add_parser(
+        "compare", help="runs side by side: the settings that differ, the results, the validation curves"
+    )
+    compare.add_argument(
+        "paths",
+        metavar="RUN_OR_SWEEP_DIR",
+        nargs="+",
+        help="a run folder, or a folder holding runs (a sweep's, reproduce's; searched 4 levels down)",
+    )
+    compare.add_argument(
+        "--out", metavar="DIR", default=".", help="where compare.png and compare.csv go (default: the current folder)"
+    )
+
     predict = commands.add_parser("predict", help="what a trained run makes of your own images of digits")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
     predict.add_argument(
@@ -401,6 +414,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    table, paths = compare([Path(p) for p in args.paths], Path(args.out), note=note)
+    print(table, end="")
+    for path in paths:
+        print(path)
+    return 0
+
+
 def plot_images(args: argparse.Namespace) -> int:
     """``plot RUN --image FILE``: only the figures of the model reading the user's images."""
     from .predict import draw_readings, predict_files
@@ -499,6 +522,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "tune": cmd_tune,
     "plot": cmd_plot,
+    "compare": cmd_compare,
     "predict": cmd_predict,
     "serve": cmd_serve,
     "bench": cmd_bench,
