@@ -33,7 +33,7 @@ class ComparedRun:
     """What a comparison reads of one run."""
 
     dir: Path
-    settings: dict  # flat, what makes the run what it is (Config.identity)
+    settings: dict  # every setting by its flat name; the table compares those in config.IDENTITY
     metrics: list[dict]
     summary: dict | None  # None: unfinished
     planned_epochs: int
@@ -150,7 +150,7 @@ def read_run(directory: Path) -> ComparedRun:
     metrics = run.read_metrics()
     if not metrics:
         raise SeqmnistError(f"{run.metrics}: no epoch in it")
-    return ComparedRun(directory, config.identity(), metrics, run.finished_summary(config), config.recipe.epochs)
+    return ComparedRun(directory, config.to_flat(), metrics, run.finished_summary(config), config.recipe.epochs)
 
 
 def gather(paths: list[Path], note: Note) -> dict[Path, ComparedRun]:
