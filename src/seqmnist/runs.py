@@ -14,6 +14,7 @@ finished (a summary for as many epochs as its config asks for).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -267,7 +268,8 @@ def _check_creatable(directory: Path) -> None:
         raise SeqmnistError(f"{directory}: cannot create the run directory ({exc.strerror or exc})") from None
     writable = os.access(directory, os.W_OK | os.X_OK)
     for created in missing:
-        created.rmdir()
+        with contextlib.suppress(OSError):  # another trial of a sweep may have made it too, or filled it
+            created.rmdir()
     if not writable:
         raise SeqmnistError(f"{directory}: the run directory is not writable")
 
