@@ -135,3 +135,22 @@ def test_every_cell_kind_exports(cell, readout, settings, mnist, tmp_path):
     config, model = model_of(cell, readout, **settings)
     trained = TrainedModel(Run(tmp_path), config, model, config.task.sequencer())
     assert_matches_pytorch(trained, tmp_path / "m.onnx", mnist.test_x[:200], f"{cell} {readout}")
+
+
+def test_the_step_form_passes_each_layer_through_its_batch_norm():
+    """The IndRNN recipe's batch norm sits between layers: the step form normalises every step's state by
+    the running statistics before the next layer reads it, as the whole-sequence definition does."""
+    _, model = model_of("indrnn", "last", layers=3, norm="batch", dropout=0.1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(torch.rand(buffer.shape, generator=g) + (0.5 if name.startswith("var") else -0.5))
+    model.double()
+    x = torch.rand(5, 28, 28, dtype=torch.float64)
+    step = OneStep(model)
+    state = torch.zeros(5, sum(step.parts), dtype=torch.float64)
+    expected = model.readout.running(model.logits(x, fast=False))
+    with torch.no_grad():
+        for t in range(28):
+            state, probabilities = step(x[:, t], state)
+        torch.testing.assert_close(probabilities, expected[-1], rtol=0, atol=1e-12)

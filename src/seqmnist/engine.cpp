@@ -720,6 +720,8 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // Each entry point checks every argument, and every combination of them, before it reads or writes
 // a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
 // writing out of bounds.
+void register_scan(pybind11::module_& m);  // scan.cpp
+
 // The codes and factors are written here alone: engine.py reads the activations' from `activations` and
 // checks `readout_codes` against seqmnist.readouts when it loads the library.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -737,4 +739,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     activations[name] = pybind11::make_tuple(static_cast<int64_t>(code), f.sigma, f.kappa);
   }
   m.attr("activations") = activations;
+  register_scan(m);
 }

@@ -74,6 +74,7 @@ from .files import user_cache, write_text
 from .readouts import engine_readout_codes
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
+SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's and the IndRNN's recurrences, built into the same module
 
 
 @functools.cache
@@ -156,7 +157,11 @@ def built_library(ldflags: list[str] | None = None) -> Path:
     """Where the compiled engine is, or will be once built: one directory per source text, flags
     (which name PyTorch's directory), machine, Python and PyTorch, so that builds never clash."""
     ldflags = _link_flags() if ldflags is None else ldflags
-    what = NATIVE_SOURCE.read_bytes() + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    what = (
+        NATIVE_SOURCE.read_bytes()
+        + SCAN_SOURCE.read_bytes()
+        + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    )
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
     return build / "seqmnist_engine.so"
@@ -183,7 +188,7 @@ def _load_or_build_unchecked():
     try:
         module = cpp_extension.load(
             name="seqmnist_engine",
-            sources=[str(NATIVE_SOURCE)],
+            sources=[str(NATIVE_SOURCE), str(SCAN_SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=ldflags,
             build_directory=str(scratch),
@@ -512,3 +517,27 @@ def layers_logits(
         return _LayersLogits.apply(ws, x, (activation, len(layers), c is not None), *weights)
     _forward(ws, x, layers, V, c, activation)
     return ws.logits().clone()
+
+
+class _ReluScan(torch.autograd.Function):
+    """h_t = max(0, a_t + b + w * h_{t-1}) over (batch, steps, hidden) by scan.cpp, backward included; only
+    h is kept for the backward pass (its sign is relu's mask)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = native_loops().relu_scan_forward(a.contiguous(), w.contiguous(), b.contiguous())
+        ctx.save_for_backward(h, w, b)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w, b = ctx.saved_tensors
+        da, dw, db = native_loops().relu_scan_backward(g.contiguous(), h, w.contiguous(), b.contiguous())
+        return da, dw, db
+
+
+def relu_scan(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """The IndRNN's states h (batch, steps, hidden) of a (batch, steps, hidden), a recurrent vector w and
+    a bias b (None: zero): h_t = max(0, a_t + b + w * h_{t-1}), h_{-1} = 0; differentiable in a, w and
+    b. Where :func:`native_loops` is (CPU tensors)."""
+    return _ReluScan.apply(a, w, torch.zeros_like(w) if b is None else b)

@@ -14,7 +14,7 @@ layer's are named U, W, b, the l-th layer's U{l}, W{l}, b{l}, the readout's V an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -28,6 +28,11 @@ NUM_CLASSES = 10
 AUTOGRAD_PATH = "PyTorch autograd through the step-by-step definition"
 ENGINE_PATH = "the compiled engine"
 
+
+NORMS = ("none", "batch")
+LAST_LAYER_INITS = ("same", "near-one")
+# The settings only some cells take (``SequenceClassifier.takes``): at their defaults for the others.
+CELL_OPTIONS = ("norm", "dropout", "recurrent_max", "last_layer_init")
 
 INIT_ABOUT = {
     "uniform": "uniform in +-1/sqrt(fan_in), biases 0 (the seed's; PyTorch's for LSTM/GRU); indrnn: w in [0, 1]",
@@ -49,6 +54,11 @@ class ModelSpec:
     init: str | None = None  # None: the cell's default
     steps: int = 28  # the sequence length, which bounds an indrnn's recurrent weights
     classes: int = NUM_CLASSES
+    # The IndRNN recipe's parts (Li et al. 2018), each for the cells that name it in ``takes``.
+    norm: str = "none"  # "batch": batch normalisation over (batch, steps) after every layer
+    dropout: float = 0.0  # between layers and before the readout, one mask for all steps of a sequence
+    recurrent_max: float = 2.0  # |w| <= recurrent_max^(1/steps)
+    last_layer_init: str = "same"  # "near-one": the top layer's w in [recurrent_max^(-1/T), recurrent_max^(1/T)]
 
     @property
     def init_scheme(self) -> str:
@@ -104,6 +114,7 @@ class SequenceClassifier(nn.Module):
     # why ``seqmnist export`` refuses the cell, None where it exports: a cell exports by its
     # step-by-step form (state_sizes, advance), in plain tensor operations
     export_refusal: str | None = "it has no step-by-step form (state_sizes and advance) to export"
+    takes: tuple[str, ...] = ()  # which of CELL_OPTIONS it takes
     spec: ModelSpec
 
     @classmethod
@@ -119,6 +130,10 @@ class SequenceClassifier(nn.Module):
             raise SeqmnistError(f"--layers {spec.layers}: the {cls.name} cell stacks at most {cls.max_layers}")
         if spec.bias and not cls.takes_bias:
             raise SeqmnistError(f"--bias is not for the {cls.name} cell (it has no biases)")
+        defaults = {f.name: f.default for f in fields(ModelSpec)}
+        for option in CELL_OPTIONS:
+            if option not in cls.takes and getattr(spec, option) != defaults[option]:
+                raise SeqmnistError(f"--{option.replace('_', '-')} is not for the {cls.name} cell")
 
     @property
     def readout(self) -> Readout:
@@ -195,6 +210,11 @@ class SequenceClassifier(nn.Module):
         rate and spare from weight decay (:func:`seqmnist.recipes.parameter_groups`)."""
         return set()
 
+    def bias_names(self) -> set[str]:
+        """The vectors that are not recurrent weights: biases, and a normalisation's scale and shift, which a
+        recipe may spare from weight decay (``decay_biases``, as IndRNN's does)."""
+        return {name for name, p in self.named_parameters() if p.dim() == 1} - self.recurrent_names()
+
     def constrain_(self) -> None:
         """Keep the weights where the cell needs them, after every optimiser step (indrnn's)."""
 
@@ -203,7 +223,8 @@ class SequenceClassifier(nn.Module):
         raise NotImplementedError
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(p.shape) for name, p in self.named_parameters()}
+        """Every tensor a saved model holds (its state_dict: the weights, and a batch norm's running statistics)."""
+        return {name: tuple(t.shape) for name, t in self.state_dict().items()}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -226,6 +247,7 @@ def check_spec(spec: ModelSpec) -> None:
 
 
 def build_model(spec: ModelSpec) -> SequenceClassifier:
-    """The model a spec names (its cell's class, from :mod:`seqmnist.registry`)."""
+    """The model a spec names (its cell's class, from :mod:`seqmnist.registry`), in evaluation mode: only
+    a training step (:func:`seqmnist.train.train_step`) runs in training mode (batch norm, dropout)."""
     check_spec(spec)
-    return get_cell(spec.cell)(spec)
+    return get_cell(spec.cell)(spec).eval()

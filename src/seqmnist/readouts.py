@@ -27,6 +27,7 @@ class Readout:
     engine_code: ClassVar[int | None] = None  # engine.cpp's enum Readout; None: the engine has no loss for it
     averages_softmaxes: ClassVar[bool] = False  # its scores are the steps' mean softmax: the seed's measure applies
     running_is_step_softmax: ClassVar[bool] = False  # the belief after step t is softmax(z_t) itself
+    scores_last_step: ClassVar[bool] = False  # its scores and loss read z_T alone: a model may compute only it
 
     def scores(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         """What the prediction is the argmax of, (batch, classes); ``probs``, the logits' softmax,
@@ -94,6 +95,7 @@ class Last(Readout):
     about = "the last step's softmax (the final state's)"
     engine_code = 1
     running_is_step_softmax = True
+    scores_last_step = True
 
     def scores(self, logits: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
         return logits[-1]

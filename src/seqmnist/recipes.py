@@ -1,12 +1,14 @@
 """Recipes: the optimiser and the learning rate at every step, from a run's settings.
 
 The learning rate is a function of the step alone (warm-up, then the schedule), set before every
-step, so a resumed run needs no scheduler state to continue exactly.
+step, so a resumed run needs no scheduler state to continue exactly; the plateau schedule's also of
+the validation accuracies so far, which the run keeps in its metrics.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -14,7 +16,8 @@ from .errors import SeqmnistError
 from .model import SequenceClassifier
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+CLIP_MODES = ("norm", "value")
 
 
 class EngineSGD(torch.optim.SGD):
@@ -52,13 +55,15 @@ def make_optimizer(
     own_step: bool = False,
     recurrent_lr: float = 1.0,
     decay_recurrent: bool = True,
+    decay_biases: bool = True,
 ) -> torch.optim.Optimizer:
     """sgd (plain, the seed's), momentum and nesterov (SGD with ``momentum``), adam, adamw (decoupled weight
     decay, Loshchilov & Hutter 2019), rmsprop (Tieleman & Hinton 2012). With ``own_step`` (nothing is to
     come between the gradient and the update: the fast path, no clipping), plain SGD is :class:`EngineSGD`
     where the model has a fused pass. The model's recurrent parameters (:meth:`recurrent_names`) may learn
-    at ``recurrent_lr`` times the rate and without weight decay, as IndRNN's and S4's recipes do."""
-    groups = parameter_groups(model, weight_decay, recurrent_lr, decay_recurrent)
+    at ``recurrent_lr`` times the rate and without weight decay, as IndRNN's and S4's recipes do; its biases
+    (:meth:`bias_names`) without weight decay, as IndRNN's does."""
+    groups = parameter_groups(model, weight_decay, recurrent_lr, decay_recurrent, decay_biases)
     if name == "sgd":
         if own_step and not weight_decay and len(groups) == 1 and model.has_fused_pass():
             return EngineSGD(model, lr)
@@ -75,23 +80,58 @@ def make_optimizer(
 
 
 def parameter_groups(
-    model: SequenceClassifier, weight_decay: float, recurrent_lr: float, decay_recurrent: bool
+    model: SequenceClassifier,
+    weight_decay: float,
+    recurrent_lr: float,
+    decay_recurrent: bool,
+    decay_biases: bool = True,
 ) -> list[dict]:
-    """One group of every parameter where the recurrent ones are treated as the rest (so a run's optimiser
-    state has the one group it always had); else the others, then the recurrent ones with their own rate
-    (``lr_scale``, which the schedule multiplies) and decay."""
-    if recurrent_lr == 1.0 and decay_recurrent:
+    """One group of every parameter where the recurrent ones and the biases are treated as the rest (so a
+    run's optimiser state has the one group it always had); else the others, then the recurrent ones with
+    their own rate (``lr_scale``, which the schedule multiplies) and decay, then (without ``decay_biases``)
+    the biases without decay."""
+    if recurrent_lr == 1.0 and decay_recurrent and decay_biases:
         return [{"params": list(model.parameters()), "weight_decay": weight_decay, "lr_scale": 1.0}]
     recurrent = model.recurrent_names()
+    biases = set() if decay_biases else model.bias_names() - recurrent
     named = list(model.named_parameters())
-    return [
-        {"params": [p for n, p in named if n not in recurrent], "weight_decay": weight_decay, "lr_scale": 1.0},
+    groups = [
+        {"params": [p for n, p in named if n not in recurrent | biases], "weight_decay": weight_decay, "lr_scale": 1.0},
         {
             "params": [p for n, p in named if n in recurrent],
             "weight_decay": weight_decay if decay_recurrent else 0.0,
             "lr_scale": recurrent_lr,
         },
     ]
+    if biases:
+        groups.append({"params": [p for n, p in named if n in biases], "weight_decay": 0.0, "lr_scale": 1.0})
+    return groups
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], clip: float, mode: str) -> None:
+    """Clip the gradients: their norm to ``clip`` (norm), or each element to +-``clip`` (value, IndRNN's)."""
+    if mode == "norm":
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    else:
+        torch.nn.utils.clip_grad_value_(parameters, clip)
+
+
+def plateau_cuts(val_accs: Sequence[float], patience: int) -> int:
+    """How often the plateau schedule has cut the rate after these validation accuracies (NaN: an epoch
+    not evaluated): once for every ``patience`` evaluations in a row without a better one than the best
+    so far, counting anew after a cut. Unlike IndRNN's code, the patience does not halve after a cut
+    and the best weights are not reloaded."""
+    cuts, best, waited = 0, -math.inf, 0
+    for acc in val_accs:
+        if math.isnan(acc):
+            continue
+        if acc > best:
+            best, waited = acc, 0
+            continue
+        waited += 1
+        if waited == patience:
+            cuts, waited = cuts + 1, 0
+    return cuts
 
 
 def learning_rate(
@@ -103,10 +143,11 @@ def learning_rate(
     warmup: float,
     decay_every: int,
     decay: float,
+    cuts: int = 0,
 ) -> float:
     """The rate for optimiser step ``step`` (0-based): a linear warm-up over ``warmup`` epochs, then
-    constant, divided by 1/``decay`` every ``decay_every`` epochs (step), or a cosine to zero at the
-    last step (cosine)."""
+    constant, divided by 1/``decay`` every ``decay_every`` epochs (step), a cosine to zero at the
+    last step (cosine), or times ``decay`` for each of the plateau's ``cuts`` (:func:`plateau_cuts`)."""
     warm = warmup * steps_per_epoch
     if step < warm:
         return lr * (step + 1) / warm
@@ -114,6 +155,8 @@ def learning_rate(
         return lr
     if schedule == "step":
         return lr * decay ** (step // (decay_every * steps_per_epoch))
+    if schedule == "plateau":
+        return lr * decay**cuts
     total = epochs * steps_per_epoch
     progress = (step - warm) / max(1.0, total - warm)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

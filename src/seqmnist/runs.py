@@ -157,7 +157,7 @@ class Run:
 
     def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
         """Weights, optimizer state and loop state in one file (its format named in its header)."""
-        tensors = {f"model.{name}": p for name, p in model.named_parameters()}
+        tensors = {f"model.{name}": t for name, t in model.state_dict().items()}
         optim = optimizer.state_dict()
         scalars: dict[str, dict] = {}
         for index, values in optim["state"].items():
@@ -178,7 +178,7 @@ class Run:
                 f"{self.checkpoint}: checkpoint format {made_by!r} is not {CHECKPOINT_FORMAT!r}; train the run anew"
             )
         weights = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
-        check_tensors(self.checkpoint, weights, {name: tuple(p.shape) for name, p in model.named_parameters()})
+        check_tensors(self.checkpoint, weights, model.shapes())
         try:
             payload = json.loads(metadata["state"])
             state = TrainingState(**{**payload["loop"], "position": Position(**payload["loop"]["position"])})
@@ -194,10 +194,10 @@ class Run:
     # --- the final model ------------------------------------------------------------------------
 
     def save_model(self, model: torch.nn.Module) -> None:
-        save_tensors(self.model, dict(model.named_parameters()))
+        save_tensors(self.model, model.state_dict())
 
     def save_best(self, model: torch.nn.Module) -> None:
-        save_tensors(self.best, dict(model.named_parameters()))
+        save_tensors(self.best, model.state_dict())
 
     def load_weights(self, path: Path, model: SequenceClassifier) -> SequenceClassifier:
         tensors, _ = read_tensors(path)

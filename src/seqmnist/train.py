@@ -29,7 +29,7 @@ from .errors import SeqmnistError
 from .machine import multiply_fingerprint, pick_device
 from .measures import Measure, measure_columns, measured_words, measures_for
 from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model
-from .recipes import EngineSGD, learning_rate, make_optimizer
+from .recipes import EngineSGD, clip_gradients, learning_rate, make_optimizer, plateau_cuts
 from .runs import Position, Run, TrainingState, metric_columns
 
 Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
@@ -229,20 +229,32 @@ def train_step(
     y: torch.Tensor,
     fast: bool = True,
     clip: float = 0.0,
+    clip_mode: str = "norm",
 ) -> torch.Tensor:
     """One optimiser step on sequences x with labels y; returns the batch's mean loss.
 
     An :class:`EngineSGD` takes the batch itself (the model's fused pass, no autograd); any other
-    optimiser steps on autograd's gradients of the model's loss."""
+    optimiser steps on autograd's gradients of the model's loss. The model is in training mode (batch
+    norm's batch statistics, dropout) for the step alone, in evaluation mode after it."""
     if isinstance(optimizer, EngineSGD):
         return optimizer.step_on(x, y)
-    loss = model.loss(x, y, fast=fast)
+    model.train()
+    try:
+        loss = model.loss(x, y, fast=fast)
+    finally:
+        model.eval()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        clip_gradients(list(model.parameters()), clip, clip_mode)
     optimizer.step()
     return loss
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of torch's CPU generator for optimiser step ``step``: a step's dropout masks on the CPU are
+    then a function of the run's seed and the step alone, the same in a resumed run."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def session(device: torch.device, path: str) -> dict:
@@ -361,6 +373,7 @@ class Trainer:
             own_step=self.fast and not c.recipe.clip,
             recurrent_lr=c.recipe.recurrent_lr,
             decay_recurrent=c.recipe.decay_recurrent,
+            decay_biases=c.recipe.decay_biases,
         )
 
     def estimate_minutes(self) -> float:
@@ -370,9 +383,10 @@ class Trainer:
         model = copy.deepcopy(self.model)
         optimizer = self.new_optimizer(model)
         x, y = (t[: config.recipe.batch_size] for t in self.sets["train"])
-        train_step(model, optimizer, x, y, self.fast, config.recipe.clip)  # warm-up: first allocations, kernels
+        clip = (config.recipe.clip, config.recipe.clip_mode)
+        train_step(model, optimizer, x, y, self.fast, *clip)  # warm-up: first allocations, kernels
         started = time.perf_counter()
-        train_step(model, optimizer, x, y, self.fast, config.recipe.clip)
+        train_step(model, optimizer, x, y, self.fast, *clip)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         step = time.perf_counter() - started
@@ -427,10 +441,13 @@ class Trainer:
         progress = Progress(config, position, self.log)
         for b in range(position.batch, config.recipe.batches):
             index = order[b * config.recipe.batch_size : (b + 1) * config.recipe.batch_size]
-            self.set_learning_rate((position.epoch - 1) * config.recipe.batches + b)
+            step = (position.epoch - 1) * config.recipe.batches + b
+            self.set_learning_rate(step)
+            torch.default_generator.manual_seed(step_seed(config.recipe.seed, step))  # ~10 us; torch.manual_seed ~250
             # index_select rather than x[index]: the same rows, a quarter of the overhead (~20 us, not ~80).
             batch_x, batch_y = x.index_select(0, index), y.index_select(0, index)
-            loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, config.recipe.clip)
+            clip = (config.recipe.clip, config.recipe.clip_mode)
+            loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, *clip)
             model.constrain_()
             loss_sum += loss.detach() * len(index)
             position.seen += len(index)
@@ -452,6 +469,7 @@ class Trainer:
             c.recipe.warmup,
             c.recipe.decay_every,
             c.recipe.decay,
+            plateau_cuts([row["val_acc"] for row in self.state.metrics], c.recipe.plateau_patience),
         )
         for group in self.optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)  # a checkpoint from before the groups has no scale
