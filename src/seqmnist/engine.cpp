@@ -720,8 +720,11 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // Each entry point checks every argument, and every combination of them, before it reads or writes
 // a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
 // writing out of bounds.
+void register_scan(pybind11::module_& m);  // scan.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);
   m.def("first_inked_steps", &first_inked_steps);
+  register_scan(m);
 }
