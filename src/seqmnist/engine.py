@@ -70,7 +70,7 @@ import torch
 from .files import user_cache, write_text
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
-SOURCES = (NATIVE_SOURCE, NATIVE_SOURCE.with_name("scan.cpp"))  # scan.cpp: the LRU's recurrence (linear.py)
+SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's recurrence (linear.py), built into the same module
 ACTIVATIONS = {"tanh": 0, "relu": 1}
 READOUT_CODES = {"mean-softmax": 0, "last": 1, "mean-logits": 2}
 SIGMA = {"tanh": 2.0, "relu": 1.0}  # s = sigma r
@@ -142,7 +142,11 @@ def built_library(ldflags: list[str] | None = None) -> Path:
     """Where the compiled engine is, or will be once built: one directory per source text, flags
     (which name PyTorch's directory), machine, Python and PyTorch, so that builds never clash."""
     ldflags = _link_flags() if ldflags is None else ldflags
-    what = b"".join(source.read_bytes() for source in SOURCES) + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    what = (
+        NATIVE_SOURCE.read_bytes()
+        + SCAN_SOURCE.read_bytes()
+        + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    )
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
     return build / "seqmnist_engine.so"
@@ -169,7 +173,7 @@ def _load_or_build_unchecked():
     try:
         module = cpp_extension.load(
             name="seqmnist_engine",
-            sources=[str(source) for source in SOURCES],
+            sources=[str(NATIVE_SOURCE), str(SCAN_SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=ldflags,
             build_directory=str(scratch),
