@@ -244,6 +244,14 @@ class ModelSettings(Group):
         one_of(Registered(readout_names)),
         "how the per-step outputs make one prediction: mean-softmax, mean-logits, last (the final state's)",
     )
+    state: int | None = setting(
+        None,
+        integer(2, 1024),
+        "the state size N of each layer of the cells with one apart from --hidden (s4d: even)",
+        "none; lru, s4d: 64",
+        metavar="N",
+        added=True,
+    )
 
 
 @dataclass
@@ -375,12 +383,13 @@ class Config:
     def model_spec(self) -> ModelSpec:
         steps, per_step = self.task.steps_inputs
         m = self.model
-        return ModelSpec(m.cell, per_step, m.hidden, m.layers, m.bias, m.readout, m.init, steps)
+        return ModelSpec(m.cell, per_step, m.hidden, m.layers, m.bias, m.readout, m.init, steps, state=m.state)
 
     def describe(self) -> str:
         """One line: task, model, recipe."""
         m, r = self.model, self.recipe
         extras = [f"{m.layers} layers" if m.layers > 1 else "", "bias" if m.bias else "no bias"]
+        extras += [f"state {m.state}"] if m.state else []
         recipe = f"{r.optimizer} lr {r.lr:g}" + (f", {r.schedule}" if r.schedule != "constant" else "")
         return (
             f"{self.task.sequencer().describe()}; {m.cell} {m.hidden} ({', '.join(e for e in extras if e)}), "

@@ -722,6 +722,8 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // writing out of bounds.
 // The codes and factors are written here alone: engine.py reads the activations' from `activations` and
 // checks `readout_codes` against seqmnist.readouts when it loads the library.
+void register_scan(pybind11::module_& m);  // scan.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);
@@ -737,4 +739,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     activations[name] = pybind11::make_tuple(static_cast<int64_t>(code), f.sigma, f.kappa);
   }
   m.attr("activations") = activations;
+  register_scan(m);
 }

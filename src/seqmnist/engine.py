@@ -4,7 +4,8 @@ Same math as :class:`seqmnist.model.ElementwiseRNN`'s definition with its readou
 two to 1e-5 for every cell, readout, bias, depth and task), laid out for the multiply library: one
 multiply per step and direction, each yielding everything that step needs; the weight gradients are
 sums over all steps and the whole batch. ``engine.cpp`` runs the loops, one call per layer; this file
-holds the buffers and the autograd glue.
+holds the buffers and the autograd glue. ``scan.cpp``, built into the same library, runs the LRU's
+complex diagonal recurrence (:func:`complex_scan`), whose dense work stays with PyTorch.
 
 Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's shape):
 
@@ -74,6 +75,7 @@ from .files import user_cache, write_text
 from .readouts import engine_readout_codes
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
+SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's recurrence (linear.py), built into the same module
 
 
 @functools.cache
@@ -156,7 +158,11 @@ def built_library(ldflags: list[str] | None = None) -> Path:
     """Where the compiled engine is, or will be once built: one directory per source text, flags
     (which name PyTorch's directory), machine, Python and PyTorch, so that builds never clash."""
     ldflags = _link_flags() if ldflags is None else ldflags
-    what = NATIVE_SOURCE.read_bytes() + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    what = (
+        NATIVE_SOURCE.read_bytes()
+        + SCAN_SOURCE.read_bytes()
+        + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
+    )
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
     return build / "seqmnist_engine.so"
@@ -183,7 +189,7 @@ def _load_or_build_unchecked():
     try:
         module = cpp_extension.load(
             name="seqmnist_engine",
-            sources=[str(NATIVE_SOURCE)],
+            sources=[str(NATIVE_SOURCE), str(SCAN_SOURCE)],
             extra_cflags=_CFLAGS,
             extra_ldflags=ldflags,
             build_directory=str(scratch),
@@ -512,3 +518,33 @@ def layers_logits(
         return _LayersLogits.apply(ws, x, (activation, len(layers), c is not None), *weights)
     _forward(ws, x, layers, V, c, activation)
     return ws.logits().clone()
+
+
+# --- scan.cpp: the complex diagonal linear recurrence of the LRU (seqmnist.cells.linear) -----------
+
+
+class _ComplexScan(torch.autograd.Function):
+    """h_t = lambda h_{t-1} + x_t over (batch, steps, [re | im]) by scan.cpp, backward included."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        h = native_loops().scan_forward(x.contiguous(), lam.contiguous())
+        ctx.save_for_backward(h, lam)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, lam = ctx.saved_tensors
+        return tuple(native_loops().scan_backward(g.contiguous(), h, lam.contiguous()))
+
+
+def complex_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """h_t = lambda h_{t-1} + x_t, h_{-1} = 0, with x (batch, steps, 2N) holding [re | im] halves and
+    lam (2, N) lambda's real and imaginary parts: 784 steps of a few multiplies, which PyTorch would
+    run as 784 calls of a few microseconds each. Differentiable in both."""
+    return _ComplexScan.apply(x, lam)
+
+
+def covers_scan(x: torch.Tensor) -> bool:
+    """Whether :func:`complex_scan` runs for x: the engine is here and x on the CPU."""
+    return x.device.type == "cpu" and native_loops() is not None

@@ -14,6 +14,7 @@ layer's are named U, W, b, the l-th layer's U{l}, W{l}, b{l}, the readout's V an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,8 @@ INIT_ABOUT = {
     "uniform": "uniform in +-1/sqrt(fan_in), biases 0 (the seed's; PyTorch's for LSTM/GRU); indrnn: w in [0, 1]",
     "orthogonal": "recurrent weights a random orthogonal matrix (per gate), the rest as uniform",
     "identity": "recurrent weights the identity, input and readout weights N(0, 0.001), biases 0 (Le et al.)",
+    "ring": "lru's: lambda uniform on the ring 0.9 <= |lambda| <= 0.999 (Orvieto et al.)",
+    "s4d-lin": "s4d's: A_n = -1/2 + i pi n, log dt uniform in [log 0.001, log 0.1] (Gu et al.)",
 }
 
 
@@ -49,6 +52,7 @@ class ModelSpec:
     init: str | None = None  # None: the cell's default
     steps: int = 28  # the sequence length, which bounds an indrnn's recurrent weights
     classes: int = NUM_CLASSES
+    state: int | None = None  # the state size N of a cell that has one apart from hidden; None: its default
 
     @property
     def init_scheme(self) -> str:
@@ -101,6 +105,7 @@ class SequenceClassifier(nn.Module):
     readouts: tuple[str, ...] = readout_names()  # the readouts it takes
     max_layers: int = 16
     takes_bias: bool = True
+    default_state: int | None = None  # the state size N a cell with one apart from hidden takes by default
     spec: ModelSpec
 
     @classmethod
@@ -116,6 +121,8 @@ class SequenceClassifier(nn.Module):
             raise SeqmnistError(f"--layers {spec.layers}: the {cls.name} cell stacks at most {cls.max_layers}")
         if spec.bias and not cls.takes_bias:
             raise SeqmnistError(f"--bias is not for the {cls.name} cell (it has no biases)")
+        if spec.state is not None and cls.default_state is None:
+            raise SeqmnistError(f"--state is not for the {cls.name} cell (its state is --hidden)")
 
     @property
     def readout(self) -> Readout:
@@ -150,6 +157,11 @@ class SequenceClassifier(nn.Module):
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         """The cell's equations, step by step, with autograd: the reference every fast path is held to."""
         raise NotImplementedError
+
+    def plain_forms(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Ways plain PyTorch code would compute :meth:`logits` besides PyTorch's module or the step-by-step
+        loop, by name: what ``seqmnist bench`` times this model's training step against as well."""
+        return {}
 
     def has_torch_module(self) -> bool:
         """Whether PyTorch has a module for this cell (:meth:`to_torch`)."""

@@ -1,0 +1,143 @@
+// The complex diagonal linear recurrence of the LRU, forward and backward, compiled (see linear.py
+// for the model around it and the autograd glue):
+//
+//   h_t = lambda * h_{t-1} + x_t,   h_{-1} = 0,   t = 0 .. L-1,   lambda, x_t, h_t in C^N
+//
+// Each row of x and h, (batch, L, 2N), holds one step's N complex values as two halves [re | im]:
+// the input projection u_t (gamma B) is then one real multiply by [gamma B_re; gamma B_im], and the
+// readout Re(C h_t) one by [C_re^T; -C_im^T]. lambda is (2, N): its real parts, then its imaginary.
+//
+// The backward pass, with g_t = dL/dRe h_t + i dL/dIm h_t the gradient the layers above hand in:
+//   a_t = g_t + conj(lambda) a_{t+1}              (a_L = 0)   dL/dx_t = a_t
+//   dL/dlambda = sum over images and t of a_t conj(h_{t-1})
+// Both loops are elementwise in the state, so each (image, block of 16 states) is a task of its own:
+// 784 steps of a few multiplies, which PyTorch would run as 784 calls of a few microseconds each.
+// Float and double (the float64 tests and gradcheck).
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+// States per task: 16 real and 16 imaginary floats are one cache line each.
+constexpr int64_t kBlock = 16;
+
+void check_scan_tensor(const at::Tensor& t, const char* name, at::ScalarType type, int64_t dims) {
+  TORCH_CHECK(t.device().is_cpu(), "scan: ", name, " must be on the CPU, not ", t.device());
+  TORCH_CHECK(t.scalar_type() == type, "scan: ", name, " must be ", type, ", not ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, "scan: ", name, " must have ", dims, " dimensions, not ", t.dim());
+  TORCH_CHECK(t.is_contiguous(), "scan: ", name, " must be contiguous");
+}
+
+// x's sizes (batch, L, 2N) and lambda's (2, N), checked; returns N.
+int64_t check_scan_arguments(const at::Tensor& x, const at::Tensor& lambda) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "scan: x must be float32 or float64, not ",
+              x.scalar_type());
+  check_scan_tensor(x, "x", x.scalar_type(), 3);
+  check_scan_tensor(lambda, "lambda", x.scalar_type(), 2);
+  const int64_t N = lambda.size(1);
+  TORCH_CHECK(lambda.size(0) == 2 && N > 0, "scan: lambda must be (2, N) with N > 0, not ", lambda.sizes());
+  TORCH_CHECK(x.size(2) == 2 * N, "scan: x's rows must hold 2N = ", 2 * N, " values ([re | im]), not ", x.size(2));
+  return N;
+}
+
+void check_like(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  check_scan_tensor(t, name, x.scalar_type(), 3);
+  TORCH_CHECK(t.sizes() == x.sizes(), "scan: ", name, " must be shaped ", x.sizes(), ", not ", t.sizes());
+}
+
+// Runs body(image, first state, states) over every (image, block of states), on PyTorch's threads.
+template <class Body>
+void over_blocks(int64_t batch, int64_t N, const Body& body) {
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t n0 = (task % blocks) * kBlock;
+      body(task / blocks, n0, std::min(kBlock, N - n0));
+    }
+  });
+}
+
+template <class T>
+void forward_loop(const T* x, const T* lambda, T* h, int64_t batch, int64_t L, int64_t N) {
+  over_blocks(batch, N, [&](int64_t i, int64_t n0, int64_t m) {
+    const T *lr = lambda + n0, *li = lambda + N + n0;
+    T re[kBlock] = {}, im[kBlock] = {};
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t row = (i * L + t) * 2 * N;
+      const T *xr = x + row + n0, *xi = x + row + N + n0;
+      T *hr = h + row + n0, *hi = h + row + N + n0;
+      for (int64_t n = 0; n < m; ++n) {
+        const T r = lr[n] * re[n] - li[n] * im[n] + xr[n];
+        im[n] = lr[n] * im[n] + li[n] * re[n] + xi[n];
+        re[n] = r;
+        hr[n] = r;
+        hi[n] = im[n];
+      }
+    }
+  });
+}
+
+// dx and, per image, its share of dlambda (batch, 2N), summed over the images by the caller.
+template <class T>
+void backward_loop(const T* g, const T* h, const T* lambda, T* dx, T* dlambda, int64_t batch, int64_t L, int64_t N) {
+  over_blocks(batch, N, [&](int64_t i, int64_t n0, int64_t m) {
+    const T *lr = lambda + n0, *li = lambda + N + n0;
+    T re[kBlock] = {}, im[kBlock] = {}, sum_re[kBlock] = {}, sum_im[kBlock] = {};
+    for (int64_t t = L - 1; t >= 0; --t) {
+      const int64_t row = (i * L + t) * 2 * N;
+      const T *gr = g + row + n0, *gi = g + row + N + n0;
+      T *ar = dx + row + n0, *ai = dx + row + N + n0;
+      for (int64_t n = 0; n < m; ++n) {  // a_t = g_t + conj(lambda) a_{t+1}
+        const T r = gr[n] + lr[n] * re[n] + li[n] * im[n];
+        im[n] = gi[n] + lr[n] * im[n] - li[n] * re[n];
+        re[n] = r;
+        ar[n] = r;
+        ai[n] = im[n];
+      }
+      if (t == 0) break;  // h_{-1} = 0
+      const T *pr = h + row - 2 * N + n0, *pi = h + row - N + n0;
+      for (int64_t n = 0; n < m; ++n) {  // a_t conj(h_{t-1})
+        sum_re[n] += re[n] * pr[n] + im[n] * pi[n];
+        sum_im[n] += im[n] * pr[n] - re[n] * pi[n];
+      }
+    }
+    std::copy_n(sum_re, m, dlambda + i * 2 * N + n0);
+    std::copy_n(sum_im, m, dlambda + i * 2 * N + N + n0);
+  });
+}
+
+// h (batch, L, 2N) of x (batch, L, 2N) and lambda (2, N).
+at::Tensor scan_forward(const at::Tensor& x, const at::Tensor& lambda) {
+  const int64_t N = check_scan_arguments(x, lambda);
+  at::Tensor h = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_forward", [&] {
+    forward_loop(x.const_data_ptr<scalar_t>(), lambda.const_data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), x.size(0),
+                 x.size(1), N);
+  });
+  return h;
+}
+
+// (dL/dx, dL/dlambda) from g = dL/dh and the forward pass's h.
+std::vector<at::Tensor> scan_backward(const at::Tensor& g, const at::Tensor& h, const at::Tensor& lambda) {
+  const int64_t N = check_scan_arguments(h, lambda);
+  check_like(g, "g", h);
+  at::Tensor dx = at::empty_like(h);
+  at::Tensor shares = at::empty({h.size(0), 2 * N}, h.options());
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "scan_backward", [&] {
+    backward_loop(g.const_data_ptr<scalar_t>(), h.const_data_ptr<scalar_t>(), lambda.const_data_ptr<scalar_t>(),
+                  dx.data_ptr<scalar_t>(), shares.data_ptr<scalar_t>(), h.size(0), h.size(1), N);
+  });
+  return {dx, shares.sum(0).view({2, N})};
+}
+
+}  // namespace
+
+void register_scan(pybind11::module_& m) {
+  m.def("scan_forward", &scan_forward);
+  m.def("scan_backward", &scan_backward);
+}
