@@ -164,7 +164,8 @@ def test_the_recurrences_own_parameters_take_their_own_rate_and_no_decay(cell, r
 
 def test_the_state_size_is_the_cells_own_setting():
     assert small_model("lru", state=10).blocks[0].mixer.nu_log.shape == (10,)
-    assert build_model(ModelSpec("s4d", hidden=8, readout="last")).blocks[0].mixer.A_imag.shape == (8, S4D.default_state // 2)
+    s4d = build_model(ModelSpec("s4d", hidden=8, readout="last"))
+    assert s4d.blocks[0].mixer.A_imag.shape == (8, S4D.default_state // 2)
     assert LRU.default_state == S4D.default_state == 64
 
 

@@ -346,9 +346,7 @@ class LinearRecurrentClassifier(SequenceClassifier):
         raise NotImplementedError
 
     def recurrent_names(self) -> set[str]:
-        return {
-            f"blocks.{k}.mixer.{name}" for k in range(self.spec.layers) for name in self.layer_type.recurrent
-        }
+        return {f"blocks.{k}.mixer.{name}" for k in range(self.spec.layers) for name in self.layer_type.recurrent}
 
     def draw_order(self) -> list[str]:
         return [name for name, _ in self.named_parameters()]
