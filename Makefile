@@ -21,7 +21,7 @@ setup: .venv/.done
 .venv/.done: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,web,ray]'
+	$(PY) -m pip install -q -e '.[dev,web,ray,onnx,tensorboard]'
 	$(PY) -c 'from seqmnist.engine import native_loops; native_loops()'  # compile engine.cpp once, now
 	touch $@
 

@@ -9,6 +9,10 @@ give the same models, byte for byte, on the same thread count. Usage:
 
     python bench/ab.py OLD_REV [NEW_REV (default: the working tree)] [--rounds 3] [--seconds 12]
                        [--rows 28 ...]
+    python bench/ab.py OLD_REV [NEW_REV] --all [--rounds 3] [--seconds 12]
+
+With ``--all``: `seqmnist bench --all` in each revision instead, alternating, and each cell's training
+step (ours) new against old, for the cells both revisions have: did a refactoring slow any cell down?
 """
 
 import argparse
@@ -46,6 +50,23 @@ def seed_epoch(src: Path, out: Path, rows: int) -> tuple[float, str]:
     return seconds, hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
 
 
+def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
+    """Each (cell, task) of `bench --all`: ours' images/s in each revision, medians over alternating rounds."""
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, src in sources.items():
+            result = json.loads(run(src, "bench", "--all", "--json", "--seconds", str(args.seconds)).stdout)
+            for row in result["comparisons"]:
+                rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
+    print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench --all")
+    print(f"{'cell':<9} {'task':<6} {'old images/s':>13} {'new images/s':>13} {'new/old':>8}")
+    for cell, task, name in rates:
+        if name == "old" and (cell, task, "new") in rates:
+            old = statistics.median(rates[cell, task, "old"])
+            new = statistics.median(rates[cell, task, "new"])
+            print(f"{cell:<9} {task:<6} {old:>13.0f} {new:>13.0f} {new / old:>7.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old")
@@ -54,6 +75,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--rows", type=int, nargs="+", default=[28])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--all", action="store_true", help="every cell's step (seqmnist bench --all), not the seed's")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
@@ -61,6 +83,8 @@ def main() -> None:
         sources = {"old": checkout(args.old, root / "old")}
         sources["new"] = checkout(args.new, root / "new") if args.new else ROOT / "src"
         try:
+            if args.all:
+                return every_cell(sources, args)
             step = {name: [] for name in sources}
             epoch = {(name, rows): [] for name in sources for rows in args.rows}
             models = {name: set() for name in sources}

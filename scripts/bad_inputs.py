@@ -7,6 +7,7 @@ exit code and the one line on stderr.
 """
 
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -113,7 +114,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
             ["train", "--epochs", "2", "--subset", "1000", "--lr", "1e9", "--out", str(root / "div")],
         ),
     ]
-    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root)
+    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root) + export_cases(root)
 
 
 def digit_png(root: Path) -> Path:
@@ -201,7 +202,37 @@ def file_cases(root: Path) -> list[tuple[str, list[str]]]:
             ["sweep", str(root / "good.toml"), "--out", str(root / "s2"), "--ray-address", "127.0.0.1:9"],
         )
     )
-    return cases
+    return cases + compare_cases(root)
+
+
+def compare_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """Folders compare cannot use, and a TensorBoard folder that cannot be made."""
+    (root / "no-runs").mkdir()
+    unfinished = root / "sweep-without-metrics" / "runs" / "vanilla-rows-0000000000"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.json").write_text('{"preset": "quick"}')  # a run that never finished an epoch
+    (root / "a-file").write_text("x")
+    quick = ["train", "--preset", "quick", "--subset", "1000", "--out", str(root / "tb-run")]
+    return [
+        ("compare: no such folder", ["compare", str(root / "nowhere")]),
+        ("compare: a folder with no runs", ["compare", str(root / "no-runs")]),
+        ("compare: no run with metrics", ["compare", str(root / "sweep-without-metrics")]),
+        ("train: --tensorboard a file", [*quick, "--tensorboard", str(root / "a-file")]),
+    ]
+
+
+def export_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """Runs that ``export`` cannot write as ONNX. (A cell that cannot be exported is refused in one
+    line too; every cell registered today exports, so tests/test_export.py registers one that does not.)"""
+    from seqmnist import Config
+
+    unfinished = root / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(Config.from_settings("quick").to_dict()))
+    return [
+        ("export: a run that did not finish", ["export", str(unfinished), "--onnx", str(root / "m.onnx")]),
+        ("export: --check 0", ["export", str(unfinished), "--onnx", str(root / "m.onnx"), "--check", "0"]),
+    ]
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ def small_model(cell, bias=True, layers=2, seed=0, dtype=torch.float64, **spec):
 
 def stepped_logits(model, x):
     """Per-step logits (steps, batch, classes) by the recurrent mode, one input at a time."""
-    state, logits = model.initial_state(len(x)), []
+    state, logits = [x.new_zeros(len(x), width) for width in model.state_sizes()], []
     for x_t in x.unbind(1):
-        state, z = model.step(state, x_t)
+        state, z = model.advance(x_t, state)
         logits.append(z)
     return torch.stack(logits)
 

@@ -104,7 +104,9 @@ def test_the_flat_config_json_of_runs_before_the_groups_loads_as_it_was():
     for path in runs:
         flat = json.loads(path.read_text())
         assert "recipe" not in flat  # today's flat form
-        assert Config.from_file(path).to_flat() == flat, path
+        loaded = Config.from_file(path).to_flat()
+        assert {k: loaded[k] for k in flat} == flat, path
+        assert all(loaded[k] == SETTINGS[k].default for k in set(loaded) - set(flat)), path  # added since: defaults
     for path in DOCS.glob("results/*/runs/*/config.json"):  # a sweep finds its finished trials by name
         assert trial_name(Config.from_file(path).to_flat()) == path.parent.name
 

@@ -254,7 +254,7 @@ def test_ray_gives_the_local_table_even_when_a_worker_is_killed(cluster, mnist_d
 def test_tune_searches_on_the_cluster_and_names_the_best(cluster, mnist_dir, tmp_path):
     space = tmp_path / "space.toml"
     space.write_text(
-        '[settings]\npreset = "quick"\nepochs = 2\nsubset = 2000\n'
+        f'[settings]\npreset = "quick"\nepochs = 2\nsubset = 2000\ntensorboard = "{tmp_path / "tb"}"\n'
         "[search]\nlr = {loguniform = [0.001, 0.01]}\nhidden = {choice = [16, 32]}\n"
         '[tune]\nsamples = 2\nscheduler = "asha"\ngrace_period = 1\n'
     )
@@ -270,8 +270,9 @@ def test_tune_searches_on_the_cluster_and_names_the_best(cluster, mnist_dir, tmp
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(float(r["val_acc"]) > 0 for r in rows)
     assert max(float(r["val_acc"]) for r in rows) == pytest.approx(best["val_acc"])
-    for row in rows:  # every trial keeps its run directory, finished or stopped early
+    for row in rows:  # every trial keeps its run directory, finished or stopped early, and its events
         assert os.path.exists(os.path.join(row["run_dir"], "config.json"))
+        assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb" / row["trial"]).iterdir())
 
 
 def test_bad_search_files_are_one_line(tmp_path):

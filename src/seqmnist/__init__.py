@@ -11,7 +11,10 @@ From Python::
     model = build_model(Config.from_settings(cell="lstm", hidden=128).model_spec())
 """
 
-from . import seed  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
+from . import (
+    seed,  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
+    tensorboard,  # noqa: F401  (imported for its effect: it registers the training's event writer)
+)
 from .cells import ElementwiseRNN, GatedRNN, VanillaRNN  # importing seqmnist.cells registers every cell
 from .config import PRESETS, Config
 from .data import MNIST

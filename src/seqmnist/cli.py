@@ -199,6 +199,19 @@ def build_parser() -> Parser:
     )
     add_data_flag(plot)
 
+    compare = commands.add_parser(
+        "compare", help="runs side by side: the settings that differ, the results, the validation curves"
+    )
+    compare.add_argument(
+        "paths",
+        metavar="RUN_OR_SWEEP_DIR",
+        nargs="+",
+        help="a run folder, or a folder holding runs (a sweep's, reproduce's; searched 4 levels down)",
+    )
+    compare.add_argument(
+        "--out", metavar="DIR", default=".", help="where compare.png and compare.csv go (default: the current folder)"
+    )
+
     predict = commands.add_parser("predict", help="what a trained run makes of your own images of digits")
     predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
     predict.add_argument(
@@ -217,6 +230,27 @@ def build_parser() -> Parser:
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="the port to listen on (8000; 0: any free port)")
     serve.add_argument("--best", action="store_true", help="the best-validation weights, not the final ones")
+
+    export = commands.add_parser(
+        "export",
+        help="the model as ONNX: the whole sequence, and one step for streaming",
+        description="Write a run's model as two ONNX files: FILE, the whole sequence (x: batch, steps, inputs -> "
+        "probabilities: batch, 10), and FILE's .step.onnx beside it (model.onnx -> model.step.onnx), one step for "
+        "streaming (x: batch, inputs and state: batch, width, zeros at first -> next_state and probabilities, the "
+        "readout's belief after each step). Each file's metadata 'seqmnist' (JSON) says how an image becomes the "
+        "sequence and lays out the state.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
+    export.add_argument("--onnx", metavar="FILE", required=True, help="the whole sequence's file; the step's beside it")
+    export.add_argument("--best", action="store_true", help="the best-validation weights, not the final ones")
+    export.add_argument(
+        "--check",
+        type=int,
+        metavar="N",
+        help="then run both files with onnxruntime on the first N test images and print the largest difference "
+        "from PyTorch's probabilities",
+    )
+    add_data_flag(export)
 
     bench = commands.add_parser("bench", help="training speed against the plain PyTorch loop")
     bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of each comparison (24)")
@@ -379,6 +413,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    table, paths = compare([Path(p) for p in args.paths], Path(args.out), note=note)
+    print(table, end="")
+    for path in paths:
+        print(path)
+    return 0
+
+
 def plot_images(args: argparse.Namespace) -> int:
     """``plot RUN --image FILE``: only the figures of the model reading the user's images."""
     from .predict import draw_readings, predict_files
@@ -442,6 +486,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .data import MNIST
+    from .runs import load_run
+
+    try:
+        from .export import export_onnx, onnx_differences
+    except ImportError as exc:
+        raise SeqmnistError(
+            f"export needs the onnx extra ({exc.name} is missing): pip install 'seqmnist[onnx]'"
+        ) from None
+
+    if args.check is not None and not 1 <= args.check <= 10000:
+        raise SeqmnistError(f"--check must be in 1..10000 test images (got {args.check})")
+    trained = load_run(Path(args.run_dir), args.best)
+    exported = export_onnx(trained, Path(args.onnx))
+    for line in exported.describe():
+        print(f"wrote {line}")
+    if args.check:
+        sys.stdout.flush()
+        differences = onnx_differences(exported, trained, MNIST.load(args.data_dir).test_x[: args.check])
+        print(
+            f"onnxruntime against PyTorch on {args.check:,} test images, every step's belief, largest difference: "
+            f"{differences['sequence']:.2e} (whole sequence), {differences['step']:.2e} (step by step)"
+        )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -450,9 +521,11 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "tune": cmd_tune,
     "plot": cmd_plot,
+    "compare": cmd_compare,
     "predict": cmd_predict,
     "serve": cmd_serve,
     "bench": cmd_bench,
+    "export": cmd_export,
 }
 
 

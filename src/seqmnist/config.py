@@ -75,6 +75,7 @@ def one_of(choices: Collection, words: str | None = None) -> Valid:
 
 
 BOOLEAN = Valid(lambda v: isinstance(v, bool), "true or false", bool)
+FOLDER = Valid(lambda v: isinstance(v, str) and v.strip() != "", "a folder's path")
 PERMUTATION_NAME = Valid(lambda v: isinstance(v, str), "random:SEED or bitrev")  # the rest: permutation_order
 
 
@@ -94,10 +95,12 @@ def setting(
     metavar: str | None = None,
     optional: bool = False,
     added: bool = False,
+    identity: bool = True,
 ) -> Any:
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
-    whenever the default is None); ``added``: a setting that came after runs were first named (see
+    whenever the default is None); ``added``: a setting that came after runs were first named;
+    ``identity`` False: the setting says only where a run's records go, not what the run is (both: see
     :meth:`Config.identity`)."""
     declared = {
         "valid": valid,
@@ -106,6 +109,7 @@ def setting(
         "metavar": metavar,
         "optional": optional,
         "added": added,
+        "identity": identity,
     }
     return field(default=default, metadata=declared)
 
@@ -123,6 +127,7 @@ class Setting:
     metavar: str | None
     optional: bool
     added: bool
+    identity: bool
 
     @property
     def flag(self) -> str:
@@ -342,6 +347,16 @@ class RunSettings(Group):
     eval_train: bool = setting(
         True, BOOLEAN, "measure accuracy on the whole training set too (a forward pass over 50,000)"
     )
+    tensorboard: str | None = setting(
+        None,
+        FOLDER,
+        "write TensorBoard event files into DIR/<run folder's name> (a sweep's trials: one each): every "
+        "epoch's loss, accuracies, learning rate and weight histograms, and the settings; needs the "
+        "tensorboard extra",
+        "none",
+        metavar="DIR",
+        identity=False,
+    )
 
 
 GROUPS = {"task": TaskSettings, "model": ModelSettings, "recipe": RecipeSettings, "run": RunSettings}
@@ -350,6 +365,8 @@ SETTINGS = {
     f.name: Setting(f.name, group, f.default, **f.metadata) for group, kind in GROUPS.items() for f in fields(kind)
 }
 NAMES = ("preset", *SETTINGS)  # what from_settings, grid files and sweeps take
+# The names that make a run what it is: all but the settings that only say where its records go.
+IDENTITY = tuple(name for name in NAMES if name == "preset" or SETTINGS[name].identity)
 
 
 # --- a run's settings -------------------------------------------------------------------------------
@@ -448,13 +465,15 @@ class Config:
         return {"preset": self.preset, **{k: v for group in GROUPS for k, v in asdict(getattr(self, group)).items()}}
 
     def identity(self) -> dict:
-        """The flat settings that tell runs apart: all of them, except a setting added later while it keeps its
-        default, so a trial's name (a hash of these) stays the one it had before that setting existed."""
-        return {k: v for k, v in self.to_flat().items() if not (k in SETTINGS and _unchanged_addition(k, v))}
+        """The flat settings that make the run what it is: all but those that only say where its records
+        go (tensorboard), and but a setting added later while it keeps its default. Trial names hash these,
+        so neither a TensorBoard folder in a sweep's grid nor a new setting renames a trial, and a finished
+        trial is still found."""
+        return {k: v for k, v in self.to_flat().items() if k in IDENTITY and not _unchanged_addition(k, v)}
 
 
 def _unchanged_addition(name: str, value: object) -> bool:
-    return SETTINGS[name].added and value == SETTINGS[name].default
+    return name in SETTINGS and SETTINGS[name].added and value == SETTINGS[name].default
 
 
 def _flat_settings(data: object) -> dict | None:

@@ -106,6 +106,9 @@ class SequenceClassifier(nn.Module):
     max_layers: int = 16
     takes_bias: bool = True
     default_state: int | None = None  # the state size N a cell with one apart from hidden takes by default
+    # why ``seqmnist export`` refuses the cell, None where it exports: a cell exports by its
+    # step-by-step form (state_sizes, advance), in plain tensor operations
+    export_refusal: str | None = "it has no step-by-step form (state_sizes and advance) to export"
     spec: ModelSpec
 
     @classmethod
@@ -162,6 +165,16 @@ class SequenceClassifier(nn.Module):
         """Ways plain PyTorch code would compute :meth:`logits` besides PyTorch's module or the step-by-step
         loop, by name: what ``seqmnist bench`` times this model's training step against as well."""
         return {}
+
+    def state_sizes(self) -> list[int]:
+        """The width of each state tensor one step hands the next, (batch, width) each; all are zeros
+        before the first step."""
+        raise NotImplementedError(f"the {self.name} cell has no step-by-step form")
+
+    def advance(self, x_t: torch.Tensor, state: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One step of the definition: the next state and the step's logits z_t (batch, classes) from the
+        step's input (batch, inputs). Streaming reads (and the ONNX step form) run on it."""
+        raise NotImplementedError(f"the {self.name} cell has no step-by-step form")
 
     def has_torch_module(self) -> bool:
         """Whether PyTorch has a module for this cell (:meth:`to_torch`)."""

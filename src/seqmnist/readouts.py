@@ -42,6 +42,12 @@ class Readout:
         there: (steps, batch, classes). Its argmax at the last step is the prediction."""
         raise NotImplementedError
 
+    def stream(self, total: torch.Tensor, z_t: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`running` one step at a time, for a reader that never holds the whole sequence: the
+        running total (batch, classes; zeros before the first step) after the step's logits z_t, and
+        the belief after ``steps`` steps (batch, 1), this one included."""
+        raise NotImplementedError
+
 
 def _steps_so_far(logits: torch.Tensor) -> torch.Tensor:
     return torch.arange(1, len(logits) + 1, dtype=logits.dtype, device=logits.device)[:, None, None]
@@ -62,6 +68,10 @@ class MeanSoftmax(Readout):
     def running(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1).cumsum(0) / _steps_so_far(logits)
 
+    def stream(self, total: torch.Tensor, z_t: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = total + torch.softmax(z_t, dim=-1)
+        return total, total / steps
+
 
 class MeanLogits(Readout):
     name = "mean-logits"
@@ -73,6 +83,10 @@ class MeanLogits(Readout):
 
     def running(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits.cumsum(0) / _steps_so_far(logits), dim=-1)
+
+    def stream(self, total: torch.Tensor, z_t: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = total + z_t
+        return total, torch.softmax(total / steps, dim=-1)
 
 
 class Last(Readout):
@@ -86,6 +100,9 @@ class Last(Readout):
 
     def running(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1)
+
+    def stream(self, total: torch.Tensor, z_t: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return total, torch.softmax(z_t, dim=-1)
 
 
 def averaged_softmax_nll(mean_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
+from .files import write_json
 from .machine import available_cpus
 from .runs import RUN_FILES, Run, new_run
 from .train import AfterSave, Log, TrainingInterrupted, remember_signals, train
@@ -46,7 +47,7 @@ class Trial:
 
     @classmethod
     def of(cls, settings: dict, name: str | None = None) -> Trial:
-        items = tuple(sorted(settings.items()))
+        items = tuple(sorted(anchored(settings).items()))
         return cls(name or trial_name(settings), items)
 
     def config(self) -> Config:
@@ -54,8 +55,17 @@ class Trial:
         return Config.from_settings(settings.pop("preset", "seed"), **settings)
 
 
+def anchored(settings: dict) -> dict:
+    """The settings with a relative TensorBoard folder made absolute here, where the trial is defined: a
+    pool or Ray worker trains it from another working directory. (On a Ray cluster of several machines
+    the folder must be one that every node can write, a shared filesystem.)"""
+    folder = settings.get("tensorboard")
+    return {**settings, "tensorboard": str(Path(folder).absolute())} if isinstance(folder, str) and folder else settings
+
+
 def trial_name(settings: dict) -> str:
-    """A readable prefix and a hash of every resolved setting: the same settings, the same name."""
+    """A readable prefix and a hash of every resolved setting that makes the run what it is (not where
+    its records go): the same settings, the same name."""
     config = Config.from_settings(
         settings.get("preset", "seed"), **{k: v for k, v in settings.items() if k != "preset"}
     )
@@ -69,12 +79,14 @@ def run_trial(trial: Trial, runs: Path, data: MNIST, log: Log = print, after_sav
     run = Run(runs / trial.name)
     if run.config.exists():
         saved = Config.from_file(run.config)
-        if saved.to_dict() != config.to_dict():
+        if saved.identity() != config.identity():
             raise SeqmnistError(f"{run.dir} was trained with other settings; pick another --out")
         summary = run.finished_summary(saved)
         if summary:
             return summary
-        return train(saved, data, run, resume=True, log=log, after_save=after_save)
+        if config != saved:  # where its records go, as the trial now asks
+            write_json(run.config, config.to_dict())
+        return train(config, data, run, resume=True, log=log, after_save=after_save)
     return train(config, data, new_run(run.dir), log=log, after_save=after_save)
 
 

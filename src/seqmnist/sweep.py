@@ -26,7 +26,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
-from .config import NAMES
+from .config import IDENTITY, NAMES
 from .errors import SeqmnistError
 from .files import read_json, write_csv, write_text
 from .runner import Trial
@@ -130,8 +130,9 @@ def _setting_error(grid: GridFile, trial: dict, message: str) -> SeqmnistError:
 
 
 def result_rows(trials: list[Trial], out: Path) -> list[dict]:
-    """One row per trial: the settings the grid gave it, its results, its run directory."""
-    given = list(dict.fromkeys(k for t in trials for k, _ in t.settings))
+    """One row per trial: the settings the grid gave it (not where its records go), its results, its run
+    directory."""
+    given = list(dict.fromkeys(k for t in trials for k, _ in t.settings if k in IDENTITY))
     rows = []
     for trial in trials:
         run = Run(out / "runs" / trial.name)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,26 @@ Log = Callable[[str], None]  # where a line of progress for the user goes (print
 # Called after the run's files change: with the epoch's metrics when an epoch ended, else None (a
 # checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
 AfterSave = Callable[[Run, "dict | None"], None]
+
+
+class Listener(Protocol):
+    """What hears of a training besides its caller (TensorBoard's writer, seqmnist.tensorboard): each
+    finished epoch's metrics row, with the model as that epoch left it, and the summary at the end."""
+
+    def epoch_ended(self, row: dict) -> None: ...
+
+    def finished(self, summary: dict) -> None: ...
+
+
+# Makers of listeners: given a run's settings, its files and its model, a listener, or None where the
+# settings ask for none. Modules register theirs here, so the loop calls them without knowing them.
+MakeListener = Callable[[Config, Run, SequenceClassifier], "Listener | None"]
+LISTENERS: list[MakeListener] = []
+
+
+def register_listener(make: MakeListener) -> MakeListener:
+    LISTENERS.append(make)
+    return make
 
 
 # --- where the randomness comes from ------------------------------------------------------------
@@ -309,6 +329,7 @@ class Trainer:
         # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
         self.model.to(self.device)
+        self.listeners = [listener for make in LISTENERS if (listener := make(config, run, self.model))]
         self.optimizer = self.new_optimizer(self.model)
         self.state = TrainingState()
         if resume and run.checkpoint.exists():
@@ -382,6 +403,10 @@ class Trainer:
                     row = self.end_epoch(started)
                 else:
                     position.seconds = time.perf_counter() - started
+                # Heard before the checkpoint: killed in between, the epoch is trained again and its
+                # listeners hear it again (TensorBoard's writer drops the first telling), never not at all.
+                for listener in self.listeners if row else ():
+                    listener.epoch_ended(row)
                 self.run.save_checkpoint(self.model, self.optimizer, state)
                 self.after_save(self.run, row)
                 if interrupt.signal is not None:
@@ -485,6 +510,8 @@ class Trainer:
         run.save_model(self.model)
         run.write_summary(summary)
         self.after_save(run, None)
+        for listener in self.listeners:
+            listener.finished(summary)
         measured = "".join(f", {words}" for words in measured_words(summary))
         best = f"; best validation at epoch {state.best_epoch}" if "best" in summary else ""
         self.log(f"test accuracy {summary['test_acc']:.4f}{measured}{best} ({run.dir})")

@@ -25,7 +25,7 @@ from pathlib import Path
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import read_json, write_csv, write_json, write_text
-from .runner import Trial, connect, mnist_arrays, ray_trial, run_store
+from .runner import Trial, anchored, connect, mnist_arrays, ray_trial, run_store
 from .runs import Run
 from .sweep import SETTINGS, GridFile, mean_sd
 
@@ -107,6 +107,7 @@ def _finite(value: float) -> float:
 def tune(path: Path, out: Path, address: str | None, cpus: int, gpus: float, data_dir: str | None) -> dict:
     """Run the search; every trial's run directory under out/runs; out/tune.csv, tune.md and best.json."""
     settings, search, options = load_space(path)
+    settings = anchored(settings)  # its trials are defined on the workers, in other folders
     epochs = Trial.of(settings).config().recipe.epochs
     data = MNIST.load(data_dir)
     ray = connect(address) if address else _local_ray()

@@ -41,6 +41,7 @@ class ElementwiseRNN(SequenceClassifier):
     activation: ClassVar[str | None] = "tanh"  # its name in engine.cpp and nn.RNN; None: neither has it
     diagonal: ClassVar[bool] = False  # a recurrent vector w instead of a matrix W
     inits = ("uniform", "orthogonal", "identity")
+    export_refusal = None
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -143,11 +144,27 @@ class ElementwiseRNN(SequenceClassifier):
             s = x.new_zeros(x.shape[0], U.shape[1])
             states = []
             for step in sequence.unbind(1):  # unbind: sequence[:, t]'s backward would zero it all every step
-                a = step @ U + (s * W if self.diagonal else s @ W)
-                s = self.phi(a if b is None else a + b)
+                s = self.layer_step(U, W, b, step, s)
                 states.append(s)
             sequence = torch.stack(states, dim=1)
         return self.readout_logits(sequence)
+
+    def layer_step(
+        self, U: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, x_t: torch.Tensor, s: torch.Tensor
+    ) -> torch.Tensor:
+        """One layer's next state: phi(x_t U + s W + b)."""
+        a = x_t @ U + (s * W if self.diagonal else s @ W)
+        return self.phi(a if b is None else a + b)
+
+    def state_sizes(self) -> list[int]:
+        return [self.spec.hidden] * self.spec.layers
+
+    def advance(self, x_t: torch.Tensor, state: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        state = list(state)
+        for layer, (U, W, b) in enumerate(self.layer_weights()):
+            x_t = state[layer] = self.layer_step(U, W, b, x_t, state[layer])
+        z = x_t @ self.V
+        return state, z if self.c is None else z + self.c
 
     def readout_logits(self, states: torch.Tensor) -> torch.Tensor:
         """(batch, steps, hidden) states to (steps, batch, classes) logits."""

@@ -26,6 +26,7 @@ class GatedRNN(SequenceClassifier):
     module: ClassVar[type[nn.RNNBase]]
     gates: ClassVar[int]
     inits = ("uniform", "orthogonal")
+    export_refusal = None
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -82,17 +83,35 @@ class GatedRNN(SequenceClassifier):
         """The module's equations, step by step, with autograd: (batch, steps, hidden) states."""
         sequence = x
         for k in range(self.spec.layers):
-            w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{k}"), getattr(self.rnn, f"weight_hh_l{k}")
-            b_ih = getattr(self.rnn, f"bias_ih_l{k}") if self.spec.bias else 0
-            b_hh = getattr(self.rnn, f"bias_hh_l{k}") if self.spec.bias else 0
             h = x.new_zeros(x.shape[0], self.spec.hidden)
             cell = torch.zeros_like(h)
             states = []
             for step in sequence.unbind(1):
-                h, cell = self.step(step @ w_ih.T + b_ih, h @ w_hh.T + b_hh, h, cell)
+                h, cell = self.layer_step(k, step, h, cell)
                 states.append(h)
             sequence = torch.stack(states, dim=1)
         return sequence
+
+    def layer_step(
+        self, k: int, x_t: torch.Tensor, h: torch.Tensor, cell: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer k's next state and cell, by :meth:`step` on its weights."""
+        w_ih, w_hh = getattr(self.rnn, f"weight_ih_l{k}"), getattr(self.rnn, f"weight_hh_l{k}")
+        b_ih = getattr(self.rnn, f"bias_ih_l{k}") if self.spec.bias else 0
+        b_hh = getattr(self.rnn, f"bias_hh_l{k}") if self.spec.bias else 0
+        return self.step(x_t @ w_ih.T + b_ih, h @ w_hh.T + b_hh, h, cell)
+
+    def state_sizes(self) -> list[int]:
+        """Each layer's state h and cell (a GRU's cell stays zero: one layout for both)."""
+        return [self.spec.hidden] * (2 * self.spec.layers)
+
+    def advance(self, x_t: torch.Tensor, state: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        state = list(state)
+        for k in range(self.spec.layers):
+            x_t, state[2 * k + 1] = self.layer_step(k, x_t, state[2 * k], state[2 * k + 1])
+            state[2 * k] = x_t
+        z = x_t @ self.V
+        return state, z if self.c is None else z + self.c
 
     def step(
         self, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, cell: torch.Tensor

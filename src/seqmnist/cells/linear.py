@@ -18,7 +18,7 @@ Each model computes the same function four ways, held equal by tests/test_linear
                       seqmnist.engine; a log-depth scan in PyTorch where the engine is missing or the
                       tensor is on a GPU), S4D's as a convolution with its kernel, by FFT
     definition(x)     the equations with complex numbers, one state update per step: the reference
-    step(state, x_t)  one input in, one state update, one step's logits out, in real arithmetic
+    advance(x_t, state)  one input in, one state update, one step's logits out, in real arithmetic
                       (no complex tensors: ONNX exports it): streaming, one pixel at a time
     plain_parallel(x) the parallel form as plain PyTorch code writes it (LRU: the log-depth scan;
                       S4D: s4d.py's forward as published): what ``seqmnist bench`` times ours against
@@ -39,7 +39,7 @@ from ..errors import SeqmnistError
 from ..model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier
 from ..registry import register_cell
 
-State = list[torch.Tensor]  # one tensor per layer: what step() carries from one input to the next
+State = list[torch.Tensor]  # one (batch, width) tensor per layer: what advance() carries from input to input
 Scan = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -138,8 +138,8 @@ class LRULayer(nn.Module):
             ys.append((h @ C.T).real + self.D * u_t)
         return torch.stack(ys, dim=1)
 
-    def initial_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(batch, 2 * self.nu_log.shape[0])
+    def state_size(self) -> int:
+        return 2 * self.nu_log.shape[0]
 
     def step(self, h: torch.Tensor, u_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (batch, [re | im]) and u_t (batch, H) to the next h and y_t."""
@@ -253,17 +253,18 @@ class S4DLayer(nn.Module):
             ys.append(2 * (C * x).sum(-1).real + self.D * u_t)
         return torch.stack(ys, dim=1)
 
-    def initial_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(batch, 2, *self.log_A_real.shape)
+    def state_size(self) -> int:
+        return 2 * self.log_A_real.numel()
 
     def step(self, x: torch.Tensor, u_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (batch, [re, im], H, N/2) and u_t (batch, H) to the next x and y_t; C B-bar stands in
+        """x (batch, [re, im] x H x N/2, flat) and u_t (batch, H) to the next x and y_t; C B-bar stands in
         for B-bar, so the state kept is C x."""
         step_re, step_im, cb_re, cb_im = self.discretised()
+        x = x.unflatten(1, (2, *step_re.shape))  # not view(len(x), ...): an export traces len(x) as a constant
         x_re, x_im = x[:, 0], x[:, 1]
         u = u_t[..., None]
         x = torch.stack((step_re * x_re - step_im * x_im + cb_re * u, step_re * x_im + step_im * x_re + cb_im * u), 1)
-        return x, 2 * x[:, 0].sum(-1) + self.D * u_t
+        return x.flatten(1), 2 * x[:, 0].sum(-1) + self.D * u_t
 
 
 # --- the stacks -----------------------------------------------------------------------------------------
@@ -293,6 +294,7 @@ class LinearRecurrentClassifier(SequenceClassifier):
 
     readouts = ("last", "mean-logits")
     default_state = 64
+    export_refusal = None
     layer_type: ClassVar[type[nn.Module]]
 
     def __init__(self, spec: ModelSpec):
@@ -324,11 +326,10 @@ class LinearRecurrentClassifier(SequenceClassifier):
             u = block(u, form)
         return self.decoder(u).transpose(0, 1)
 
-    def initial_state(self, batch: int) -> State:
-        like = self.decoder.weight
-        return [block.mixer.initial_state(batch, like) for block in self.blocks]
+    def state_sizes(self) -> list[int]:
+        return [block.mixer.state_size() for block in self.blocks]
 
-    def step(self, state: State, x_t: torch.Tensor) -> tuple[State, torch.Tensor]:
+    def advance(self, x_t: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
         """One input x_t (batch, inputs) in, every layer's state updated once, that step's logits out."""
         u, after = self.encoder(x_t), []
         for block, s in zip(self.blocks, state, strict=True):

@@ -1,0 +1,212 @@
+"""Runs side by side (``seqmnist compare``): the settings in which they differ, their results, and their
+validation curves on one figure.
+
+Runs are found in the folders given: a run folder itself (it holds config.json), or a folder holding
+runs at any depth down to ``SEARCH_DEPTH`` (a sweep's OUT/runs/NAME, reproduce's OUT/runs/rows-K, a
+folder of sweeps), so single runs, sweeps and reproductions mix freely. Runs of any age are read: a
+config.json of either form (seqmnist.config), and an unfinished run shows its curve without a test
+accuracy. A run without metrics.csv has nothing to compare and is left out with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import IDENTITY
+from .errors import SeqmnistError
+from .files import write_csv
+from .plots import validation_curves
+from .runs import Run
+
+SEARCH_DEPTH = 4  # folders below a given folder searched for runs (docs/results holds them 3 down)
+ACCURACIES = ("val acc at best", "test acc at best", "test acc last")  # result columns shown to 4 decimals
+
+Note = Callable[[str], None]
+
+
+@dataclass
+class ComparedRun:
+    """What a comparison reads of one run."""
+
+    dir: Path
+    settings: dict  # every setting by its flat name; the table compares those in config.IDENTITY
+    metrics: list[dict]
+    summary: dict | None  # None: unfinished
+    planned_epochs: int
+
+    def best(self) -> dict:
+        """The best-validation epoch and its accuracies: the summary's, or from metrics.csv while the run
+        is unfinished (the first of equal accuracies, as training keeps it)."""
+        if self.summary and self.summary.get("best"):
+            return self.summary["best"]
+        measured = [row for row in self.metrics if not math.isnan(row["val_acc"])]
+        if not measured:
+            return {}
+        top = max(measured, key=lambda row: row["val_acc"])
+        return {"epoch": int(top["epoch"]), "val_acc": top["val_acc"]}
+
+    def results(self) -> dict:
+        """The table's result columns (None: not known, as for an unfinished run's test accuracy)."""
+        best, summary = self.best(), self.summary or {}
+        done = len(self.metrics)
+        minutes = summary.get("minutes", sum(row["seconds"] for row in self.metrics) / 60)
+        return {
+            "epochs run": done if self.summary else f"{done} of {self.planned_epochs}",
+            "best epoch": best.get("epoch"),
+            "val acc at best": best.get("val_acc"),
+            "test acc at best": best.get("test_acc"),
+            "test acc last": summary.get("test_acc"),
+            "minutes": minutes,
+        }
+
+
+@dataclass
+class Comparison:
+    """The runs compared, each under its label, and the settings in which they differ."""
+
+    runs: dict[str, ComparedRun]
+    differing: list[str]
+
+    def rows(self) -> list[dict]:
+        """One row per run: its label, the settings that differ, its results."""
+        return [
+            {"run": label, **{k: run.settings[k] for k in self.differing}, **run.results()}
+            for label, run in self.runs.items()
+        ]
+
+    def table(self) -> str:
+        """The rows as a Markdown table, aligned for a terminal: numbers to the right, words to the left."""
+        rows = self.rows()
+        cells = [{k: _cell(k, v) for k, v in row.items()} for row in rows]
+        header = list(rows[0])
+        widths = {k: max(len(k), *(len(row[k]) for row in cells)) for k in header}
+
+        def line(row: dict, raw: dict) -> str:
+            return "| " + " | ".join(_align(raw[k], row[k], widths[k]) for k in header) + " |"
+
+        rule = "|" + "|".join("-" * (widths[k] + 2) for k in header) + "|"
+        return "\n".join([line(names := {k: k for k in header}, names), rule, *map(line, cells, rows)]) + "\n"
+
+    def curves(self) -> dict[str, list[dict]]:
+        return {label: run.metrics for label, run in self.runs.items()}
+
+
+def _cell(column: str, value: object) -> str:
+    """A value in the table's words: accuracies to 4 decimals, minutes to 1, settings as given."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}" if column in ACCURACIES else f"{value:.1f}" if column == "minutes" else f"{value:g}"
+    return str(value)
+
+
+def _align(value: object, text: str, width: int) -> str:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return text.rjust(width) if is_number else text.ljust(width)
+
+
+# --- finding and reading runs ----------------------------------------------------------------------
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """The run folders at or under ``path`` (down to SEARCH_DEPTH levels; never inside a run), sorted."""
+    if not path.exists():
+        raise SeqmnistError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise SeqmnistError(f"{path}: a file, not a run folder or a folder of runs")
+    if Run(path).config.is_file():
+        return [path]
+    found, level = [], [path]
+    for _ in range(SEARCH_DEPTH):
+        level = [child for folder in level for child in _subfolders(folder)]
+        found += [folder for folder in level if Run(folder).config.is_file()]
+        level = [folder for folder in level if not Run(folder).config.is_file()]
+    if not found:
+        raise SeqmnistError(
+            f"{path}: no runs in it (a run folder holds config.json; searched {SEARCH_DEPTH} levels down)"
+        )
+    return sorted(found)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")]
+    except OSError:  # unreadable: nothing found there
+        return []
+
+
+def read_run(directory: Path) -> ComparedRun:
+    """A run's settings, metrics and (when finished) summary; a run with nothing to compare is refused."""
+    run = Run(directory)
+    config = run.read_config()
+    if not run.metrics.exists():
+        raise SeqmnistError(f"{directory}: no metrics.csv (no epoch finished yet, or an imported model)")
+    metrics = run.read_metrics()
+    if not metrics:
+        raise SeqmnistError(f"{run.metrics}: no epoch in it")
+    return ComparedRun(directory, config.to_flat(), metrics, run.finished_summary(config), config.recipe.epochs)
+
+
+def gather(paths: list[Path], note: Note) -> dict[Path, ComparedRun]:
+    """Every usable run under ``paths`` (each once, by the path it was found by); the others are left
+    out with a note, unless none is usable."""
+    directories: dict[Path, Path] = {}
+    for path in paths:
+        for directory in find_run_dirs(path):
+            directories.setdefault(directory.resolve(), directory)
+    usable, refused = {}, []
+    for directory in directories.values():
+        try:
+            usable[directory] = read_run(directory)
+        except SeqmnistError as exc:
+            refused.append(str(exc))
+    if not usable:
+        more = f" (and {len(refused) - 1} more runs like it)" if len(refused) > 1 else ""
+        raise SeqmnistError(f"no run to compare: {refused[0]}{more}")
+    for reason in refused:
+        note(f"left out {reason}")
+    for run in usable.values():
+        if run.summary is None:
+            note(f"{run.dir} is unfinished ({len(run.metrics)} of {run.planned_epochs} epochs): no test accuracy")
+    return usable
+
+
+def labels(directories: list[Path]) -> list[str]:
+    """Each run's name in the table and the legend: its folder's name, or where two share one, its path
+    below the folder all have in common."""
+    names = [d.resolve().name for d in directories]
+    if len(set(names)) == len(names):
+        return names
+    absolute = [d.resolve() for d in directories]
+    common = Path(os.path.commonpath(absolute))
+    return [str(d.relative_to(common)) for d in absolute]
+
+
+def differing_settings(runs: list[ComparedRun]) -> list[str]:
+    """The settings (flat names, in the declared order) whose values are not the same in every run."""
+    return [k for k in IDENTITY if len({run.settings[k] for run in runs}) > 1]  # 1 and 1.0 are one value
+
+
+def comparison(paths: list[Path], note: Note = print) -> Comparison:
+    """The usable runs under ``paths`` by label, and the settings in which they differ."""
+    runs = list(gather(paths, note).values())
+    return Comparison(dict(zip(labels([run.dir for run in runs]), runs, strict=True)), differing_settings(runs))
+
+
+def compare(paths: list[Path], out: Path, note: Note = print) -> tuple[str, list[Path]]:
+    """The comparison's table (returned), and its files in ``out``: compare.csv (the table's rows) and
+    compare.png (the validation curves)."""
+    result = comparison(paths, note)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SeqmnistError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    write_csv(out / "compare.csv", result.rows())
+    figure = validation_curves(result.curves(), out / "compare.png", f"Validation accuracy of {len(result.runs)} runs")
+    return result.table(), [out / "compare.csv", figure]
