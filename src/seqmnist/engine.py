@@ -75,7 +75,7 @@ from .files import user_cache, write_text
 from .readouts import engine_readout_codes
 
 NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
-SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's recurrence (linear.py), built into the same module
+SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's recurrence, built into the same module
 
 
 @functools.cache
