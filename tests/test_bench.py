@@ -75,6 +75,35 @@ def test_bench_one_cell_and_task():
     assert f"{low:.2f}-{high:.2f}" in format_cells_table(json.loads(result.stdout))
 
 
+@pytest.mark.parametrize("cell", ["lru", "s4d"])
+def test_the_linear_cells_plain_forms_start_from_our_weights(cell):
+    import torch
+
+    from seqmnist.bench import configuration, our_model
+
+    spec = configuration({"cell": cell, "task": "pixel", "pixels_per_step": 112, "hidden": 8}).model_spec()
+    assert (spec.readout, spec.bias) == ("last", True)  # the cell's own readout: it takes no mean-softmax
+    ours = our_model(spec)
+    x = torch.rand(3, 7, 112)
+    with torch.no_grad():
+        for form in (None, *ours.plain_forms()):
+            torch.testing.assert_close(PlainRNN(ours, form)(x), ours.logits(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bench_times_a_linear_cell_against_its_loop_and_its_plain_parallel_form():
+    result = call_main("bench", "--cell", "lru", "--task", "pixel", "--pixels-per-step", "16", "--hidden", "16",
+                       "--seconds", "1", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["comparisons"]
+    assert (row["cell"], row["readout"], row["path"]) == ("lru", "last", "the compiled scan (scan.cpp) and PyTorch")
+    (other,) = row["others"].values()
+    assert other["samples_per_s"] > 0 and other["speedup"] == pytest.approx(
+        row["samples_per_s"] / other["samples_per_s"]
+    )
+    assert "plain parallel" in format_cells_table(json.loads(result.stdout))
+
+
 def test_bench_rejects_a_bad_budget():
     assert_one_line_error(call_main("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
     assert_one_line_error(

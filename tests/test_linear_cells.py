@@ -1,53 +1,64 @@
-"""The linear recurrent cells (seqmnist.linear): their three forms agree, the compiled scan is right."""
+"""The linear recurrent cells (seqmnist.cells.linear): their forms agree, the compiled scan is right, and
+they run through the same commands as every cell."""
 
+import json
 import re
 
 import pytest
 import torch
+from PIL import Image
 
+from conftest import assert_one_line_error, call_main
 from seqmnist import engine
-from seqmnist.linear import LRU, S4D, compiled_scan, log_depth_scan
-from seqmnist.model import Draws, ModelSpec, readout_loss, readout_scores
+from seqmnist.cells import LRU, S4D
+from seqmnist.cells.linear import log_depth_scan
+from seqmnist.engine import complex_scan
+from seqmnist.model import Draws, ModelSpec, build_model
+from seqmnist.readouts import get_readout
+from seqmnist.recipes import make_optimizer
 from seqmnist.sequence import Sequencer
 
-CELLS = (LRU, S4D)
+CELLS = ("lru", "s4d")
 needs_engine = pytest.mark.skipif(engine.native_loops() is None, reason="engine.cpp did not build")
 
 
-def small_model(cell, bias=True, layers=2, seed=0, dtype=torch.float64):
-    spec = ModelSpec("linear", inputs=3, hidden=8, layers=layers, bias=bias, readout="last", steps=37)
-    return cell(spec, state=6).init_weights(Draws(torch.Generator().manual_seed(seed))).to(dtype)
+def small_model(cell, bias=True, layers=2, seed=0, dtype=torch.float64, **spec):
+    spec = ModelSpec(cell, **{"inputs": 3, "hidden": 8, "layers": layers, "bias": bias, "readout": "last",
+                              "steps": 37, "state": 6, **spec})  # fmt: skip
+    return build_model(spec).init_weights(Draws(torch.Generator().manual_seed(seed))).to(dtype)
 
 
 def stepped_logits(model, x):
     """Per-step logits (steps, batch, classes) by the recurrent mode, one input at a time."""
-    state, logits = model.initial_state(len(x)), []
+    state, logits = [x.new_zeros(len(x), width) for width in model.state_sizes()], []
     for x_t in x.unbind(1):
-        state, z = model.step(state, x_t)
+        state, z = model.advance(x_t, state)
         logits.append(z)
     return torch.stack(logits)
 
 
-def gradients(model, x, y, fast):
+def gradients(model, x, y, logits):
     model.zero_grad()
-    for readout in ("last", "mean-logits"):
-        readout_loss(readout, model.logits(x, fast), y).backward()
+    for readout in map(get_readout, ("last", "mean-logits")):
+        readout.loss(logits(x), y).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_the_parallel_form_equals_the_definition_in_values_and_gradients(cell, bias):
+def test_the_parallel_forms_equal_the_definition_in_values_and_gradients(cell, bias):
     model = small_model(cell, bias)
     x, y = torch.randn(5, 37, 3, dtype=torch.float64), torch.randint(0, 10, (5,))
-    torch.testing.assert_close(model.logits(x), model.logits(x, fast=False), rtol=0, atol=1e-12)
-    fast, reference = gradients(model, x, y, True), gradients(model, x, y, False)
-    assert fast.keys() == reference.keys() and all(g.abs().sum() > 0 for g in reference.values())
-    for name in reference:
-        torch.testing.assert_close(fast[name], reference[name], rtol=0, atol=1e-11, msg=name)
+    reference = gradients(model, x, y, model.definition)
+    assert all(g.abs().sum() > 0 for g in reference.values())
+    for logits in (model.logits, model.plain_forms()["plain parallel"]):
+        torch.testing.assert_close(logits(x), model.definition(x), rtol=0, atol=1e-12)
+        got = gradients(model, x, y, logits)
+        for name in reference:
+            torch.testing.assert_close(got[name], reference[name], rtol=0, atol=1e-11, msg=name)
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cell", CELLS)
 def test_the_recurrent_mode_equals_the_parallel_form(cell):
     model = small_model(cell, layers=3, seed=1)
     x = torch.randn(4, 37, 3, dtype=torch.float64)
@@ -55,10 +66,11 @@ def test_the_recurrent_mode_equals_the_parallel_form(cell):
 
 
 def test_without_the_engine_the_lru_takes_the_log_depth_scan(monkeypatch):
-    model = small_model(LRU)
+    model = small_model("lru")
     x = torch.randn(3, 37, 3, dtype=torch.float64)
     expected = model.logits(x, fast=False)
-    monkeypatch.setattr(engine, "native_loops", lambda: None)
+    monkeypatch.setenv("SEQMNIST_NATIVE", "0")  # as a machine without a compiler: native_loops() is None
+    monkeypatch.setattr(engine, "native_loops", engine.native_loops.__wrapped__)  # uncached: reads the setting
     assert model.training_path(torch.device("cpu")) == "PyTorch's log-depth scan"
     torch.testing.assert_close(model.logits(x), expected, rtol=0, atol=1e-12)
 
@@ -78,8 +90,8 @@ def test_the_log_depth_scan_is_the_recurrence(steps):
 def test_the_compiled_scan_passes_gradcheck(state):
     x = torch.randn(2, 6, 2 * state, dtype=torch.float64, requires_grad=True)
     lam = (0.9 * torch.rand(2, state, dtype=torch.float64) - 0.45).requires_grad_()
-    assert torch.autograd.gradcheck(compiled_scan, (x, lam), fast_mode=True)
-    torch.testing.assert_close(compiled_scan(x, lam), log_depth_scan(x, lam), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(complex_scan, (x, lam), fast_mode=True)
+    torch.testing.assert_close(complex_scan(x, lam), log_depth_scan(x, lam), rtol=0, atol=1e-12)
 
 
 @needs_engine
@@ -92,9 +104,9 @@ def test_the_compiled_scan_in_float32_at_the_pixel_tasks_length(threads):
         g = torch.randn(7, 784, 80)
         x64, lam64 = x.double().requires_grad_(), lam.double().requires_grad_()
         x32, lam32 = x.clone().requires_grad_(), lam.clone().requires_grad_()
-        (compiled_scan(x32, lam32) * g).sum().backward()
+        (complex_scan(x32, lam32) * g).sum().backward()
         (log_depth_scan(x64, lam64) * g.double()).sum().backward()
-        torch.testing.assert_close(compiled_scan(x, lam).double(), log_depth_scan(x64, lam64), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(complex_scan(x, lam).double(), log_depth_scan(x64, lam64), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(lam32.grad.double(), lam64.grad, rtol=1e-4, atol=1e-2)
     finally:
@@ -120,36 +132,97 @@ def test_the_compiled_scan_checks_its_arguments():
         native.scan_backward(torch.randn(2, 4, 8), x, lam)
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cell", CELLS)
 def test_weights_are_drawn_from_the_generator(cell):
     one, two, other = (small_model(cell, seed=seed, dtype=torch.float32) for seed in (3, 3, 4))
     for (name, a), b in zip(one.named_parameters(), two.parameters(), strict=True):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, c) for a, c in zip(one.parameters(), other.parameters(), strict=True))
-    assert set(cell.readouts) == {"last", "mean-logits"} and cell.inits and cell.state == 64 and cell.about
-    assert all(any(name.endswith(f".{leaf}") for name, _ in one.named_parameters()) for leaf in cell.ssm_parameters)
     U, decays, V = one.first_layer_weights()
     assert U.shape == (3, 8) and V.shape == (8, 10) and 0 < decays.min() <= decays.max() < 1
 
 
 def test_the_lrus_eigenvalues_start_on_the_papers_ring():
-    mixer = small_model(LRU).blocks[0].mixer
+    mixer = small_model("lru").blocks[0].mixer
     modulus = mixer.eigenvalues().norm(dim=0)
     assert mixer.r_min <= modulus.min() and modulus.max() <= mixer.r_max
     torch.testing.assert_close(torch.exp(mixer.gamma_log), torch.sqrt(1 - modulus**2))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.__name__)
-def test_on_the_pixel_task_the_recurrent_mode_predicts_as_the_parallel_form(cell, mnist):
+@pytest.mark.parametrize(("cell", "recurrent"), [("lru", {"nu_log", "theta_log", "gamma_log"}),
+                                                 ("s4d", {"log_dt", "log_A_real", "A_imag"})])  # fmt: skip
+def test_the_recurrences_own_parameters_take_their_own_rate_and_no_decay(cell, recurrent):
+    """S4's recipe (its example.py): A and dt learn at a lower rate, without weight decay; B, C, D and the
+    position-wise layers as the rest."""
+    model = small_model(cell, layers=3, dtype=torch.float32)
+    assert {name.rsplit(".", 1)[1] for name in model.recurrent_names()} == recurrent
+    assert len(model.recurrent_names()) == 3 * len(recurrent)
+    others, own = make_optimizer("adamw", model, 3e-3, 0.9, 0.01, recurrent_lr=0.1, decay_recurrent=False).param_groups
+    assert (own["lr_scale"], own["weight_decay"], others["weight_decay"]) == (0.1, 0.0, 0.01)
+    assert len(own["params"]) == 9 and len(others["params"]) == len(list(model.parameters())) - 9
+
+
+def test_the_state_size_is_the_cells_own_setting():
+    assert small_model("lru", state=10).blocks[0].mixer.nu_log.shape == (10,)
+    s4d = build_model(ModelSpec("s4d", hidden=8, readout="last"))
+    assert s4d.blocks[0].mixer.A_imag.shape == (8, S4D.default_state // 2)
+    assert LRU.default_state == S4D.default_state == 64
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cell", "lru", "--readout", "mean-softmax"], "--readout mean-softmax is not for the lru cell"),
+        (["--cell", "s4d", "--state", "2000"], "--state must be an integer in 2..1024 (got 2000)"),
+        (["--cell", "s4d", "--readout", "last", "--state", "33"], "--state 33: the s4d cell keeps N/2 complex states"),
+        (["--cell", "vanilla", "--state", "32"], "--state is not for the vanilla cell"),
+        (["--cell", "lru", "--init", "identity"], "--init identity is not for the lru cell (it takes ring)"),
+    ],
+)
+def test_settings_the_cells_do_not_take_end_in_one_line(flags, message):
+    assert_one_line_error(call_main("train", "--task", "pixel", *flags), message)
+
+
+@pytest.fixture
+def one_thread():
+    """784 steps of tensors this small run 10-20x slower on two threads than on one while the machine
+    is busy (each step's parallel regions wait for a descheduled thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_on_the_pixel_task_the_recurrent_mode_predicts_as_the_parallel_form(cell, mnist, one_thread):
     """The issue's check: the first 1,000 test images read pixel by pixel, float32, random weights."""
-    spec = ModelSpec("linear", inputs=1, hidden=32, layers=2, bias=True, readout="last", steps=784)
-    model = cell(spec, state=32).init_weights(Draws(torch.Generator().manual_seed(0)))
+    spec = ModelSpec(cell, inputs=1, hidden=8, layers=2, bias=True, readout="last", steps=784, state=8)
+    model = build_model(spec).init_weights(Draws(torch.Generator().manual_seed(0)))
     x = Sequencer("pixel", pixels_per_step=1).encode(mnist.test_x[:1000])
     with torch.no_grad():
-        parallel = torch.cat([model.logits(chunk) for chunk in x.split(250)], dim=1)
+        parallel = model.logits(x)
         stepped = stepped_logits(model, x)
-    for readout in cell.readouts:
-        fast, slow = (torch.softmax(readout_scores(readout, z), dim=-1) for z in (parallel, stepped))
-        assert torch.equal(fast.argmax(1), slow.argmax(1)), readout
-        assert (fast - slow).abs().max() < 1e-5, readout
+    for readout in map(get_readout, model.readouts):
+        fast, slow = (torch.softmax(readout.scores(z), dim=-1) for z in (parallel, stepped))
+        assert torch.equal(fast.argmax(1), slow.argmax(1)), readout.name
+        assert (fast - slow).abs().max() < 1e-5, readout.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_tiny_model_trains_evaluates_predicts_and_plots_on_the_pixel_task(cell, mnist, mnist_dir, tmp_path):
+    """predict's trace and the row-by-row figures read every step's logits from the parallel form."""
+    out = tmp_path / "run"
+    trained = call_main("train", "--task", "pixel", "--cell", cell, "--hidden", "8", "--state", "4",
+                        "--readout", "mean-logits", "--optimizer", "adam", "--lr", "0.01", "--epochs", "1",
+                        "--subset", "200", "--no-eval-train", "--out", out, "--data-dir", mnist_dir)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert f"{cell} 8 (no bias, state 4)" in trained.stdout
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_x[0].numpy()).save(image)
+    predicted = call_main("predict", out, image, "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout.splitlines()[0])["label"] in range(10)
+    plotted = call_main("plot", out, "--data-dir", mnist_dir)
+    assert plotted.returncode == 0, plotted.stderr
+    assert {"weights.png", "epoch_curves.png"} <= {p.name for p in (out / "figures").iterdir()}

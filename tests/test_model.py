@@ -80,7 +80,8 @@ def test_forward_matches_numpy(rows):
 
 @pytest.mark.parametrize("cell", cell_names())
 def test_definitions_gradients_match_finite_differences(cell):
-    spec = ModelSpec(cell, inputs=3, hidden=4, layers=2, bias=True, readout="mean-logits", steps=5)
+    state = 2 if get_cell(cell).default_state else None  # a state of its own: small, as hidden
+    spec = ModelSpec(cell, inputs=3, hidden=4, layers=2, bias=True, readout="mean-logits", steps=5, state=state)
     model = _perturbed(spec, seed=0).double()
     x, y = torch.rand(3, 5, 3, dtype=torch.float64), torch.tensor([1, 0, 7])
     names = [n for n, _ in model.named_parameters()]

@@ -2,9 +2,11 @@
 
 The plain loop is what a user would write for the same cell and task: ``nn.RNN`` / ``nn.LSTM`` /
 ``nn.GRU`` (batch-first, the full sequence), an ``nn.Linear`` readout, the readout's loss, autograd
-and the optimiser; for indrnn, which PyTorch has no module for, the cell's equations in a Python
-loop. Ours is a run's own step (:meth:`SequenceClassifier.loss`: the compiled engine for the
-elementwise cells, PyTorch's fused modules for LSTM and GRU).
+and the optimiser; for a cell PyTorch has no module for (indrnn, lru, s4d), the cell's equations in a
+Python loop. A cell that names other plain forms (:meth:`SequenceClassifier.plain_forms`: the linear
+cells' parallel form as plain PyTorch writes it) is timed against each as well, in the same rounds.
+Ours is a run's own step (:meth:`SequenceClassifier.loss`: the compiled engine for the elementwise
+cells, PyTorch's fused modules for LSTM and GRU, the parallel form for lru and s4d).
 
 The machine this was written on is shared and noisy, so every comparison is interleaved (plain,
 ours, plain, ours, ...) over several rounds and reported as the ratio of medians; absolute numbers
@@ -26,7 +28,7 @@ from .config import Config
 from .model import AUTOGRAD_PATH, ENGINE_PATH, NUM_CLASSES, Draws, ModelSpec, SequenceClassifier, build_model
 from .readouts import get_readout
 from .recipes import make_optimizer
-from .registry import cell_names
+from .registry import cell_names, get_cell
 from .train import train_step
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
@@ -36,25 +38,36 @@ class PlainRNN(nn.Module):
     """A model the way most PyTorch code would write it, starting from one of ours' weights (a cell's
     initialisation decides how fast its gradients fade, and how often they turn denormal): PyTorch's
     recurrent module with a Linear readout on every step's state, or, for a cell PyTorch has no module
-    for, its equations in a Python loop (our definition); the readout's loss by autograd."""
+    for, its equations in a Python loop (our definition); or, given a ``form``, that plain form of the
+    cell's (:meth:`SequenceClassifier.plain_forms`). The readout's loss by autograd."""
 
-    def __init__(self, model: SequenceClassifier):
+    def __init__(self, model: SequenceClassifier, form: str | None = None):
         super().__init__()
-        if model.has_torch_module():
+        self.form = form
+        if form is None and model.has_torch_module():
             self.rnn, self.readout = model.to_torch()
         else:
             self.loop = copy.deepcopy(model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step logits, (steps, batch, classes)."""
+        if self.form is not None:
+            return self.loop.plain_forms()[self.form](x)
         if not hasattr(self, "rnn"):
             return self.loop.logits(x, fast=False)
         states, _ = self.rnn(x)
         return self.readout(states).transpose(0, 1)
 
 
-def plain_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
-    model = PlainRNN(our_model(spec))
+def plain_trainers(spec: ModelSpec) -> dict[str, Step]:
+    """The plain PyTorch ways of the same training step: "plain" (PyTorch's module, or the loop), then
+    each plain form the cell names."""
+    forms = our_model(spec).plain_forms()
+    return {"plain": plain_trainer(spec), **{form: plain_trainer(spec, form) for form in forms}}
+
+
+def plain_trainer(spec: ModelSpec, form: str | None = None, lr: float = 0.01) -> Step:
+    model = PlainRNN(our_model(spec), form)
     readout = get_readout(spec.readout)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 
@@ -105,14 +118,14 @@ def _seconds(fn: Callable[[], object]) -> float:
 
 
 def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
-    """Images/s of the plain loop and of ours on the same synthetic batches, interleaved."""
+    """Images/s of the plain ways and of ours on the same synthetic batches, interleaved."""
     spec = config.model_spec()
     batch = config.recipe.batch_size
     g = torch.Generator().manual_seed(0)
     n_batches = 4
     xs = torch.rand(n_batches, batch, spec.steps, spec.inputs, generator=g)
     ys = torch.randint(0, NUM_CLASSES, (n_batches, batch), generator=g)
-    trainers = {"plain": plain_trainer(spec), "ours": our_trainer(spec)}
+    trainers = {**plain_trainers(spec), "ours": our_trainer(spec)}
     # Size each timed slice to about seconds / (trainers x rounds) from one warm-up pass.
     per_batch = {}
     for name, step in trainers.items():
@@ -121,13 +134,13 @@ def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in trainers}
     order = list(trainers.items())
     for round_ in range(rounds):
-        for name, step in order if round_ % 2 == 0 else order[::-1]:  # neither always runs first
+        turn = round_ % len(order)  # each round starts one later: none always runs first, or after another
+        for name, step in order[turn:] + order[:turn]:
             count = max(2, round(seconds / (len(trainers) * rounds) / per_batch[name]))
             elapsed = _seconds(lambda s=step, k=count: [s(xs[i % n_batches], ys[i % n_batches]) for i in range(k)])
             rates[name].append(count * batch / elapsed)
     plain, ours = statistics.median(rates["plain"]), statistics.median(rates["ours"])
-    # Each round's own ratio: how far the machine's drift moves the answer.
-    round_ratios = [o / p for o, p in zip(rates["ours"], rates["plain"], strict=True)]
+    others = {name: _against(rates["ours"], rates[name]) for name in trainers if name not in ("plain", "ours")}
     return {
         "cell": spec.cell,
         "task": config.task.task,
@@ -141,8 +154,20 @@ def compare(config: Config, seconds: float, rounds: int = 5) -> dict:
         "baseline_samples_per_s": plain,
         "samples_per_s": ours,
         "speedup": ours / plain,
-        "speedup_range": [min(round_ratios), max(round_ratios)],
+        "speedup_range": _against(rates["ours"], rates["plain"])["speedup_range"],
+        "others": others,
         "path": our_path(spec),
+    }
+
+
+def _against(ours: list[float], plain: list[float]) -> dict:
+    """Ours against one plain way: its median rate, the ratio of medians, and each round's own ratio (how
+    far the machine's drift moves the answer)."""
+    round_ratios = [o / p for o, p in zip(ours, plain, strict=True)]
+    return {
+        "samples_per_s": statistics.median(plain),
+        "speedup": statistics.median(ours) / statistics.median(plain),
+        "speedup_range": [min(round_ratios), max(round_ratios)],
     }
 
 
@@ -150,7 +175,10 @@ PATH_LABELS = {ENGINE_PATH: "compiled", AUTOGRAD_PATH: "autograd"}  # else PyTor
 
 
 def our_path(spec: ModelSpec) -> str:
-    return PATH_LABELS.get(build_model(spec).training_path(torch.device("cpu")), "nn module")
+    """The engine, autograd, PyTorch's own module (as the plain loop's), or the cell's own path in words."""
+    model = build_model(spec)
+    path = model.training_path(torch.device("cpu"))
+    return PATH_LABELS.get(path, "nn module" if model.has_torch_module() else path)
 
 
 SCALING = ((256, 200), (1024, 200), (100, 512))
@@ -196,15 +224,24 @@ def cells_run(configs: list[Config], seconds: float) -> dict:
 MATRIX_READOUTS = {"rows": "mean-softmax", "pixel": "last"}  # each task's usual readout
 
 
+def configuration(shape: dict) -> Config:
+    """The seed's settings with ``shape``'s (flat names); unless it says otherwise, a cell other than the
+    seed's has biases, and a cell that does not take the seed's readout reads out by its own first."""
+    cell = get_cell(shape.get("cell", ModelSpec.cell))
+    defaults = {"bias": True} if cell.name != ModelSpec.cell else {}
+    if ModelSpec.readout not in cell.readouts:
+        defaults["readout"] = cell.readouts[0]
+    return Config.from_settings("seed", **{**defaults, **shape})
+
+
 def matrix_configs(hidden: int | None = None) -> list[Config]:
-    """Every cell on rows (28 steps, hidden 128 with a bias) and on pixel (784 steps, hidden 128):
-    what the speed claims of the beyond-the-seed presets rest on."""
+    """Every cell on rows (28 steps, hidden 128 with a bias) and on pixel (784 steps, hidden 128), with
+    the task's usual readout where the cell takes it: what the speed claims of the presets rest on."""
     configs = []
     for task, readout in MATRIX_READOUTS.items():
         for cell in cell_names():
-            configs.append(
-                Config.from_settings("seed", task=task, cell=cell, hidden=hidden or 128, bias=True, readout=readout)
-            )
+            shape = {"task": task, "cell": cell, "hidden": hidden or 128}
+            configs.append(configuration(shape | ({"readout": readout} if readout in get_cell(cell).readouts else {})))
     return configs
 
 
@@ -242,6 +279,12 @@ def format_cells_table(result: dict) -> str:
             f"{row['baseline_samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} {row['speedup']:>7.2f}x "
             f"{low:>5.2f}-{high:<5.2f}  {row['path']}"
         )
+        for name, other in row.get("others", {}).items():
+            low, high = other["speedup_range"]
+            lines.append(
+                f"{name:>41} {other['samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} "
+                f"{other['speedup']:>7.2f}x {low:>5.2f}-{high:.2f}"
+            )
     lines += ["", "rounds: each round's own ratio, the spread the machine's drift gives", _path_note(result["native"])]
     same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})
     if same:
@@ -252,6 +295,7 @@ def format_cells_table(result: dict) -> str:
 def _path_note(native: bool) -> str:
     if native:
         return (
-            "plain: PyTorch's module and autograd (indrnn: a Python loop); ours: the compiled engine or the same module"
+            "plain: PyTorch's module and autograd (indrnn, lru, s4d: a Python loop; plain parallel: the linear "
+            "cells' parallel form in plain PyTorch); ours: the compiled engine, the same module, or the parallel form"
         )
     return "ours: on PyTorch's modules here (engine.cpp did not build)"

@@ -114,8 +114,11 @@ def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 
 # The settings bench times one configuration by, and where its help differs from train's.
-BENCH_SHAPE = ("cell", "task", "hidden", "layers", "readout", "pixels_per_step", "batch_size", "bias")
-BENCH_HELP = {"bias": "biases (default: none for the seed, with for other cells)"}
+BENCH_SHAPE = ("cell", "task", "hidden", "layers", "state", "readout", "pixels_per_step", "batch_size", "bias")
+BENCH_HELP = {
+    "bias": "biases (default: none for the seed, with for other cells)",
+    "readout": "how the per-step outputs make one prediction (default: the seed's, else the cell's first)",
+}
 
 
 def build_parser() -> Parser:
@@ -343,8 +346,6 @@ def cmd_import_theano(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
-    from .config import Config
-    from .model import ModelSpec
 
     if not 0 < args.seconds <= 3600:
         raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
@@ -354,9 +355,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in shape))
         result = bench.cells_run(bench.matrix_configs(), args.seconds)
     elif shape:
-        if shape.get("cell", ModelSpec.cell) != ModelSpec.cell:  # the seed's cell has no bias
-            shape.setdefault("bias", True)
-        result = bench.cells_run([Config.from_settings("seed", **shape)], args.seconds)
+        result = bench.cells_run([bench.configuration(shape)], args.seconds)
     else:
         result = bench.seed_run(seconds=args.seconds, scaling_seconds=args.seconds / 5)
     if args.json:

@@ -724,6 +724,8 @@ void register_scan(pybind11::module_& m);  // scan.cpp
 
 // The codes and factors are written here alone: engine.py reads the activations' from `activations` and
 // checks `readout_codes` against seqmnist.readouts when it loads the library.
+void register_scan(pybind11::module_& m);  // scan.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
   m.def("backward_layer", &backward_layer);

@@ -4,7 +4,8 @@ Same math as :class:`seqmnist.model.ElementwiseRNN`'s definition with its readou
 two to 1e-5 for every cell, readout, bias, depth and task), laid out for the multiply library: one
 multiply per step and direction, each yielding everything that step needs; the weight gradients are
 sums over all steps and the whole batch. ``engine.cpp`` runs the loops, one call per layer; this file
-holds the buffers and the autograd glue.
+holds the buffers and the autograd glue. ``scan.cpp``, built into the same library, runs the LRU's
+complex diagonal recurrence (:func:`complex_scan`), whose dense work stays with PyTorch.
 
 Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's shape):
 
@@ -541,3 +542,33 @@ def relu_scan(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -
     a bias b (None: zero): h_t = max(0, a_t + b + w * h_{t-1}), h_{-1} = 0; differentiable in a, w and
     b. Where :func:`native_loops` is (CPU tensors)."""
     return _ReluScan.apply(a, w, torch.zeros_like(w) if b is None else b)
+
+
+# --- scan.cpp: the complex diagonal linear recurrence of the LRU (seqmnist.cells.linear) -----------
+
+
+class _ComplexScan(torch.autograd.Function):
+    """h_t = lambda h_{t-1} + x_t over (batch, steps, [re | im]) by scan.cpp, backward included."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        h = native_loops().scan_forward(x.contiguous(), lam.contiguous())
+        ctx.save_for_backward(h, lam)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, lam = ctx.saved_tensors
+        return tuple(native_loops().scan_backward(g.contiguous(), h, lam.contiguous()))
+
+
+def complex_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """h_t = lambda h_{t-1} + x_t, h_{-1} = 0, with x (batch, steps, 2N) holding [re | im] halves and
+    lam (2, N) lambda's real and imaginary parts: 784 steps of a few multiplies, which PyTorch would
+    run as 784 calls of a few microseconds each. Differentiable in both."""
+    return _ComplexScan.apply(x, lam)
+
+
+def covers_scan(x: torch.Tensor) -> bool:
+    """Whether :func:`complex_scan` runs for x: the engine is here and x on the CPU."""
+    return x.device.type == "cpu" and native_loops() is not None

@@ -14,6 +14,7 @@ layer's are named U, W, b, the l-th layer's U{l}, W{l}, b{l}, the readout's V an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -38,6 +39,8 @@ INIT_ABOUT = {
     "uniform": "uniform in +-1/sqrt(fan_in), biases 0 (the seed's; PyTorch's for LSTM/GRU); indrnn: w in [0, 1]",
     "orthogonal": "recurrent weights a random orthogonal matrix (per gate), the rest as uniform",
     "identity": "recurrent weights the identity, input and readout weights N(0, 0.001), biases 0 (Le et al.)",
+    "ring": "lru's: lambda uniform on the ring 0.9 <= |lambda| <= 0.999 (Orvieto et al.)",
+    "s4d-lin": "s4d's: A_n = -1/2 + i pi n, log dt uniform in [log 0.001, log 0.1] (Gu et al.)",
 }
 
 
@@ -59,6 +62,7 @@ class ModelSpec:
     dropout: float = 0.0  # between layers and before the readout, one mask for all steps of a sequence
     recurrent_max: float = 2.0  # |w| <= recurrent_max^(1/steps)
     last_layer_init: str = "same"  # "near-one": the top layer's w in [recurrent_max^(-1/T), recurrent_max^(1/T)]
+    state: int | None = None  # the state size N of a cell that has one apart from hidden; None: its default
 
     @property
     def init_scheme(self) -> str:
@@ -111,6 +115,7 @@ class SequenceClassifier(nn.Module):
     readouts: tuple[str, ...] = readout_names()  # the readouts it takes
     max_layers: int = 16
     takes_bias: bool = True
+    default_state: int | None = None  # the state size N a cell with one apart from hidden takes by default
     # why ``seqmnist export`` refuses the cell, None where it exports: a cell exports by its
     # step-by-step form (state_sizes, advance), in plain tensor operations
     export_refusal: str | None = "it has no step-by-step form (state_sizes and advance) to export"
@@ -134,6 +139,8 @@ class SequenceClassifier(nn.Module):
         for option in CELL_OPTIONS:
             if option not in cls.takes and getattr(spec, option) != defaults[option]:
                 raise SeqmnistError(f"--{option.replace('_', '-')} is not for the {cls.name} cell")
+        if spec.state is not None and cls.default_state is None:
+            raise SeqmnistError(f"--state is not for the {cls.name} cell (its state is --hidden)")
 
     @property
     def readout(self) -> Readout:
@@ -168,6 +175,11 @@ class SequenceClassifier(nn.Module):
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         """The cell's equations, step by step, with autograd: the reference every fast path is held to."""
         raise NotImplementedError
+
+    def plain_forms(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Ways plain PyTorch code would compute :meth:`logits` besides PyTorch's module or the step-by-step
+        loop, by name: what ``seqmnist bench`` times this model's training step against as well."""
+        return {}
 
     def state_sizes(self) -> list[int]:
         """The width of each state tensor one step hands the next, (batch, width) each; all are zeros

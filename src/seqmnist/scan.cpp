@@ -1,7 +1,7 @@
 // Diagonal recurrences, run a sequence at a time once their inputs are made for all steps at once: the
 // LRU's complex linear one, then the IndRNN's relu one (further down). Built into the engine's module.
 //
-// The complex diagonal linear recurrence of the LRU, forward and backward, compiled (see linear.py
+// The complex diagonal linear recurrence of the LRU, forward and backward, compiled (see cells/linear.py
 // for the model around it and the autograd glue):
 //
 //   h_t = lambda * h_{t-1} + x_t,   h_{-1} = 0,   t = 0 .. L-1,   lambda, x_t, h_t in C^N

@@ -3,5 +3,19 @@
 
 from .elementwise import IRNN, ElementwiseRNN, IndRNN, ReluRNN, TanhRNN, VanillaRNN
 from .gated import GRU, LSTM, GatedRNN
+from .linear import LRU, S4D, LinearRecurrentClassifier
 
-__all__ = ["GRU", "IRNN", "LSTM", "ElementwiseRNN", "GatedRNN", "IndRNN", "ReluRNN", "TanhRNN", "VanillaRNN"]
+__all__ = [
+    "GRU",
+    "IRNN",
+    "LRU",
+    "LSTM",
+    "S4D",
+    "ElementwiseRNN",
+    "GatedRNN",
+    "IndRNN",
+    "LinearRecurrentClassifier",
+    "ReluRNN",
+    "TanhRNN",
+    "VanillaRNN",
+]

@@ -1,5 +1,5 @@
-"""Linear recurrent cells: stacks of layers whose recurrence is linear in the state, so that training
-runs in parallel over the steps, and inference step by step.
+"""The linear recurrent cells: stacks of layers whose recurrence is linear in the state, so that training
+runs in parallel over the steps, and reading step by step is one state update an input.
 
     lru   h_t = lambda h_{t-1} + gamma B u_t,  y_t = Re(C h_t) + D u_t,  lambda = exp(-e^nu + i e^theta)
           complex diagonal, gamma = sqrt(1 - |lambda|^2)                       (Orvieto et al. 2023)
@@ -10,60 +10,43 @@ Every layer of either is one block, pre-norm and residual as in S4's example.py:
     u <- u + GLU(GELU(mix(LayerNorm(u))))      GLU(v) = (v W1 + b1) * sigmoid(v W2 + b2)
 between an encoder (x_t -> u_t, a Linear) and a decoder to every step's logits z_t = u_t V + c; the
 readouts are ``last`` (z_T, what the pixel-task papers use) and ``mean-logits`` (the mean of z_t, which
-is S4's mean pooling followed by its decoder, the decoder being linear).
+is S4's mean pooling followed by its decoder, the decoder being linear). ``mean-softmax`` would need
+every step's softmax of a model trained to be read at the end, so neither takes it.
 
-Each model has three forms of the same function, held equal by tests/test_linear_cells.py:
-    logits(x)       the parallel form: LRU's recurrence by the compiled scan (scan.cpp; a log-depth
-                    scan in PyTorch where the engine is missing or the tensor is on a GPU), S4D's
-                    as a convolution with its kernel, by FFT
-    definition(x)   the equations with complex numbers, one state update per step: the reference
-    step(state, x_t)  one input in, one state update, one step's logits out, in real arithmetic
-                    (no complex tensors: ONNX exports it): predict's trace, streaming
+Each model computes the same function four ways, held equal by tests/test_linear_cells.py:
+    logits(x)         the parallel form: LRU's recurrence by the compiled scan (scan.cpp, through
+                      seqmnist.engine; a log-depth scan in PyTorch where the engine is missing or the
+                      tensor is on a GPU), S4D's as a convolution with its kernel, by FFT
+    definition(x)     the equations with complex numbers, one state update per step: the reference
+    advance(x_t, state)  one input in, one state update, one step's logits out, in real arithmetic
+                      (no complex tensors: ONNX exports it): streaming, one pixel at a time
+    plain_parallel(x) the parallel form as plain PyTorch code writes it (LRU: the log-depth scan;
+                      S4D: s4d.py's forward as published): what ``seqmnist bench`` times ours against
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import engine
-from .model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier
+from .. import engine
+from ..errors import SeqmnistError
+from ..model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier
+from ..registry import register_cell
 
-State = list[torch.Tensor]  # one tensor per layer: what step() carries from one input to the next
-
-
-# --- the LRU's recurrence, parallel over the steps ---------------------------------------------------
-
-
-class _CompiledScan(torch.autograd.Function):
-    """h_t = lambda h_{t-1} + x_t over (batch, steps, [re | im]) by scan.cpp, backward included."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        h = engine.native_loops().scan_forward(x.contiguous(), lam.contiguous())
-        ctx.save_for_backward(h, lam)
-        return h
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, lam = ctx.saved_tensors
-        dx, dlam = engine.native_loops().scan_backward(g.contiguous(), h, lam.contiguous())
-        return dx, dlam
-
-
-def compiled_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """h_t = lambda h_{t-1} + x_t, h_{-1} = 0, with x (batch, steps, 2N) holding [re | im] halves and
-    lam (2, N) lambda's real and imaginary parts; by scan.cpp."""
-    return _CompiledScan.apply(x, lam)
+State = list[torch.Tensor]  # one (batch, width) tensor per layer: what advance() carries from input to input
+Scan = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def log_depth_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """:func:`compiled_scan` in PyTorch operations: after the pass with shift d, each h_t holds the sum
-    of its 2d latest terms, so ceil(log2 steps) passes over the whole sequence (Hillis & Steele 1986)."""
+    """:func:`seqmnist.engine.complex_scan` in PyTorch operations: after the pass with shift d, each h_t
+    holds the sum of its 2d latest terms, so ceil(log2 steps) passes over the whole sequence (Hillis &
+    Steele 1986)."""
     n = lam.shape[1]
     power_re, power_im = lam[0], lam[1]  # lambda^d
     h, d = x, 1
@@ -78,10 +61,6 @@ def log_depth_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def uses_compiled_scan(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and engine.native_loops() is not None
-
-
 # --- the layers' recurrences ----------------------------------------------------------------------------
 
 
@@ -92,6 +71,7 @@ class LRULayer(nn.Module):
     # The ring lambda is drawn from, uniformly in area, and its largest phase: the paper's choices for
     # long sequences (sCIFAR, 1,024 steps), so that states remember hundreds of steps from the start.
     r_min, r_max, max_phase = 0.9, 0.999, 2 * math.pi
+    recurrent = ("nu_log", "theta_log", "gamma_log")  # lambda and its normalisation
 
     def __init__(self, hidden: int, state: int):
         super().__init__()
@@ -122,6 +102,10 @@ class LRULayer(nn.Module):
         modulus, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)
         return torch.stack((modulus * torch.cos(phase), modulus * torch.sin(phase)))
 
+    def decays(self) -> torch.Tensor:
+        """|lambda|, (N,): what each state is multiplied by per step."""
+        return torch.exp(-torch.exp(self.nu_log))
+
     def input_weights(self) -> torch.Tensor:
         """gamma B as [re; im] rows (2N, H): u_t (gamma B)^T is one real multiply."""
         return self.B * torch.exp(self.gamma_log).repeat(2)[:, None]
@@ -133,10 +117,12 @@ class LRULayer(nn.Module):
 
     def parallel(self, u: torch.Tensor) -> torch.Tensor:
         """(batch, steps, H) to (batch, steps, H), all steps at once."""
-        return self.scanned(u, compiled_scan if uses_compiled_scan(u) else log_depth_scan)
+        return self.scanned(u, engine.complex_scan if engine.covers_scan(u) else log_depth_scan)
 
-    def scanned(self, u: torch.Tensor, scan: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """:meth:`parallel` by the scan given (bench/linear_cells.py times both)."""
+    def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
+        return self.scanned(u, log_depth_scan)
+
+    def scanned(self, u: torch.Tensor, scan: Scan) -> torch.Tensor:
         return scan(u @ self.input_weights().T, self.eigenvalues()) @ self.output_weights().T + u * self.D
 
     def definition(self, u: torch.Tensor) -> torch.Tensor:
@@ -152,8 +138,8 @@ class LRULayer(nn.Module):
             ys.append((h @ C.T).real + self.D * u_t)
         return torch.stack(ys, dim=1)
 
-    def initial_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(batch, 2 * self.nu_log.shape[0])
+    def state_size(self) -> int:
+        return 2 * self.nu_log.shape[0]
 
     def step(self, h: torch.Tensor, u_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (batch, [re | im]) and u_t (batch, H) to the next h and y_t."""
@@ -170,6 +156,7 @@ class S4DLayer(nn.Module):
     B = 1, folded into C, as in s4d.py)."""
 
     dt_min, dt_max = 0.001, 0.1  # log dt uniform between these: time scales of 10 to 1,000 steps
+    recurrent = ("log_dt", "log_A_real", "A_imag")  # S4's recipe gives A and dt their own rate, no decay
 
     def __init__(self, hidden: int, state: int):
         super().__init__()
@@ -196,6 +183,10 @@ class S4DLayer(nn.Module):
         """dt A's real and imaginary parts, (H, N/2)."""
         dt = torch.exp(self.log_dt)[:, None]
         return -torch.exp(self.log_A_real) * dt, self.A_imag * dt
+
+    def decays(self) -> torch.Tensor:
+        """|exp(dt A)|, (H, N/2): what each state is multiplied by per step."""
+        return torch.exp(self.dt_a()[0])
 
     def discretised(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Zero-order hold in real arithmetic: exp(dt A), and C (exp(dt A) - 1) / A (C B-bar, B = 1), as
@@ -231,6 +222,24 @@ class S4DLayer(nn.Module):
         y = torch.fft.irfft(spectrum, n=n)[..., :steps].transpose(1, 2).contiguous()
         return y + u * self.D
 
+    def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
+        """s4d.py's S4D.forward (transposed=False) and S4DKernel.forward as published (state-spaces/s4,
+        models/s4/s4d.py: complex Vandermonde kernel, FFT over a transposed view), on these parameters."""
+        u = u.transpose(-1, -2)
+        L = u.size(-1)
+        dt = torch.exp(self.log_dt)
+        C = torch.complex(self.C[0], self.C[1])
+        A = -torch.exp(self.log_A_real) + 1j * self.A_imag
+        dtA = A * dt.unsqueeze(-1)
+        K = dtA.unsqueeze(-1) * torch.arange(L, device=u.device)
+        C = C * (torch.exp(dtA) - 1.0) / A
+        k = 2 * torch.einsum("hn, hnl -> hl", C, torch.exp(K)).real
+        k_f = torch.fft.rfft(k, n=2 * L)
+        u_f = torch.fft.rfft(u, n=2 * L)
+        y = torch.fft.irfft(u_f * k_f, n=2 * L)[..., :L]
+        y = y + u * self.D.unsqueeze(-1)
+        return y.transpose(-1, -2)
+
     def definition(self, u: torch.Tensor) -> torch.Tensor:
         """The recurrence in complex numbers, one step at a time."""
         A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
@@ -244,17 +253,18 @@ class S4DLayer(nn.Module):
             ys.append(2 * (C * x).sum(-1).real + self.D * u_t)
         return torch.stack(ys, dim=1)
 
-    def initial_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return like.new_zeros(batch, 2, *self.log_A_real.shape)
+    def state_size(self) -> int:
+        return 2 * self.log_A_real.numel()
 
     def step(self, x: torch.Tensor, u_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (batch, [re, im], H, N/2) and u_t (batch, H) to the next x and y_t; C B-bar stands in
+        """x (batch, [re, im] x H x N/2, flat) and u_t (batch, H) to the next x and y_t; C B-bar stands in
         for B-bar, so the state kept is C x."""
         step_re, step_im, cb_re, cb_im = self.discretised()
+        x = x.unflatten(1, (2, *step_re.shape))  # not view(len(x), ...): an export traces len(x) as a constant
         x_re, x_im = x[:, 0], x[:, 1]
         u = u_t[..., None]
         x = torch.stack((step_re * x_re - step_im * x_im + cb_re * u, step_re * x_im + step_im * x_re + cb_im * u), 1)
-        return x, 2 * x[:, 0].sum(-1) + self.D * u_t
+        return x.flatten(1), 2 * x[:, 0].sum(-1) + self.D * u_t
 
 
 # --- the stacks -----------------------------------------------------------------------------------------
@@ -263,60 +273,63 @@ class S4DLayer(nn.Module):
 class Block(nn.Module):
     """One layer: u + GLU(GELU(mix(LayerNorm(u)))), the position-wise part shared by every form."""
 
-    def __init__(self, mixer: nn.Module, hidden: int, bias: bool, dropout: float):
+    def __init__(self, mixer: nn.Module, hidden: int, bias: bool):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.mixer = mixer
         self.glu = nn.Linear(hidden, 2 * hidden, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, u: torch.Tensor, form: str) -> torch.Tensor:
+        """u after this layer, its recurrence computed by the mixer's method ``form`` (parallel,
+        plain_parallel, definition)."""
+        return u + self.after(getattr(self.mixer, form)(self.norm(u)))
 
     def after(self, y: torch.Tensor) -> torch.Tensor:
         """What follows the recurrence, one position at a time."""
-        y = self.dropout(nn.functional.gelu(y))
-        return self.dropout(nn.functional.glu(self.glu(y), dim=-1))
+        return nn.functional.glu(self.glu(nn.functional.gelu(y)), dim=-1)
 
 
 class LinearRecurrentClassifier(SequenceClassifier):
     """A stack of :class:`Block`'s between an encoder and a decoder; subclasses name the recurrence."""
 
     readouts = ("last", "mean-logits")
-    inits = ("default",)
-    state = 64  # N, the default state size per layer
-    layer_type: type[nn.Module]
-    ssm_parameters: tuple[str, ...]  # the recurrence's own: usually a lower lr and no weight decay
+    default_state = 64
+    export_refusal = None
+    layer_type: ClassVar[type[nn.Module]]
 
-    def __init__(self, spec: ModelSpec, state: int | None = None, dropout: float = 0.0):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.spec, self.state_size = spec, state or self.state
+        self.spec, self.state_size = spec, spec.state or self.default_state
         H = spec.hidden
         self.encoder = nn.Linear(spec.inputs, H, bias=spec.bias)
         self.blocks = nn.ModuleList(
-            Block(self.layer_type(H, self.state_size), H, spec.bias, dropout) for _ in range(spec.layers)
+            Block(self.layer_type(H, self.state_size), H, spec.bias) for _ in range(spec.layers)
         )
         self.decoder = nn.Linear(H, spec.classes, bias=spec.bias)
 
-    # --- the three forms ---------------------------------------------------------------------------
+    # --- the forms ---------------------------------------------------------------------------------
 
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        if not fast:
-            return self.definition(x)
-        u = self.encoder(x)
-        for block in self.blocks:
-            u = u + block.after(block.mixer.parallel(block.norm(u)))
-        return self.decoder(u).transpose(0, 1)
+        return self.through(x, "parallel" if fast else "definition")
 
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         """The recurrences step by step in complex numbers, layer after layer, with autograd: the reference."""
+        return self.through(x, "definition")
+
+    def plain_forms(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {"plain parallel": lambda x: self.through(x, "plain_parallel")}
+
+    def through(self, x: torch.Tensor, form: str) -> torch.Tensor:
+        """Per-step logits (steps, batch, classes), every layer's recurrence by its mixer's ``form``."""
         u = self.encoder(x)
         for block in self.blocks:
-            u = u + block.after(block.mixer.definition(block.norm(u)))
+            u = block(u, form)
         return self.decoder(u).transpose(0, 1)
 
-    def initial_state(self, batch: int) -> State:
-        like = self.decoder.weight
-        return [block.mixer.initial_state(batch, like) for block in self.blocks]
+    def state_sizes(self) -> list[int]:
+        return [block.mixer.state_size() for block in self.blocks]
 
-    def step(self, state: State, x_t: torch.Tensor) -> tuple[State, torch.Tensor]:
+    def advance(self, x_t: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
         """One input x_t (batch, inputs) in, every layer's state updated once, that step's logits out."""
         u, after = self.encoder(x_t), []
         for block, s in zip(self.blocks, state, strict=True):
@@ -325,13 +338,16 @@ class LinearRecurrentClassifier(SequenceClassifier):
             after.append(s)
         return after, self.decoder(u)
 
-    # --- what the trainer and the figures ask -------------------------------------------------------
+    # --- what the trainer, the recipes and the figures ask --------------------------------------------
 
     def training_path(self, device: torch.device, fast: bool = True) -> str:
-        return AUTOGRAD_PATH if not fast else self.parallel_path(device)
+        return self.parallel_path(device) if fast else AUTOGRAD_PATH
 
     def parallel_path(self, device: torch.device) -> str:
         raise NotImplementedError
+
+    def recurrent_names(self) -> set[str]:
+        return {f"blocks.{k}.mixer.{name}" for k in range(self.spec.layers) for name in self.layer_type.recurrent}
 
     def draw_order(self) -> list[str]:
         return [name for name, _ in self.named_parameters()]
@@ -350,12 +366,8 @@ class LinearRecurrentClassifier(SequenceClassifier):
 
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The encoder (inputs x H), the first layer's state decays per step, the decoder (H x classes)."""
-        weights = (self.encoder.weight.T, self.decays(), self.decoder.weight.T)
+        weights = (self.encoder.weight.T, self.blocks[0].mixer.decays(), self.decoder.weight.T)
         return tuple(t.detach().cpu().numpy() for t in weights)
-
-    def decays(self) -> torch.Tensor:
-        """|factor| each of the first layer's states is multiplied by per step."""
-        raise NotImplementedError
 
     def eval_chunk(self) -> int:
         """Images per evaluation pass: ~128 MB of float32 buffers, 1 to 1,000 images."""
@@ -363,28 +375,34 @@ class LinearRecurrentClassifier(SequenceClassifier):
         return max(1, min(1000, (1 << 25) // per_image))
 
 
+@register_cell("lru")
 class LRU(LinearRecurrentClassifier):
     about = "h_t = lambda h_{t-1} + gamma B u_t, y_t = Re(C h_t) + D u_t, complex diagonal (Orvieto et al. 2023)"
+    init = "ring"
+    inits = ("ring",)
     layer_type = LRULayer
-    ssm_parameters = ("nu_log", "theta_log", "gamma_log")
 
     def parallel_path(self, device: torch.device) -> str:
-        if device.type == "cpu" and engine.native_loops() is not None:
+        if engine.covers_scan(torch.empty(0, device=device)):
             return "the compiled scan (scan.cpp) and PyTorch"
         return "PyTorch's log-depth scan"
 
-    def decays(self) -> torch.Tensor:
-        return torch.exp(-torch.exp(self.blocks[0].mixer.nu_log))
 
-
+@register_cell("s4d")
 class S4D(LinearRecurrentClassifier):
     about = "x_t = exp(dt A) x_{t-1} + B-bar u_t, y_t = 2 Re(C x_t) + D u_t, A diagonal (Gu et al. 2022)"
+    init = "s4d-lin"
+    inits = ("s4d-lin",)
     layer_type = S4DLayer
-    ssm_parameters = ("log_dt", "log_A_real", "A_imag")
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        super().check(spec)
+        state = spec.state or cls.default_state
+        if state % 2:
+            raise SeqmnistError(
+                f"--state {state}: the s4d cell keeps N/2 complex states and their conjugates, so N must be even"
+            )
 
     def parallel_path(self, device: torch.device) -> str:
         return "PyTorch's FFT convolution"
-
-    def decays(self) -> torch.Tensor:
-        mixer = self.blocks[0].mixer
-        return torch.exp(-torch.exp(mixer.log_A_real) * torch.exp(mixer.log_dt)[:, None])
