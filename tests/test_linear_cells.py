@@ -100,15 +100,21 @@ def test_the_compiled_scan_in_float32_at_the_pixel_tasks_length(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x, lam = torch.randn(7, 784, 2 * 40), torch.stack((torch.full((40,), 0.99), torch.full((40,), 0.05)))
-        g = torch.randn(7, 784, 80)
+        rng = torch.Generator().manual_seed(threads)
+        x, lam = (
+            torch.randn(7, 784, 2 * 40, generator=rng),
+            torch.stack((torch.full((40,), 0.99), torch.full((40,), 0.05))),
+        )
+        g = torch.randn(7, 784, 80, generator=rng)
         x64, lam64 = x.double().requires_grad_(), lam.double().requires_grad_()
         x32, lam32 = x.clone().requires_grad_(), lam.clone().requires_grad_()
         (complex_scan(x32, lam32) * g).sum().backward()
         (log_depth_scan(x64, lam64) * g.double()).sum().backward()
         torch.testing.assert_close(complex_scan(x, lam).double(), log_depth_scan(x64, lam64), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(lam32.grad.double(), lam64.grad, rtol=1e-4, atol=1e-2)
+        # lambda's gradient sums 5,488 float32 products that partly cancel: its error is float32's, measured
+        # against the largest component rather than each (a near-cancelled one has a large relative error)
+        assert (lam32.grad.double() - lam64.grad).abs().max() <= 1e-5 * lam64.grad.abs().max()
     finally:
         torch.set_num_threads(before)
 
