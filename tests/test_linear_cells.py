@@ -199,6 +199,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_on_the_pixel_task_the_recurrent_mode_predicts_as_the_parallel_form(cell, mnist, one_thread):
     """The issue's check: the first 1,000 test images read pixel by pixel, float32, random weights."""

@@ -103,6 +103,8 @@ def test_without_the_compiled_loops_pytorchs_modules_run(tmp_path, monkeypatch, 
     broken = tmp_path / "engine.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(engine, "NATIVE_SOURCE", broken)
+    monkeypatch.setattr(engine, "SCAN_SOURCE", broken.with_name("scan.cpp"))  # not compiled in full first: ~70 s
+    engine.SCAN_SOURCE.write_text("this is not C++ either\n")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert engine.native_loops.__wrapped__() is None
     notice, warning = capsys.readouterr().err.splitlines()

@@ -96,7 +96,7 @@ def test_the_seed_preset_replays_the_seeds_first_epoch(mnist_dir, tmp_path):
     assert round(float(metrics[4]), 5) == 0.27594 and round(float(metrics[5]), 4) == 0.2700
 
 
-@pytest.mark.parametrize("k", [6, 14, 28])
+@pytest.mark.parametrize("k", [6, 14, pytest.param(28, marks=pytest.mark.slow)])  # 28: ~10 s, the slow tier
 def test_the_seeds_models_give_its_logged_numbers_exactly(k, mnist_dir, seed_models_dir, tmp_path, monkeypatch):
     model_file = seed_models_dir / f"rnn_step{k}.model"
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() == SEED_MODEL_SHA256[k]
