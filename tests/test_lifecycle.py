@@ -22,6 +22,7 @@ from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.files import read_tensors
+from seqmnist.registry import cell_names
 from seqmnist.runs import Run, new_run
 from seqmnist.train import TrainingInterrupted, step_logits, train
 
@@ -201,7 +202,7 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_
 def test_help_version_and_module(tmp_path):
     help_text = call_main("train", "--help").stdout
     assert "{seed,quick" in help_text and "quick: a first look" in help_text
-    assert "{vanilla,relu,irnn,indrnn,lstm,gru}" in help_text and "{rows,pixel,permuted}" in help_text
+    assert "{" + ",".join(cell_names()) + "}" in help_text and "{rows,pixel,permuted}" in help_text
     assert "RUN_DIR         a run directory (from train" in call_main("evaluate", "--help").stdout
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("seqmnist ")
