@@ -11,8 +11,9 @@ give the same models, byte for byte, on the same thread count. Usage:
                        [--rows 28 ...]
     python bench/ab.py OLD_REV [NEW_REV] --all [--rounds 3] [--seconds 12]
 
-With ``--all``: `seqmnist bench --all` in each revision instead, alternating, and each cell's training
-step (ours) new against old, for the cells both revisions have: did a refactoring slow any cell down?
+With ``--all``: each cell's training step as `seqmnist bench --all` times it ("ours", on rows and on
+pixel; bench/ours.py, without bench's plain PyTorch loops), in each revision, alternating, new against
+old for the cells both revisions have: did a refactoring slow any cell down?
 """
 
 import argparse
@@ -55,10 +56,14 @@ def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
     rates: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, src in sources.items():
-            result = json.loads(run(src, "bench", "--all", "--json", "--seconds", str(args.seconds)).stdout)
-            for row in result["comparisons"]:
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            command = [sys.executable, str(ROOT / "bench" / "ours.py"), "--seconds", str(args.seconds)]
+            result = subprocess.run(command, env=env, capture_output=True, text=True)
+            if result.returncode:
+                sys.exit(f"{src}: bench/ours.py failed: {result.stderr.strip().splitlines()[-1:]}")
+            for row in json.loads(result.stdout):
                 rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
-    print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench --all")
+    print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench/ours.py")
     print(f"{'cell':<9} {'task':<6} {'old images/s':>13} {'new images/s':>13} {'new/old':>8}")
     for cell, task, name in rates:
         if name == "old" and (cell, task, "new") in rates:

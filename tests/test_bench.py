@@ -104,8 +104,24 @@ def test_bench_times_a_linear_cell_against_its_loop_and_its_plain_parallel_form(
     assert "plain parallel" in format_cells_table(json.loads(result.stdout))
 
 
+def test_bench_times_presets_side_by_side():
+    """--preset: each preset's own model and batch (6 layers and batches of 32 for IndRNN's recipe), the
+    shape flags on top of each."""
+    result = call_main("bench", "--preset", "pixel-lru", "pixel-indrnn", "--pixels-per-step", "112", "--hidden", "8",
+                       "--seconds", "0.3", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["comparisons"]
+    shapes = [(r["cell"], r["layers"], r["hidden"], r["batch"], r["steps"], r["readout"]) for r in rows]
+    assert shapes == [("lru", 4, 8, 100, 7, "mean-logits"), ("indrnn", 6, 8, 32, 7, "last")]
+    assert all(r["samples_per_s"] > 0 for r in rows)
+    assert "   4x8   100" in format_cells_table(json.loads(result.stdout))
+
+
 def test_bench_rejects_a_bad_budget():
     assert_one_line_error(call_main("bench", "--seconds", "-1"), "--seconds must be in (0, 3600]")
     assert_one_line_error(
         call_main("bench", "--all", "--cell", "gru"), "--all runs its own configurations; drop --cell"
+    )
+    assert_one_line_error(
+        call_main("bench", "--all", "--preset", "pixel-lru"), "--all runs its own configurations; drop --preset"
     )

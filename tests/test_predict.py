@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -307,6 +308,24 @@ def test_every_kind_of_run(other_runs, mnist, mnist_pngs, capsys, name, steps, u
     photo = mnist_pngs[0].parent / "photo.jpg"
     photo.write_bytes(variants(mnist.test_x[0].numpy())["photographed.jpg"])
     assert predict_json(capsys, run, photo)[0]["steps"] == steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["wrong length", "repeated pixel", "not a list"])
+def test_a_saved_permutation_that_is_not_one_is_one_line(other_runs, mnist_dir, mnist_pngs, tmp_path, damage):
+    """A permuted run's permutation.json edited to 783 pixels, a repeated pixel or no order: evaluate and
+    predict refuse it in one line, exit 2, and leave the file as it was."""
+    run = tmp_path / "permuted"
+    shutil.copytree(other_runs["permuted"], run)
+    saved = json.loads((run / "permutation.json").read_text())
+    order = saved["order"]
+    saved["order"] = {"wrong length": order[:-1], "repeated pixel": [order[0], *order[:-1]], "not a list": 7}[damage]
+    text = json.dumps(saved)
+    (run / "permutation.json").write_text(text)
+    for command in (["evaluate", run], ["predict", run, mnist_pngs[0]]):
+        result = run_cli(*command, env={"SEQMNIST_DATA": str(mnist_dir)})
+        assert_one_line_error(result, "permutation.json: not a permutation of the 784 pixels")
+    assert (run / "permutation.json").read_text() == text
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])

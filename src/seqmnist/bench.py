@@ -269,23 +269,28 @@ def format_cells_table(result: dict) -> str:
     lines = [
         f"{result['threads']} threads; images/s of a training step (batch, forward, backward, SGD step)",
         "",
-        f"{'task':>6} {'steps':>5} {'cell':>7} {'hidden':>6} {'readout':>12} {'plain':>9} {'ours':>9} "
+        f"{'task':>6} {'steps':>5} {'cell':>7} {'size':>7} {'batch':>5} {'readout':>12} {'plain':>9} {'ours':>9} "
         f"{'speedup':>8} {'rounds':>11}  ours runs on",
     ]
     for row in result["comparisons"]:
         low, high = row["speedup_range"]
+        size = f"{row['layers']}x{row['hidden']}"
         lines.append(
-            f"{row['task']:>6} {row['steps']:>5} {row['cell']:>7} {row['hidden']:>6} {row['readout']:>12} "
+            f"{row['task']:>6} {row['steps']:>5} {row['cell']:>7} {size:>7} {row['batch']:>5} {row['readout']:>12} "
             f"{row['baseline_samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} {row['speedup']:>7.2f}x "
             f"{low:>5.2f}-{high:<5.2f}  {row['path']}"
         )
         for name, other in row.get("others", {}).items():
             low, high = other["speedup_range"]
             lines.append(
-                f"{name:>41} {other['samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} "
+                f"{name:>47} {other['samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} "
                 f"{other['speedup']:>7.2f}x {low:>5.2f}-{high:.2f}"
             )
-    lines += ["", "rounds: each round's own ratio, the spread the machine's drift gives", _path_note(result["native"])]
+    lines += [
+        "",
+        "size: layers x hidden; rounds: each round's own ratio, the spread the machine's drift gives",
+        _path_note(result["native"]),
+    ]
     same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})
     if same:
         lines.append(f"{', '.join(same)}: the same PyTorch module on both sides, so a tie is the most they can show")

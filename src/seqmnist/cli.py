@@ -122,6 +122,8 @@ BENCH_HELP = {
 
 
 def build_parser() -> Parser:
+    from .config import PRESETS
+
     parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
     commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")  # none: the help
@@ -256,6 +258,13 @@ def build_parser() -> Parser:
     bench.add_argument("--seconds", type=float, default=24.0, help="timing budget of each comparison (24)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--all", action="store_true", help="every cell on rows and on pixel, side by side")
+    bench.add_argument(
+        "--preset",
+        nargs="+",
+        choices=PRESETS,
+        metavar="NAME",
+        help="each named preset's model, task and batch, side by side (the flags below on top of each)",
+    )
     shape = bench.add_argument_group("one configuration (default: the seed's, with the multiply peak and scaling)")
     for name in BENCH_SHAPE:
         add_setting_flag(shape, name, BENCH_HELP.get(name))
@@ -346,14 +355,18 @@ def cmd_import_theano(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
+    from .config import Config
 
     if not 0 < args.seconds <= 3600:
         raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
     shape = {name: getattr(args, name) for name in BENCH_SHAPE if getattr(args, name) is not None}
     if args.all:
-        if shape:
-            raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in shape))
+        given = [*shape, "preset"] if args.preset else shape
+        if given:
+            raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in given))
         result = bench.cells_run(bench.matrix_configs(), args.seconds)
+    elif args.preset:
+        result = bench.cells_run([Config.from_settings(name, **shape) for name in args.preset], args.seconds)
     elif shape:
         result = bench.cells_run([bench.configuration(shape)], args.seconds)
     else:

@@ -1,0 +1,48 @@
+"""Images/s of one checkout's own training step on each (cell, task) of `seqmnist bench --all`, as JSON.
+
+`bench/ab.py --all` runs this in two revisions (PYTHONPATH says which), alternating, to ask whether a
+refactoring slowed a cell down. It times what `bench --all` calls "ours" (`bench.our_trainer` on
+`bench.matrix_configs()`, the same synthetic batches) and leaves out the plain PyTorch loops, which take
+most of `bench --all`'s time (784 steps of autograd a batch on the pixel task) and are not what changed.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from seqmnist.bench import matrix_configs, our_trainer
+
+BATCH = 100  # bench --all's batch: the seed's
+CLASSES = 10
+
+
+def images_per_s(spec, seconds: float) -> float:
+    """The training step's rate on 4 fixed synthetic batches, after one warm-up step."""
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(4, BATCH, spec.steps, spec.inputs, generator=g)
+    ys = torch.randint(0, CLASSES, (4, BATCH), generator=g)
+    step = our_trainer(spec)
+    step(xs[0], ys[0])
+    count, start = 0, time.perf_counter()
+    while count < 2 or time.perf_counter() - start < seconds:
+        step(xs[count % 4], ys[count % 4])
+        count += 1
+    return count * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per (cell, task)")
+    args = parser.parse_args()
+    rates = []
+    for config in matrix_configs():
+        spec = config.model_spec()
+        task = "rows" if spec.steps == 28 else "pixel"
+        rates.append({"cell": spec.cell, "task": task, "samples_per_s": images_per_s(spec, args.seconds)})
+    print(json.dumps(rates))
+
+
+if __name__ == "__main__":
+    main()
