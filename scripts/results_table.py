@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from seqmnist.config import Config
+from seqmnist.config import IDENTITY, SETTINGS, Config
 from seqmnist.sweep import mean_sd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -71,17 +71,27 @@ LITERATURE = [
 
 
 def copy_evidence(sweep: Path) -> Path:
-    """docs/results/NAME/: the sweep's tables and each run's small files."""
+    """docs/results/NAME/: the sweep's tables and each run's small files (nothing to copy where the sweep
+    is already docs/results/NAME: the page rebuilt from the evidence alone)."""
     target = DOCS / "results" / sweep.name
+    if sweep.resolve() == target.resolve():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "results.md"):
-        target.mkdir(parents=True, exist_ok=True)
         shutil.copy(sweep / name, target / name)
     for run in sorted((sweep / "runs").iterdir()):
-        (target / "runs" / run.name).mkdir(parents=True, exist_ok=True)
-        for name in EVIDENCE:
-            if (run / name).exists():
-                shutil.copy(run / name, target / "runs" / run.name / name)
+        keep(run, target / "runs" / run.name)
     return target
+
+
+def keep(run: Path, target: Path) -> None:
+    """A run's small files (not its weights) copied to ``target``, unless they are there already."""
+    if run.resolve() == target.resolve():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in EVIDENCE:
+        if (run / name).exists():
+            shutil.copy(run / name, target / name)
 
 
 def rows_of(sweep: Path) -> list[dict]:
@@ -90,10 +100,30 @@ def rows_of(sweep: Path) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for trial in trials:
         run = Path(trial["run_dir"])
+        if not run.exists():  # the sweep's own directory is gone: its evidence in docs/results/NAME/runs/
+            run = DOCS / "results" / sweep.name / "runs" / run.name
         config = Config.from_file(run / "config.json")
         summary = json.loads((run / "summary.json").read_text())
-        groups.setdefault(config.preset, []).append({"config": config, "summary": summary})
-    return [describe(preset, members) for preset, members in groups.items()]
+        same_but_seed = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(same_but_seed, []).append({"config": config, "summary": summary})
+    return [describe(members[0]["config"].preset, members) for members in groups.values()]
+
+
+def command(config: Config) -> str:
+    """The command that trains this run today: its preset, and a flag for each setting the preset has
+    changed since (an earlier preset's runs stay reproducible)."""
+    then, now = config.to_flat(), Config.from_settings(config.preset, seed=config.recipe.seed).to_flat()
+    flags = ["--preset", config.preset]
+    for name in (n for n in then if n in IDENTITY and n not in ("preset", "seed")):
+        value = then[name]
+        if now[name] == value:
+            continue
+        flag = SETTINGS[name].flag
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return "seqmnist train " + " ".join(flags)
 
 
 def describe(preset: str, members: list[dict]) -> dict:
@@ -123,6 +153,7 @@ def describe(preset: str, members: list[dict]) -> dict:
         "final": final,
         "minutes": ", ".join(minutes),
         "seeds": [m["config"].recipe.seed for m in members],
+        "command": command(config),
     }
 
 
@@ -144,7 +175,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['parameters']:,} | {r['recipe']} | {r['epochs']} "
             f"| **{mean_sd(r['best'], percent=True)}** ({len(r['best'])}) | {mean_sd(r['final'], percent=True)} "
             f"| {r['minutes']} "
-            f"| `seqmnist train --preset {r['preset']} --seed S` (S = {seeds}) |"
+            f"| `{r['command']} --seed S` (S = {seeds}) |"
         )
     return "\n".join(lines)
 
@@ -156,11 +187,7 @@ def tried(runs: list[Path]) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for run in runs:
-        target = DOCS / "results" / "tried" / run.name
-        target.mkdir(parents=True, exist_ok=True)
-        for name in EVIDENCE:
-            if (run / name).exists():
-                shutil.copy(run / name, target / name)
+        keep(run, DOCS / "results" / "tried" / run.name)
         config = Config.from_file(run / "config.json")
         r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
         lines.append(
