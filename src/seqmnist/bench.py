@@ -25,6 +25,7 @@ from torch import nn
 
 from . import engine
 from .config import Config
+from .data import TRAIN_IMAGES
 from .model import AUTOGRAD_PATH, ENGINE_PATH, NUM_CLASSES, Draws, ModelSpec, SequenceClassifier, build_model
 from .readouts import get_readout
 from .recipes import make_optimizer
@@ -270,7 +271,7 @@ def format_cells_table(result: dict) -> str:
         f"{result['threads']} threads; images/s of a training step (batch, forward, backward, SGD step)",
         "",
         f"{'task':>6} {'steps':>5} {'cell':>7} {'size':>7} {'batch':>5} {'readout':>12} {'plain':>9} {'ours':>9} "
-        f"{'speedup':>8} {'rounds':>11}  ours runs on",
+        f"{'speedup':>8} {'rounds':>11} {'epoch s':>7}  ours runs on",
     ]
     for row in result["comparisons"]:
         low, high = row["speedup_range"]
@@ -278,7 +279,7 @@ def format_cells_table(result: dict) -> str:
         lines.append(
             f"{row['task']:>6} {row['steps']:>5} {row['cell']:>7} {size:>7} {row['batch']:>5} {row['readout']:>12} "
             f"{row['baseline_samples_per_s']:>9.0f} {row['samples_per_s']:>9.0f} {row['speedup']:>7.2f}x "
-            f"{low:>5.2f}-{high:<5.2f}  {row['path']}"
+            f"{low:>5.2f}-{high:<5.2f} {TRAIN_IMAGES / row['samples_per_s']:>7.0f}  {row['path']}"
         )
         for name, other in row.get("others", {}).items():
             low, high = other["speedup_range"]
@@ -288,7 +289,8 @@ def format_cells_table(result: dict) -> str:
             )
     lines += [
         "",
-        "size: layers x hidden; rounds: each round's own ratio, the spread the machine's drift gives",
+        "size: layers x hidden; rounds: each round's own ratio, the spread the machine's drift gives; epoch s:",
+        f"ours' seconds for an epoch's {TRAIN_IMAGES:,} training images at this rate (validation not counted)",
         _path_note(result["native"]),
     ]
     same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})
