@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import MNIST
 from .errors import SeqmnistError
-from .machine import multiply_fingerprint, pick_device
+from .machine import keep_freed_memory, multiply_fingerprint, pick_device
 from .measures import Measure, measure_columns, measured_words, measures_for
 from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model
 from .recipes import EngineSGD, clip_gradients, learning_rate, make_optimizer, plateau_cuts
@@ -335,6 +335,8 @@ class Trainer:
         self.config, self.run, self.log = config, run, log
         self.after_save = after_save or (lambda run, row: None)
         self.device, why = pick_device(config.run.device, replay=config.recipe.rng == "seed")
+        if self.device.type == "cpu":
+            keep_freed_memory()
         data = (data.subset(config.recipe.subset) if config.recipe.subset else data).to(self.device)
         self.fast = config.run.engine == "fast"
         # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
