@@ -1,4 +1,5 @@
-"""What this machine offers a training: which device it runs on, and how many CPU threads it may use.
+"""What this machine offers a training: which device it runs on, how many CPU threads it may use, and
+how the C library hands out memory on the CPU.
 
 ``--device auto`` means CUDA where one is present, except for a run drawn from the seed's NumPy
 stream (``rng = "seed"``, the seed preset): its claim, the seed's logs replayed digit for digit, holds
