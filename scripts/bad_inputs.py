@@ -114,7 +114,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
             ["train", "--epochs", "2", "--subset", "1000", "--lr", "1e9", "--out", str(root / "div")],
         ),
     ]
-    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root) + export_cases(root)
+    return out + lifecycle_cases(root) + beyond_cases() + file_cases(root) + export_cases(root) + saved_cases(root)
 
 
 def digit_png(root: Path) -> Path:
@@ -163,6 +163,7 @@ def beyond_cases() -> list[tuple[str, list[str]]]:
         ("--warmup -2", ["train", "--warmup", "-2"]),
         ("--patience -1", ["train", "--patience", "-1"]),
         ("bench: --all with a cell", ["bench", "--all", "--cell", "gru"]),
+        ("bench: --all with a preset", ["bench", "--all", "--preset", "pixel-lru"]),
     ]
 
 
@@ -239,22 +240,42 @@ def export_cases(root: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
+def row(name: str, args: list[str], root: Path) -> str:
+    """One case run as a real process in ``root``: its table row (exit code and stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "seqmnist.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "SEQMNIST_DATA": str(SHARED)},
+    )
+    message = result.stderr.strip().replace(str(root), "$TMP").replace("|", "\\|")
+    if "\n" in message:
+        message = "MORE THAN ONE LINE: " + message.replace("\n", " / ")
+    return f"| {name} | {result.returncode} | `{message}` |"
+
+
+def saved_cases(root: Path) -> list[tuple[str, list[str]]]:
+    """A permuted run (trained here, a few seconds) whose saved pixel order was edited."""
+    run = root / "permuted"
+    tiny = ["--task", "permuted", "--pixels-per-step", "28", "--epochs", "1", "--subset", "1000"]
+    subprocess.run(
+        [sys.executable, "-m", "seqmnist.cli", "train", "--preset", "quick", *tiny, "--out", str(run)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SEQMNIST_DATA": str(SHARED)},
+    )
+    saved = json.loads((run / "permutation.json").read_text())
+    (run / "permutation.json").write_text(json.dumps({**saved, "order": saved["order"][:-1]}))
+    return [("evaluate: a saved permutation of 783 pixels", ["evaluate", str(run)])]
+
+
 def main() -> None:
     print("| bad input | exit | message |\n|---|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name, args in cases(root):
-            result = subprocess.run(
-                [sys.executable, "-m", "seqmnist.cli", *args],
-                capture_output=True,
-                text=True,
-                cwd=root,
-                env={**os.environ, "SEQMNIST_DATA": str(SHARED)},
-            )
-            message = result.stderr.strip().replace(tmp, "$TMP").replace("|", "\\|")
-            if "\n" in message:
-                message = "MORE THAN ONE LINE: " + message.replace("\n", " / ")
-            print(f"| {name} | {result.returncode} | `{message}` |", flush=True)
+            print(row(name, args, root), flush=True)
         ran = (root / "pwned").exists()
         print(f"\nThe crafted pickle's command {'RAN' if ran else 'never ran'} (no file {root.name}/pwned).")
 
