@@ -7,6 +7,8 @@ accuracy at the epoch of best validation accuracy, mean and sample standard devi
 beside the papers' figures.
 
     python scripts/results_table.py results/rows results/pixel16 results/pixel results/permuted [--tried RUN...]
+
+A sweep whose own directory is gone is read from its evidence: pass docs/results/NAME instead.
 """
 
 import argparse
@@ -145,7 +147,8 @@ def describe(preset: str, members: list[dict]) -> dict:
         "preset": preset,
         "task": task,
         "cell": config.model.cell,
-        "size": f"{config.model.layers} x {config.model.hidden}",
+        "size": f"{config.model.layers} x {config.model.hidden}"
+        + (f", state {config.model.state}" if config.model.state else ""),
         "parameters": members[0]["summary"]["parameters"],
         "recipe": ", ".join(recipe),
         "epochs": config.recipe.epochs,
