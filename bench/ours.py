@@ -13,13 +13,15 @@ import time
 import torch
 
 from seqmnist.bench import matrix_configs, our_trainer
+from seqmnist.model import ModelSpec
 
 BATCH = 100  # bench --all's batch: the seed's
 CLASSES = 10
 
 
-def images_per_s(spec, seconds: float) -> float:
-    """The training step's rate on 4 fixed synthetic batches, after one warm-up step."""
+def images_per_s(spec: ModelSpec, seconds: float) -> float:
+    """The training step's rate on 4 fixed synthetic batches, after one warm-up step. (bench.compare's
+    batches, rebuilt here from names every revision has: this script runs against older code.)"""
     g = torch.Generator().manual_seed(0)
     xs = torch.rand(4, BATCH, spec.steps, spec.inputs, generator=g)
     ys = torch.randint(0, CLASSES, (4, BATCH), generator=g)

@@ -108,7 +108,7 @@ def rows_of(sweep: Path) -> list[dict]:
         summary = json.loads((run / "summary.json").read_text())
         same_but_seed = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
         groups.setdefault(same_but_seed, []).append({"config": config, "summary": summary})
-    return [describe(members[0]["config"].preset, members) for members in groups.values()]
+    return [describe(members) for members in groups.values()]
 
 
 def command(config: Config) -> str:
@@ -123,12 +123,12 @@ def command(config: Config) -> str:
         flag = SETTINGS[name].flag
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        elif value is not None:  # a setting the preset has since set and the run left unset: no flag unsets it
+            flags += [flag, str(value)]
     return "seqmnist train " + " ".join(flags)
 
 
-def describe(preset: str, members: list[dict]) -> dict:
+def describe(members: list[dict]) -> dict:
     members = sorted(members, key=lambda m: m["config"].recipe.seed)
     config = members[0]["config"]
     best = [m["summary"]["best"]["test_acc"] for m in members]
@@ -144,7 +144,7 @@ def describe(preset: str, members: list[dict]) -> dict:
     recipe += [f"wd {config.recipe.weight_decay:g}"] if config.recipe.weight_decay else []
     recipe += [f"batch {config.recipe.batch_size}", config.model.readout]
     return {
-        "preset": preset,
+        "preset": config.preset,
         "task": task,
         "cell": config.model.cell,
         "size": f"{config.model.layers} x {config.model.hidden}"
@@ -192,7 +192,7 @@ def tried(runs: list[Path]) -> str:
     for run in runs:
         keep(run, DOCS / "results" / "tried" / run.name)
         config = Config.from_file(run / "config.json")
-        r = describe(config.preset, [{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
+        r = describe([{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.recipe.seed} "
             f"| {mean_sd(r['best'], percent=True)} | {r['minutes']} | `docs/results/tried/{run.name}` |"
@@ -223,7 +223,7 @@ def main() -> None:
     text = text.replace("{{OURS}}", markdown(rows)).replace("{{LITERATURE}}", literature())
     text = text.replace("{{TRIED}}", tried(args.tried))
     args.out.write_text(text)
-    print(f"{args.out}: {len(rows)} presets")
+    print(f"{args.out}: {len(rows)} rows")
 
 
 if __name__ == "__main__":

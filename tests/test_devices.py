@@ -4,6 +4,7 @@ resuming across devices, and the thread count taken from the CPUs this process m
 import asyncio
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -194,7 +195,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 def test_a_training_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     """Twenty 40 MB tensors one after another: by default each is a fresh mapping, ~10,000 page faults
     apiece; after keep_freed_memory (what train does on the CPU) the heap serves the same block again."""

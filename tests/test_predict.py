@@ -311,15 +311,21 @@ def test_every_kind_of_run(other_runs, mnist, mnist_pngs, capsys, name, steps, u
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["wrong length", "repeated pixel", "not a list"])
+@pytest.mark.parametrize("damage", ["wrong length", "repeated pixel", "not a list", "floats", "mixed types"])
 def test_a_saved_permutation_that_is_not_one_is_one_line(other_runs, mnist_dir, mnist_pngs, tmp_path, damage):
-    """A permuted run's permutation.json edited to 783 pixels, a repeated pixel or no order: evaluate and
-    predict refuse it in one line, exit 2, and leave the file as it was."""
+    """A permuted run's permutation.json edited to 783 pixels, a repeated pixel, no list, floats or a
+    string among the numbers: evaluate and predict refuse it in one line, exit 2, and leave the file as it was."""
     run = tmp_path / "permuted"
     shutil.copytree(other_runs["permuted"], run)
     saved = json.loads((run / "permutation.json").read_text())
     order = saved["order"]
-    saved["order"] = {"wrong length": order[:-1], "repeated pixel": [order[0], *order[:-1]], "not a list": 7}[damage]
+    saved["order"] = {
+        "wrong length": order[:-1],
+        "repeated pixel": [order[0], *order[:-1]],
+        "not a list": 7,
+        "floats": [float(i) for i in order],
+        "mixed types": [str(order[0]), *order[1:]],
+    }[damage]
     text = json.dumps(saved)
     (run / "permutation.json").write_text(text)
     for command in (["evaluate", run], ["predict", run, mnist_pngs[0]]):

@@ -235,6 +235,12 @@ def configuration(shape: dict) -> Config:
     return Config.from_settings("seed", **{**defaults, **shape})
 
 
+def preset_configs(names: list[str], shape: dict) -> list[Config]:
+    """Each named preset's settings with ``shape``'s on top (flat names): the model, task and batch its
+    runs train."""
+    return [Config.from_settings(name, **shape) for name in names]
+
+
 def matrix_configs(hidden: int | None = None) -> list[Config]:
     """Every cell on rows (28 steps, hidden 128 with a bias) and on pixel (784 steps, hidden 128), with
     the task's usual readout where the cell takes it: what the speed claims of the presets rest on."""
@@ -290,7 +296,8 @@ def format_cells_table(result: dict) -> str:
     lines += [
         "",
         "size: layers x hidden; rounds: each round's own ratio, the spread the machine's drift gives; epoch s:",
-        f"ours' seconds for an epoch's {TRAIN_IMAGES:,} training images at this rate (validation not counted)",
+        f"ours' seconds for an epoch's {TRAIN_IMAGES:,} training images at this rate (with SGD's step, not a "
+        "preset's optimiser; validation not counted)",
         _path_note(result["native"]),
     ]
     same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})

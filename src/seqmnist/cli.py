@@ -355,18 +355,18 @@ def cmd_import_theano(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
-    from .config import Config
+    from .config import SETTINGS
 
     if not 0 < args.seconds <= 3600:
         raise SeqmnistError(f"--seconds must be in (0, 3600] (got {args.seconds})")
     shape = {name: getattr(args, name) for name in BENCH_SHAPE if getattr(args, name) is not None}
     if args.all:
-        given = [*shape, "preset"] if args.preset else shape
+        given = [SETTINGS[name].flag for name in shape] + (["--preset"] if args.preset else [])
         if given:
-            raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(f"--{n}" for n in given))
+            raise SeqmnistError("--all runs its own configurations; drop " + ", ".join(given))
         result = bench.cells_run(bench.matrix_configs(), args.seconds)
     elif args.preset:
-        result = bench.cells_run([Config.from_settings(name, **shape) for name in args.preset], args.seconds)
+        result = bench.cells_run(bench.preset_configs(args.preset, shape), args.seconds)
     elif shape:
         result = bench.cells_run([bench.configuration(shape)], args.seconds)
     else:

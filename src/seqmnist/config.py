@@ -595,7 +595,7 @@ _INDRNN = {
 # The linear recurrences as S4's example.py trains them: 4 pre-norm residual layers, AdamW with weight decay
 # 0.01 but none on A and dt (lambda's for the LRU), which learn at a tenth of the rate, a warm-up into a
 # cosine; the mean of the steps' logits (S4's mean pooling). Its 4 layers of 64, no dropout and the
-# epochs are this 2-core CPU's budget: 45 minutes a run.
+# epochs are this 2-core CPU's budget: 45 minutes a run at most.
 _LINEAR = {
     **_MODERN,
     "task": "pixel",
@@ -614,7 +614,7 @@ _LRU = {**_LINEAR, "cell": "lru", "lr": 4e-3, "epochs": 7}
 _S4D = {**_LINEAR, "cell": "s4d", "lr": 1e-2, "epochs": 3}
 _LRU_ABOUT = (
     "pixel by pixel (784 steps): 4 LRU layers of 64, state 64 (Orvieto et al. 2023), S4's recipe; 7 epochs "
-    "in ~40 min (~280 s a training epoch and ~45 s a validation pass, measured alone on the 2 cores)"
+    "in ~35-40 min (epochs of 280-310 s with validation, measured alone on the 2 cores)"
 )
 _S4D_ABOUT = (
     "pixel by pixel (784 steps): 4 S4D layers of 64, state 64 (Gu et al. 2022), S4's recipe; 3 epochs "

@@ -74,7 +74,8 @@ def keep_freed_memory() -> bool:
     batch's activations are tensors of tens of MB, above malloc's mmap threshold: each would be a fresh
     mapping whose pages the kernel zeroes at first touch, every batch, a fifth of a training's CPU time
     in system calls and page faults on this machine. Served from the heap, the process's memory stays at
-    its peak instead. True where it applied (glibc); elsewhere nothing changes."""
+    its peak instead, for the rest of the process (a notebook or test session that trains keeps it too):
+    the setting is the C library's, process-wide. True where it applied (glibc); elsewhere nothing changes."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

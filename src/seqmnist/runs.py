@@ -131,7 +131,8 @@ class Run:
             return sequencer
         saved = read_json(self.permutation)
         order = saved.get("order") if isinstance(saved, dict) else None
-        if not isinstance(order, list) or sorted(order) != list(range(PIXELS)):
+        whole = isinstance(order, list) and all(type(i) is int for i in order)  # JSON's integers, no bools
+        if not whole or sorted(order) != list(range(PIXELS)):
             raise SeqmnistError(f"{self.permutation}: not a permutation of the 784 pixels")
         return replace(sequencer, saved_order=tuple(order))
 
