@@ -36,11 +36,13 @@ def checkout(rev: str, where: Path) -> Path:
     return where / "src"
 
 
-def run(src: Path, *args: str) -> subprocess.CompletedProcess:
+def run(src: Path, *args: str, script: Path | None = None) -> subprocess.CompletedProcess:
+    """``seqmnist ARGS`` (or ``python SCRIPT ARGS``) on the revision whose src/ is ``src``."""
     env = {**os.environ, "PYTHONPATH": str(src), "TQDM_DISABLE": "1"}
-    result = subprocess.run([sys.executable, "-m", "seqmnist.cli", *args], env=env, capture_output=True, text=True)
+    command = [sys.executable, *([str(script)] if script else ["-m", "seqmnist.cli"]), *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode:
-        sys.exit(f"{src}: seqmnist {' '.join(args)} failed: {result.stderr.strip().splitlines()[-1:]}")
+        sys.exit(f"{src}: {' '.join(command[1:])} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result
 
 
@@ -56,11 +58,7 @@ def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
     rates: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, src in sources.items():
-            env = {**os.environ, "PYTHONPATH": str(src)}
-            command = [sys.executable, str(ROOT / "bench" / "ours.py"), "--seconds", str(args.seconds)]
-            result = subprocess.run(command, env=env, capture_output=True, text=True)
-            if result.returncode:
-                sys.exit(f"{src}: bench/ours.py failed: {result.stderr.strip().splitlines()[-1:]}")
+            result = run(src, "--seconds", str(args.seconds), script=ROOT / "bench" / "ours.py")
             for row in json.loads(result.stdout):
                 rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
     print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench/ours.py")
