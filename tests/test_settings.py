@@ -100,10 +100,10 @@ def test_config_json_is_written_nested_and_read_back(tmp_path):
 
 def test_the_flat_config_json_of_runs_before_the_groups_loads_as_it_was():
     runs = sorted(DOCS.glob("results/*/runs/*/config.json")) + sorted(DOCS.glob("reproduction/runs/*/config.json"))
-    assert len(runs) > 20
-    for path in runs:
+    flat_runs = [path for path in runs if "recipe" not in json.loads(path.read_text())]  # not today's nested form
+    assert len(flat_runs) > 20
+    for path in flat_runs:
         flat = json.loads(path.read_text())
-        assert "recipe" not in flat  # today's flat form
         loaded = Config.from_file(path).to_flat()
         assert {k: loaded[k] for k in flat} == flat, path
         assert all(loaded[k] == SETTINGS[k].default for k in set(loaded) - set(flat)), path  # added since: defaults
