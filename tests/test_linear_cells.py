@@ -119,6 +119,77 @@ def test_the_compiled_scan_in_float32_at_the_pixel_tasks_length(threads):
         torch.set_num_threads(before)
 
 
+def plain_skip(m, v, D):
+    return torch.nn.functional.gelu(m + v * D)
+
+
+def plain_gate(u, z, b):
+    return u + torch.nn.functional.glu(z + b, dim=-1)
+
+
+def gate_arguments(rows, width, dtype=torch.float64, seed=0):
+    """(m, v, D) for the skip and (u, z, b) for the gate, each requiring its gradient."""
+    rng = torch.Generator().manual_seed(seed)
+    shapes = ((rows, width), (rows, width), (width,)), ((rows, width), (rows, 2 * width), (2 * width,))
+    return [[torch.randn(shape, generator=rng, dtype=dtype).requires_grad_() for shape in op] for op in shapes]
+
+
+@needs_engine
+@pytest.mark.parametrize("width", [1, 5, 8, 13, 64])  # ATen's vectors hold 4 doubles or 8 floats: partial ones too
+def test_the_compiled_skip_and_gate_pass_gradcheck(width):
+    ops = ((engine.skip, plain_skip), (engine.gate, plain_gate))
+    for (op, plain), arguments in zip(ops, gate_arguments(9, width), strict=True):
+        assert torch.autograd.gradcheck(op, arguments)
+        torch.testing.assert_close(op(*arguments), plain(*arguments), rtol=0, atol=1e-14)
+
+
+@needs_engine
+def test_the_compiled_skip_and_gate_in_float32_at_a_pixel_batch_and_any_thread_count():
+    # 3,000 rows: column sums over three chunks of rows, the last one partial
+    ops = ((engine.skip, plain_skip), (engine.gate, plain_gate))
+    for (op, plain), arguments in zip(ops, gate_arguments(3000, 64, torch.float32), strict=True):
+        g, exact = torch.randn(3000, 64), [a.detach().double().requires_grad_() for a in arguments]
+        reference = torch.autograd.grad(plain(*exact), exact, g.double())
+        before, grads = torch.get_num_threads(), []
+        try:
+            for threads in (1, 3):
+                torch.set_num_threads(threads)
+                out = op(*arguments)
+                torch.testing.assert_close(out.double(), plain(*exact), rtol=1e-6, atol=1e-6)
+                grads.append(torch.autograd.grad(out, arguments, g))
+        finally:
+            torch.set_num_threads(before)
+        for one, three, expected in zip(*grads, reference, strict=True):
+            assert torch.equal(one, three)  # the same bits whatever the thread count
+            torch.testing.assert_close(one.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@needs_engine
+def test_the_compiled_skip_and_gate_check_their_arguments():
+    native = engine.native_loops()
+    m, D, z, b = torch.randn(4, 8), torch.randn(8), torch.randn(4, 16), torch.randn(16)
+    wrong = {
+        native.skip_forward: {
+            "float32 or float64, not Int": (m.int(), m.int(), D.int()),
+            "D must be Float, not Double": (m, m, D.double()),
+            "v must be contiguous": (m, m.t().contiguous().t(), D),
+            "do not make (rows, H), (rows, H), (H)": (m, m[:3], D),
+            "m and v must be (rows, H), D (H)": (m[0], m[0], D),
+        },
+        native.gate_forward: {
+            "z must be on the CPU": (m, z.to("meta"), b),
+            "do not make (rows, H), (rows, 2H), (2H)": (m, z[:, :15].contiguous(), b),
+            "b must be contiguous": (m, z, torch.randn(16, 2)[:, 0]),
+        },
+    }
+    for function, cases in wrong.items():
+        for message, arguments in cases.items():
+            with pytest.raises(RuntimeError, match=re.escape(message)):
+                function(*arguments)
+    with pytest.raises(RuntimeError, match=re.escape("do not make (rows, H), (rows, H), (H)")):
+        native.skip_backward(torch.randn(3, 8), m, m, D)
+
+
 @needs_engine
 def test_the_compiled_scan_checks_its_arguments():
     native = engine.native_loops()

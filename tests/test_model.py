@@ -100,11 +100,10 @@ def test_the_compiled_loops_build_here():
 
 def test_without_the_compiled_loops_pytorchs_modules_run(tmp_path, monkeypatch, capsys):
     # A real build of a broken source, in a scratch cache; __wrapped__ bypasses the in-process cache.
-    broken = tmp_path / "engine.cpp"
-    broken.write_text("this is not C++\n")
-    monkeypatch.setattr(engine, "NATIVE_SOURCE", broken)
-    monkeypatch.setattr(engine, "SCAN_SOURCE", broken.with_name("scan.cpp"))  # not compiled in full first: ~70 s
-    engine.SCAN_SOURCE.write_text("this is not C++ either\n")
+    broken = tuple(tmp_path / source.name for source in engine.SOURCES)  # none compiled in full first: ~70 s
+    for source in broken:
+        source.write_text(f"{source.name} is not C++\n")
+    monkeypatch.setattr(engine, "SOURCES", broken)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert engine.native_loops.__wrapped__() is None
     notice, warning = capsys.readouterr().err.splitlines()

@@ -721,10 +721,10 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
 // writing out of bounds.
 void register_scan(pybind11::module_& m);  // scan.cpp
+void register_gate(pybind11::module_& m);  // gate.cpp
 
 // The codes and factors are written here alone: engine.py reads the activations' from `activations` and
 // checks `readout_codes` against seqmnist.readouts when it loads the library.
-void register_scan(pybind11::module_& m);  // scan.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);
@@ -742,4 +742,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }
   m.attr("activations") = activations;
   register_scan(m);
+  register_gate(m);
 }

@@ -4,8 +4,10 @@ Same math as :class:`seqmnist.model.ElementwiseRNN`'s definition with its readou
 two to 1e-5 for every cell, readout, bias, depth and task), laid out for the multiply library: one
 multiply per step and direction, each yielding everything that step needs; the weight gradients are
 sums over all steps and the whole batch. ``engine.cpp`` runs the loops, one call per layer; this file
-holds the buffers and the autograd glue. ``scan.cpp``, built into the same library, runs the LRU's
-complex diagonal recurrence (:func:`complex_scan`), whose dense work stays with PyTorch.
+holds the buffers and the autograd glue. Built into the same library, ``scan.cpp`` runs the LRU's
+complex diagonal recurrence (:func:`complex_scan`) and the IndRNN's (:func:`relu_scan`), whose dense
+work stays with PyTorch, and ``gate.cpp`` the passes between the linear cells' multiplies (:func:`skip`,
+:func:`gate`).
 
 Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's shape):
 
@@ -74,8 +76,9 @@ import torch
 from .files import user_cache, write_text
 from .readouts import engine_readout_codes
 
-NATIVE_SOURCE = Path(__file__).with_name("engine.cpp")
-SCAN_SOURCE = Path(__file__).with_name("scan.cpp")  # the LRU's and the IndRNN's recurrences, built into the same module
+# One library: the elementwise cells' loops, the diagonal recurrences (the LRU's, the IndRNN's) and the
+# linear cells' gate.
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("engine.cpp", "scan.cpp", "gate.cpp"))
 
 
 @functools.cache
@@ -158,11 +161,8 @@ def built_library(ldflags: list[str] | None = None) -> Path:
     """Where the compiled engine is, or will be once built: one directory per source text, flags
     (which name PyTorch's directory), machine, Python and PyTorch, so that builds never clash."""
     ldflags = _link_flags() if ldflags is None else ldflags
-    what = (
-        NATIVE_SOURCE.read_bytes()
-        + SCAN_SOURCE.read_bytes()
-        + " ".join([*_CFLAGS, *ldflags, platform.machine()]).encode()
-    )
+    flags = " ".join([*_CFLAGS, *ldflags, platform.machine()])
+    what = b"".join(source.read_bytes() for source in SOURCES) + flags.encode()
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     build = user_cache("engine") / f"{tag.replace('+', '-')}-{hashlib.sha256(what).hexdigest()[:12]}"
     return build / "seqmnist_engine.so"
@@ -189,7 +189,7 @@ def _load_or_build_unchecked():
     try:
         module = cpp_extension.load(
             name="seqmnist_engine",
-            sources=[str(NATIVE_SOURCE), str(SCAN_SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=_CFLAGS,
             extra_ldflags=ldflags,
             build_directory=str(scratch),
@@ -570,5 +570,53 @@ def complex_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 def covers_scan(x: torch.Tensor) -> bool:
-    """Whether :func:`complex_scan` runs for x: the engine is here and x on the CPU."""
+    """Whether :func:`complex_scan` and :func:`gate` run for x: the engine is here and x on the CPU."""
     return x.device.type == "cpu" and native_loops() is not None
+
+
+# --- gate.cpp: the ends of the linear cells' blocks (seqmnist.cells.linear) -------------------------------
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+class _Skip(torch.autograd.Function):
+    """out = GELU(m + D v) over rows by gate.cpp, backward included (y = m + D v recomputed, not kept)."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor, v: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(m, v, D)
+        return native_loops().skip_forward(m, v, D)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(native_loops().skip_backward(g.contiguous(), *ctx.saved_tensors))
+
+
+def skip(m: torch.Tensor, v: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """GELU(m + D v), (..., H) from m and v (..., H) and D (H), in one pass over memory each way.
+    Differentiable in all three."""
+    return _Skip.apply(_rows(m), _rows(v), D.contiguous()).view(m.shape)
+
+
+class _Gate(torch.autograd.Function):
+    """out = u + (z_a + b_a) sigmoid(z_g + b_g) over rows by gate.cpp, backward included."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(z, b)
+        return native_loops().gate_forward(u, z, b)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z, b = ctx.saved_tensors
+        dz, db = native_loops().gate_backward(g.contiguous(), z, b)
+        return g, dz, db
+
+
+def gate(u: torch.Tensor, z: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """u + GLU(z + b), the GLU over z's last dimension: (..., H) from u (..., H), z (..., 2H) and b (2H)
+    (None: zero), in one pass over memory each way. Differentiable in all three."""
+    b = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device) if b is None else b
+    return _Gate.apply(_rows(u), _rows(z), b.contiguous()).view(u.shape)

@@ -117,13 +117,17 @@ class LRULayer(nn.Module):
 
     def parallel(self, u: torch.Tensor) -> torch.Tensor:
         """(batch, steps, H) to (batch, steps, H), all steps at once."""
+        return self.mixed(u) + u * self.D
+
+    def mixed(self, u: torch.Tensor) -> torch.Tensor:
+        """Re(C h_t) for every step at once: the parallel form without its skip term D u_t."""
         return self.scanned(u, engine.complex_scan if engine.covers_scan(u) else log_depth_scan)
 
     def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
-        return self.scanned(u, log_depth_scan)
+        return self.scanned(u, log_depth_scan) + u * self.D
 
     def scanned(self, u: torch.Tensor, scan: Scan) -> torch.Tensor:
-        return scan(u @ self.input_weights().T, self.eigenvalues()) @ self.output_weights().T + u * self.D
+        return scan(u @ self.input_weights().T, self.eigenvalues()) @ self.output_weights().T
 
     def definition(self, u: torch.Tensor) -> torch.Tensor:
         """The paper's equations in complex numbers, one step at a time."""
@@ -212,15 +216,18 @@ class S4DLayer(nn.Module):
         return 2 * real[:, 0]
 
     def parallel(self, u: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, H) to (batch, steps, H): the causal convolution with the kernel, by FFT with
-        n = 2 steps (so the circular convolution wraps nothing around), over each channel's contiguous
+        """(batch, steps, H) to (batch, steps, H), all steps at once."""
+        return self.mixed(u) + u * self.D
+
+    def mixed(self, u: torch.Tensor) -> torch.Tensor:
+        """The causal convolution with the kernel (the parallel form without its skip term D u_t), by FFT
+        with n = 2 steps (so the circular convolution wraps nothing around), over each channel's contiguous
         row: the FFTs along the steps of (batch, steps, H) took 1.45x as long as the two transposes."""
         steps = u.shape[1]
         n = 2 * steps
         rows = u.transpose(1, 2).contiguous()
         spectrum = torch.fft.rfft(rows, n=n) * torch.fft.rfft(self.kernel(steps), n=n)
-        y = torch.fft.irfft(spectrum, n=n)[..., :steps].transpose(1, 2).contiguous()
-        return y + u * self.D
+        return torch.fft.irfft(spectrum, n=n)[..., :steps].transpose(1, 2).contiguous()
 
     def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
         """s4d.py's S4D.forward (transposed=False) and S4DKernel.forward as published (state-spaces/s4,
@@ -281,8 +288,13 @@ class Block(nn.Module):
 
     def forward(self, u: torch.Tensor, form: str) -> torch.Tensor:
         """u after this layer, its recurrence computed by the mixer's method ``form`` (parallel,
-        plain_parallel, definition)."""
-        return u + self.after(getattr(self.mixer, form)(self.norm(u)))
+        plain_parallel, definition); where the engine runs, the parallel form's passes between the
+        multiplies by gate.cpp."""
+        v = self.norm(u)
+        if form == "parallel" and engine.covers_scan(u):
+            gelu = engine.skip(self.mixer.mixed(v), v, self.mixer.D)
+            return engine.gate(u, gelu @ self.glu.weight.T, self.glu.bias)
+        return u + self.after(getattr(self.mixer, form)(v))
 
     def after(self, y: torch.Tensor) -> torch.Tensor:
         """What follows the recurrence, one position at a time."""
