@@ -28,15 +28,6 @@ def small_model(cell, bias=True, layers=2, seed=0, dtype=torch.float64, **spec):
     return build_model(spec).init_weights(Draws(torch.Generator().manual_seed(seed))).to(dtype)
 
 
-def stepped_logits(model, x):
-    """Per-step logits (steps, batch, classes) by the recurrent mode, one input at a time."""
-    state, logits = [x.new_zeros(len(x), width) for width in model.state_sizes()], []
-    for x_t in x.unbind(1):
-        state, z = model.advance(x_t, state)
-        logits.append(z)
-    return torch.stack(logits)
-
-
 def gradients(model, x, y, logits):
     model.zero_grad()
     for readout in map(get_readout, ("last", "mean-logits")):
@@ -62,7 +53,7 @@ def test_the_parallel_forms_equal_the_definition_in_values_and_gradients(cell, b
 def test_the_recurrent_mode_equals_the_parallel_form(cell):
     model = small_model(cell, layers=3, seed=1)
     x = torch.randn(4, 37, 3, dtype=torch.float64)
-    torch.testing.assert_close(stepped_logits(model, x), model.logits(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.stepped_logits(x), model.logits(x), rtol=0, atol=1e-12)
 
 
 def test_without_the_engine_the_lru_takes_the_log_depth_scan(monkeypatch):
@@ -279,7 +270,7 @@ def test_on_the_pixel_task_the_recurrent_mode_predicts_as_the_parallel_form(cell
     x = Sequencer("pixel", pixels_per_step=1).encode(mnist.test_x[:1000])
     with torch.no_grad():
         parallel = model.logits(x)
-        stepped = stepped_logits(model, x)
+        stepped = model.stepped_logits(x)
     for readout in map(get_readout, model.readouts):
         fast, slow = (torch.softmax(readout.scores(z), dim=-1) for z in (parallel, stepped))
         assert torch.equal(fast.argmax(1), slow.argmax(1)), readout.name

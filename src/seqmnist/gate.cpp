@@ -5,11 +5,12 @@
 //   skip:  y = m + D v,  out = GELU(y)                                        (rows, H), D (H)
 //   gate:  out = u + (z_a + b_a) sigmoid(z_g + b_g),  z = [z_a | z_g] = GELU(y) W^T (rows, 2H), b (2H)
 //
-// the Linear's bias being added by the gate rather than by the multiply. PyTorch makes nine passes of
-// them over memory: addmm first copies the bias into every row of its output; D v, its sum with m, the
-// GELU, the GLU (with its sigmoid), the residual sum; backward, the GLU's and GELU's gradients, D's and
-// the bias's column sums. At batch 100 each is over a (78,400 x 64 or 128) tensor far larger than the
-// caches, while the block's multiplies run about as fast as they get. Here it is two passes each way.
+// the Linear's bias being added by the gate rather than by the multiply. PyTorch runs them as twelve
+// passes over memory: forward, addmm's copy of the bias into every row of its output, D v, its sum with
+// m, the GELU, the GLU, the residual sum; backward, the GLU's and the GELU's gradients, D v's, and the
+// column sums for D and for the bias. At batch 100 each is over a (78,400 x 64 or 128) tensor far larger
+// than the caches, while the block's multiplies run about as fast as they get. Here it is two passes
+// each way.
 //
 // Backward, with g = dL/dout:
 //   skip:  dL/dm = g GELU'(y),  dL/dv = D dL/dm,  dL/dD = the column sums of v dL/dm  (y recomputed)
@@ -19,6 +20,8 @@
 // chunks of a fixed number of rows, then over the chunks, so their bits do not depend on the number of
 // threads. Float and double (the float64 tests).
 
+// ATen's vectors in their AVX2 form where the library is built for it (engine.py's _CFLAGS), else their
+// portable one: the choice is made by these macros, before ATen's headers.
 #if defined(__AVX2__)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2

@@ -191,6 +191,15 @@ class SequenceClassifier(nn.Module):
         step's input (batch, inputs). Streaming reads (and the ONNX step form) run on it."""
         raise NotImplementedError(f"the {self.name} cell has no step-by-step form")
 
+    def stepped_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step logits (steps, batch, classes) by :meth:`advance`, one input at a time from zero
+        states: the recurrent mode, which must give what :meth:`logits` gives."""
+        state, logits = [x.new_zeros(len(x), width) for width in self.state_sizes()], []
+        for x_t in x.unbind(1):
+            state, z = self.advance(x_t, state)
+            logits.append(z)
+        return torch.stack(logits)
+
     def has_torch_module(self) -> bool:
         """Whether PyTorch has a module for this cell (:meth:`to_torch`)."""
         return False
