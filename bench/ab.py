@@ -10,10 +10,12 @@ give the same models, byte for byte, on the same thread count. Usage:
     python bench/ab.py OLD_REV [NEW_REV (default: the working tree)] [--rounds 3] [--seconds 12]
                        [--rows 28 ...]
     python bench/ab.py OLD_REV [NEW_REV] --all [--rounds 3] [--seconds 12]
+    python bench/ab.py OLD_REV [NEW_REV] --preset pixel-lru pixel-s4d [--rounds 3] [--seconds 12]
 
 With ``--all``: each cell's training step as `seqmnist bench --all` times it ("ours", on rows and on
 pixel; bench/ours.py, without bench's plain PyTorch loops), in each revision, alternating, new against
-old for the cells both revisions have: did a refactoring slow any cell down?
+old for the cells both revisions have: did a refactoring slow any cell down? With ``--preset``, the same
+for the named presets' own models, tasks and batches (the "task" column names the preset).
 """
 
 import argparse
@@ -54,20 +56,22 @@ def seed_epoch(src: Path, out: Path, rows: int) -> tuple[float, str]:
 
 
 def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
-    """Each (cell, task) of `bench --all`: ours' images/s in each revision, medians over alternating rounds."""
+    """Each (cell, task) of `bench --all`, or each preset: ours' images/s in each revision, medians over
+    alternating rounds."""
     rates: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, src in sources.items():
-            result = run(src, "--seconds", str(args.seconds), script=ROOT / "bench" / "ours.py")
+            presets = ["--preset", *args.preset] if args.preset else []
+            result = run(src, "--seconds", str(args.seconds), *presets, script=ROOT / "bench" / "ours.py")
             for row in json.loads(result.stdout):
                 rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
     print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench/ours.py")
-    print(f"{'cell':<9} {'task':<6} {'old images/s':>13} {'new images/s':>13} {'new/old':>8}")
+    print(f"{'cell':<9} {'task':<12} {'old images/s':>13} {'new images/s':>13} {'new/old':>8}")
     for cell, task, name in rates:
         if name == "old" and (cell, task, "new") in rates:
             old = statistics.median(rates[cell, task, "old"])
             new = statistics.median(rates[cell, task, "new"])
-            print(f"{cell:<9} {task:<6} {old:>13.0f} {new:>13.0f} {new / old:>7.3f}x")
+            print(f"{cell:<9} {task:<12} {old:>13.0f} {new:>13.0f} {new / old:>7.3f}x")
 
 
 def main() -> None:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[28])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--all", action="store_true", help="every cell's step (seqmnist bench --all), not the seed's")
+    parser.add_argument("--preset", nargs="+", help="these presets' steps (bench/ours.py --preset), not the seed's")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
@@ -86,7 +91,7 @@ def main() -> None:
         sources = {"old": checkout(args.old, root / "old")}
         sources["new"] = checkout(args.new, root / "new") if args.new else ROOT / "src"
         try:
-            if args.all:
+            if args.all or args.preset:
                 return every_cell(sources, args)
             step = {name: [] for name in sources}
             epoch = {(name, rows): [] for name in sources for rows in args.rows}
