@@ -26,6 +26,7 @@ from torch import nn
 from . import engine
 from .config import Config
 from .data import TRAIN_IMAGES
+from .machine import keep_freed_memory
 from .model import AUTOGRAD_PATH, ENGINE_PATH, NUM_CLASSES, Draws, ModelSpec, SequenceClassifier, build_model
 from .readouts import get_readout
 from .recipes import make_optimizer
@@ -214,10 +215,14 @@ def seed_run(seconds: float, scaling_seconds: float) -> dict:
 
 
 def cells_run(configs: list[Config], seconds: float) -> dict:
-    """Each configuration's comparison, side by side."""
+    """Each configuration's comparison, side by side, with the memory setting ``train`` runs with on the
+    CPU (:func:`seqmnist.machine.keep_freed_memory`: the pixel tasks' tensors of tens of MB come from the
+    heap, not fresh mappings). It is the process's, so the plain ways run with it too."""
+    kept = keep_freed_memory()
     return {
         "native": engine.native_loops() is not None,
         "threads": torch.get_num_threads(),
+        "freed_memory_kept": kept,
         "comparisons": [compare(config, seconds, rounds=3) for config in configs],
     }
 
@@ -300,6 +305,8 @@ def format_cells_table(result: dict) -> str:
         "preset's optimiser; validation not counted)",
         _path_note(result["native"]),
     ]
+    if result.get("freed_memory_kept"):
+        lines.append("memory: freed memory kept for the next step, as train keeps it on the CPU (both sides)")
     same = sorted({row["cell"] for row in result["comparisons"] if row["path"] == "nn module"})
     if same:
         lines.append(f"{', '.join(same)}: the same PyTorch module on both sides, so a tie is the most they can show")

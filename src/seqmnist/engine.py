@@ -97,11 +97,17 @@ def native_loops():
         return None
 
 
-# AVX2 where PyTorch's own kernels use it (or better): never an instruction this CPU lacks, even
-# when the cache is shared with other machines. -fopenmp: at::parallel_for, inlined from PyTorch's
-# headers, is an OpenMP parallel region, run on PyTorch's threads (see _link_flags).
-_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-_CFLAGS = ["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if _AVX2 else [])]
+# AVX2 where PyTorch's own kernels use it (or better), and AVX-512 for gate.cpp's passes where they
+# use that: never an instruction this CPU lacks, even when the cache is shared with other machines (the
+# flags name the build). -fopenmp: at::parallel_for, inlined from PyTorch's headers, is an OpenMP
+# parallel region, run on PyTorch's threads (see _link_flags).
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+_CFLAGS = [
+    "-O3",
+    "-fopenmp",
+    *(["-mavx2", "-mfma"] if _CAPABILITY in ("AVX2", "AVX512") else []),
+    *(["-DSEQMNIST_AVX512"] if _CAPABILITY == "AVX512" else []),
+]
 # The OpenMP runtimes' files: GNU's (libgomp, also as a wheel's libgomp-<hash>), Intel's, LLVM's.
 _OPENMP_FILE = re.compile(r"lib(?:gomp|iomp5|omp)(?:-[0-9a-f]+)?\.so(?:\.\d+)*")
 

@@ -20,9 +20,17 @@
 // chunks of a fixed number of rows, then over the chunks, so their bits do not depend on the number of
 // threads. Float and double (the float64 tests).
 
-// ATen's vectors in their AVX2 form where the library is built for it (engine.py's _CFLAGS), else their
-// portable one: the choice is made by these macros, before ATen's headers.
-#if defined(__AVX2__)
+// ATen's vectors as wide as PyTorch's own kernels take them on this machine (engine.py's _CFLAGS): AVX-512
+// (twice AVX2's width: these passes are bound by their arithmetic, the exp and erf, more than by memory),
+// AVX2, or the portable form. The choice is made by these macros, before ATen's headers.
+#if defined(SEQMNIST_AVX512)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#ifndef __AVX512F__
+#define __AVX512F__ 1  // g++ does not define it for the pragma, and sleef.h declares its AVX-512 functions by it
+#endif
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #else
