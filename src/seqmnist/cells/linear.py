@@ -16,7 +16,8 @@ every step's softmax of a model trained to be read at the end, so neither takes 
 Each model computes the same function four ways, held equal by tests/test_linear_cells.py:
     logits(x)         the parallel form: LRU's recurrence by the compiled scan (scan.cpp, through
                       seqmnist.engine; a log-depth scan in PyTorch where the engine is missing or the
-                      tensor is on a GPU), S4D's as a convolution with its kernel, by FFT
+                      tensor is on a GPU), S4D's as a convolution with its kernel, by FFT; the blocks'
+                      D u, GELU and GLU by gate.cpp where the scan's engine runs
     definition(x)     the equations with complex numbers, one state update per step: the reference
     advance(x_t, state)  one input in, one state update, one step's logits out, in real arithmetic
                       (no complex tensors: ONNX exports it): streaming, one pixel at a time
