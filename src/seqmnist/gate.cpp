@@ -184,17 +184,22 @@ void gate_back_rows(const T* g, const T* z, const T* b, T* dz, T* share, int64_t
   }
 }
 
-// out (rows, H) = u + (z_a + b_a) sigmoid(z_g + b_g).
-at::Tensor gate_forward(const at::Tensor& u, const at::Tensor& z, const at::Tensor& b) {
-  const int64_t H = check_gate_arguments(u, z, b);
-  at::Tensor out = at::empty_like(u);
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "gate_forward", [&] {
-    const scalar_t *pu = u.const_data_ptr<scalar_t>(), *pz = z.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
+// A forward pass: out (rows, H) = rows(a, b, c, out, first, last, H) over a's rows, on PyTorch's threads.
+template <class Rows>
+at::Tensor over_rows(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, int64_t H, const Rows& rows) {
+  at::Tensor out = at::empty({a.size(0), H}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gate.cpp", [&] {
+    const scalar_t *pa = a.const_data_ptr<scalar_t>(), *pb = b.const_data_ptr<scalar_t>();
+    const scalar_t* pc = c.const_data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, u.size(0), 256, [&](int64_t first, int64_t last) { gate_rows(pu, pz, pb, po, first, last, H); });
+    at::parallel_for(0, a.size(0), 256, [&](int64_t first, int64_t last) { rows(pa, pb, pc, po, first, last, H); });
   });
   return out;
+}
+
+// out (rows, H) = u + (z_a + b_a) sigmoid(z_g + b_g).
+at::Tensor gate_forward(const at::Tensor& u, const at::Tensor& z, const at::Tensor& b) {
+  return over_rows(u, z, b, check_gate_arguments(u, z, b), [](auto... args) { gate_rows(args...); });
 }
 
 // (dL/dz, dL/db) from g = dL/dout (rows, H), and z and b as the forward pass had them.
@@ -214,15 +219,7 @@ std::vector<at::Tensor> gate_backward(const at::Tensor& g, const at::Tensor& z, 
 
 // GELU(m + D v), (rows, H).
 at::Tensor skip_forward(const at::Tensor& m, const at::Tensor& v, const at::Tensor& D) {
-  const int64_t H = check_skip_arguments(m, v, D);
-  at::Tensor out = at::empty_like(m);
-  AT_DISPATCH_FLOATING_TYPES(m.scalar_type(), "skip_forward", [&] {
-    const scalar_t *pm = m.const_data_ptr<scalar_t>(), *pv = v.const_data_ptr<scalar_t>();
-    const scalar_t* pD = D.const_data_ptr<scalar_t>();
-    scalar_t* po = out.data_ptr<scalar_t>();
-    at::parallel_for(0, m.size(0), 256, [&](int64_t first, int64_t last) { skip_rows(pm, pv, pD, po, first, last, H); });
-  });
-  return out;
+  return over_rows(m, v, D, check_skip_arguments(m, v, D), [](auto... args) { skip_rows(args...); });
 }
 
 // (dL/dm, dL/dv, dL/dD) from g = dL/dout, and m, v and D as the forward pass had them.
