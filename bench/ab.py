@@ -10,7 +10,7 @@ give the same models, byte for byte, on the same thread count. Usage:
     python bench/ab.py OLD_REV [NEW_REV (default: the working tree)] [--rounds 3] [--seconds 12]
                        [--rows 28 ...]
     python bench/ab.py OLD_REV [NEW_REV] --all [--rounds 3] [--seconds 12]
-    python bench/ab.py OLD_REV [NEW_REV] --preset pixel-lru pixel-s4d [--rounds 3] [--seconds 12]
+    python bench/ab.py OLD_REV [NEW_REV] --preset pixel-lru pixel-s4d [--keep-freed-memory] [--rounds 3]
 
 With ``--all``: each cell's training step as `seqmnist bench --all` times it ("ours", on rows and on
 pixel; bench/ours.py, without bench's plain PyTorch loops), in each revision, alternating, new against
@@ -62,7 +62,8 @@ def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
     for _ in range(args.rounds):
         for name, src in sources.items():
             presets = ["--preset", *args.preset] if args.preset else []
-            result = run(src, "--seconds", str(args.seconds), *presets, script=ROOT / "bench" / "ours.py")
+            memory = ["--keep-freed-memory"] if args.keep_freed_memory else []
+            result = run(src, "--seconds", str(args.seconds), *presets, *memory, script=ROOT / "bench" / "ours.py")
             for row in json.loads(result.stdout):
                 rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
     print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench/ours.py")
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--all", action="store_true", help="every cell's step (seqmnist bench --all), not the seed's")
     parser.add_argument("--preset", nargs="+", help="these presets' steps (bench/ours.py --preset), not the seed's")
+    parser.add_argument("--keep-freed-memory", action="store_true", help="both as train runs (bench/ours.py's flag)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:

@@ -38,7 +38,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per (cell, task)")
     parser.add_argument("--preset", nargs="+", help="these presets' models, tasks and batches instead")
+    parser.add_argument(
+        "--keep-freed-memory", action="store_true", help="as train runs on the CPU (machine.keep_freed_memory)"
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        from seqmnist.machine import keep_freed_memory  # not in revisions before 2026-12-02
+
+        keep_freed_memory()
     rates = []
     for config in preset_configs(args.preset, {}) if args.preset else matrix_configs():
         spec = config.model_spec()
