@@ -618,7 +618,7 @@ _LRU_ABOUT = (
 )
 _S4D_ABOUT = (
     "pixel by pixel (784 steps): 4 S4D layers of 64, state 64 (Gu et al. 2022), S4's recipe; 3 epochs "
-    "in ~40 min (measured ~680 s a training epoch and ~95 s a validation pass, load 4-6 on the 2 cores)"
+    "(not yet trained to the end here: ~320 s an epoch's training in `bench --preset` on the 2 cores)"
 )
 
 PRESETS: dict[str, Preset] = {
