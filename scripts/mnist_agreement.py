@@ -19,14 +19,19 @@ from pathlib import Path
 from PIL import Image
 
 from seqmnist import MNIST, load_run
+from seqmnist.errors import SeqmnistError
 
 
 def main() -> None:
     run = Path(sys.argv[1])
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    data = MNIST.load()
-    images, truth = data.test_x[:count], data.test_y[:count]
-    expected = load_run(run).read(images)["labels"].tolist()
+    try:
+        data = MNIST.load()
+        images, truth = data.test_x[:count], data.test_y[:count]
+        expected = load_run(run).read(images)["labels"].tolist()
+    except SeqmnistError as exc:
+        print(f"mnist_agreement: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     with tempfile.TemporaryDirectory() as folder:
         paths = [Path(folder) / f"test-{i:05d}.png" for i in range(count)]
         for path, image in zip(paths, images.numpy(), strict=True):
