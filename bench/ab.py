@@ -59,11 +59,11 @@ def every_cell(sources: dict[str, Path], args: argparse.Namespace) -> None:
     """Each (cell, task) of `bench --all`, or each preset: ours' images/s in each revision, medians over
     alternating rounds."""
     rates: dict[tuple[str, str, str], list[float]] = {}
+    flags = ["--seconds", str(args.seconds)] + (["--preset", *args.preset] if args.preset else [])
+    flags += ["--keep-freed-memory"] if args.keep_freed_memory else []
     for _ in range(args.rounds):
         for name, src in sources.items():
-            presets = ["--preset", *args.preset] if args.preset else []
-            memory = ["--keep-freed-memory"] if args.keep_freed_memory else []
-            result = run(src, "--seconds", str(args.seconds), *presets, *memory, script=ROOT / "bench" / "ours.py")
+            result = run(src, *flags, script=ROOT / "bench" / "ours.py")
             for row in json.loads(result.stdout):
                 rates.setdefault((row["cell"], row["task"], name), []).append(row["samples_per_s"])
     print(f"old: {args.old}, new: {args.new or 'working tree'}, {args.rounds} alternating rounds of bench/ours.py")
