@@ -148,6 +148,12 @@ void skip_back_rows(const T* g, const T* m, const T* v, const T* D, T* dm, T* dv
   }
 }
 
+// The gate's two factors at columns n .. n + k of a row zr of z: z_a + b_a and sigmoid(z_g + b_g).
+template <class T>
+std::pair<Vectorized<T>, Vectorized<T>> gate_factors(const T* zr, const T* b, int64_t n, int64_t k, int64_t H) {
+  return {load(zr + n, k) + load(b + n, k), sigmoid(load(zr + H + n, k) + load(b + H + n, k))};
+}
+
 template <class T>
 void gate_rows(const T* u, const T* z, const T* b, T* out, int64_t first, int64_t last, int64_t H) {
   using Vec = Vectorized<T>;
@@ -155,8 +161,7 @@ void gate_rows(const T* u, const T* z, const T* b, T* out, int64_t first, int64_
     const T* zr = z + r * 2 * H;
     for (int64_t n = 0; n < H; n += Vec::size()) {
       const int64_t k = std::min<int64_t>(Vec::size(), H - n);
-      const Vec a = load(zr + n, k) + load(b + n, k);
-      const Vec s = sigmoid(load(zr + H + n, k) + load(b + H + n, k));
+      const auto [a, s] = gate_factors(zr, b, n, k, H);
       (load(u + r * H + n, k) + a * s).store(out + r * H + n, k);
     }
   }
@@ -173,8 +178,7 @@ void gate_back_rows(const T* g, const T* z, const T* b, T* dz, T* share, int64_t
     for (int64_t n = 0; n < H; n += Vec::size()) {
       const int64_t k = std::min<int64_t>(Vec::size(), H - n);
       const Vec gr = load(g + r * H + n, k);
-      const Vec a = load(zr + n, k) + load(b + n, k);
-      const Vec s = sigmoid(load(zr + H + n, k) + load(b + H + n, k));
+      const auto [a, s] = gate_factors(zr, b, n, k, H);
       const Vec da = gr * s, dg = gr * a * s * (one - s);
       da.store(dr + n, k);
       dg.store(dr + H + n, k);
