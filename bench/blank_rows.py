@@ -29,14 +29,7 @@ def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -
     """Seconds for the slice from the seed's initial weights, and the weights it ends with."""
     model, _ = initial_model(config)
     model.workspaces = engine.Workspaces(skip_blank=skip)
-    optimizer = make_optimizer(
-        config.recipe.optimizer,
-        model,
-        config.recipe.lr,
-        config.recipe.momentum,
-        config.recipe.weight_decay,
-        own_step=True,
-    )
+    optimizer = make_optimizer(model, config.recipe, own_step=True)
     started = time.perf_counter()
     for b in range(batches):
         index = order[b * 100 : (b + 1) * 100]

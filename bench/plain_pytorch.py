@@ -12,26 +12,13 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
+from seqmnist.bench import PlainRNN, our_model
 from seqmnist.data import MNIST
+from seqmnist.model import ModelSpec
 from seqmnist.readouts import MeanSoftmax
 
 READOUT = MeanSoftmax()
-
-
-class PlainRNN(nn.Module):
-    """The seed's model as PyTorch code writes it: nn.RNN, a Linear readout on every step's state."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rnn = nn.RNN(28, 200, bias=False, batch_first=True)
-        self.readout = nn.Linear(200, 10, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-step logits, (steps, batch, classes)."""
-        states, _ = self.rnn(x)
-        return self.readout(states).transpose(0, 1)
 
 
 def accuracy(model: PlainRNN, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -47,8 +34,7 @@ def main() -> None:
 
     data = MNIST.load(args.data_dir)
     train_x, val_x = (images.float() / 256 for images in (data.train_x, data.val_x))  # as mnist.pkl.gz
-    torch.manual_seed(12345)
-    model = PlainRNN()
+    model = PlainRNN(our_model(ModelSpec()))  # the seed's model (no bias) as nn.RNN and nn.Linear
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()

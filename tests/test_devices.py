@@ -161,7 +161,7 @@ def test_resume_across_devices_keeps_every_tensor_on_one_device(mnist, tmp_path)
     run = new_run(tmp_path / "run")
     train(Config.from_settings("quick", subset=500, epochs=1, device="cuda"), mnist, run, log=lambda line: None)
     for device in ("cpu", "cuda"):
-        run, config = open_for_resume(run.dir, config.recipe.epochs, device)
+        run, config = open_for_resume(run.dir, config.recipe.epochs, device=device)
         trainer = Trainer(config, mnist, run, resume=True, log=lambda line: None, after_save=None)
         devices = {p.device.type for p in trainer.model.parameters()}
         devices |= {t.device.type for s in trainer.optimizer.state.values() for t in s.values() if t.dim()}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import plots
+from seqmnist.config import RecipeSettings
 from seqmnist.recipes import learning_rate
 from seqmnist.runs import Run, load_run
 
@@ -192,8 +193,10 @@ def test_extending_a_cosine_run_stretches_its_schedule(mnist_dir, tmp_path):
     assert call_main("train", "--resume", out, "--epochs", "3", *data).returncode == 0
     rates = [row["lr"] for row in Run(out).read_metrics()]
     steps = 5  # 500 images, 100 a batch; the rate recorded is that of each epoch's last step
-    one_epoch = learning_rate(0.003, "cosine", steps - 1, steps, 1, 0, 10, 0.1)
-    three_epochs = [learning_rate(0.003, "cosine", e * steps - 1, steps, 3, 0, 10, 0.1) for e in (2, 3)]
+    recipe = RecipeSettings(lr=0.003, schedule="cosine", subset=500, epochs=1)
+    one_epoch = learning_rate(recipe, steps - 1)
+    recipe.epochs = 3
+    three_epochs = [learning_rate(recipe, e * steps - 1) for e in (2, 3)]
     assert rates == pytest.approx([one_epoch, *three_epochs])
     assert rates[1] > 3 * rates[0]
     assert "a cosine is stretched to end at epoch N" in " ".join(call_main("train", "--help").stdout.split())

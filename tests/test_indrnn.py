@@ -10,7 +10,7 @@ import torch
 from conftest import assert_one_line_error, call_main
 from seqmnist import engine
 from seqmnist.cells.elementwise import step_loop
-from seqmnist.config import Config
+from seqmnist.config import Config, RecipeSettings
 from seqmnist.errors import SeqmnistError
 from seqmnist.model import Draws, ModelSpec, build_model
 from seqmnist.recipes import clip_gradients, learning_rate, make_optimizer, plateau_cuts
@@ -123,9 +123,8 @@ def test_the_options_are_refused_by_cells_that_do_not_take_them():
 def test_the_optimiser_spares_recurrent_weights_and_biases_from_decay():
     model = _indrnn("batch")
     names = {id(p): n for n, p in model.named_parameters()}
-    others, recurrent, biases = make_optimizer(
-        "adam", model, 2e-4, 0.9, 1e-4, decay_recurrent=False, decay_biases=False
-    ).param_groups
+    recipe = RecipeSettings(optimizer="adam", lr=2e-4, weight_decay=1e-4, decay_recurrent=False, decay_biases=False)
+    others, recurrent, biases = make_optimizer(model, recipe).param_groups
     assert {names[id(p)] for p in recurrent["params"]} == {"W", "W2", "W3"}
     norms = {f"{kind}{k}" for k in ("", "2", "3") for kind in ("gamma", "beta")}
     assert {names[id(p)] for p in biases["params"]} == {"b", "b2", "b3", "c"} | norms
@@ -145,7 +144,7 @@ def test_the_plateau_cuts_after_patience_evaluations_without_a_better_one():
     assert plateau_cuts([0.5, 0.6, 0.6, 0.55], 2) == 1
     assert plateau_cuts([0.5, 0.6, nan, 0.6, 0.7, 0.65], 2) == 0
     assert plateau_cuts([0.5, 0.4, 0.4, 0.4, 0.4], 1) == 4
-    assert learning_rate(2e-4, "plateau", 500, 100, 6, 0.0, 10, 0.1, cuts=2) == pytest.approx(2e-6)
+    assert learning_rate(RecipeSettings(lr=2e-4, schedule="plateau", epochs=6), 500, cuts=2) == pytest.approx(2e-6)
 
 
 def test_the_presets_are_the_recipe():

@@ -12,10 +12,11 @@ from conftest import assert_one_line_error, call_main
 from seqmnist import engine
 from seqmnist.cells import LRU, S4D
 from seqmnist.cells.linear import log_depth_scan
+from seqmnist.config import RecipeSettings
 from seqmnist.engine import complex_scan
 from seqmnist.model import Draws, ModelSpec, build_model
 from seqmnist.readouts import get_readout
-from seqmnist.recipes import make_optimizer
+from seqmnist.recipes import make_optimizer, recurrent_names
 from seqmnist.sequence import Sequencer
 
 CELLS = ("lru", "s4d")
@@ -223,9 +224,10 @@ def test_the_recurrences_own_parameters_take_their_own_rate_and_no_decay(cell, r
     """S4's recipe (its example.py): A and dt learn at a lower rate, without weight decay; B, C, D and the
     position-wise layers as the rest."""
     model = small_model(cell, layers=3, dtype=torch.float32)
-    assert {name.rsplit(".", 1)[1] for name in model.recurrent_names()} == recurrent
-    assert len(model.recurrent_names()) == 3 * len(recurrent)
-    others, own = make_optimizer("adamw", model, 3e-3, 0.9, 0.01, recurrent_lr=0.1, decay_recurrent=False).param_groups
+    assert {name.rsplit(".", 1)[1] for name in recurrent_names(model)} == recurrent
+    assert len(recurrent_names(model)) == 3 * len(recurrent)
+    recipe = RecipeSettings(optimizer="adamw", lr=3e-3, weight_decay=0.01, recurrent_lr=0.1, decay_recurrent=False)
+    others, own = make_optimizer(model, recipe).param_groups
     assert (own["lr_scale"], own["weight_decay"], others["weight_decay"]) == (0.1, 0.0, 0.01)
     assert len(own["params"]) == 9 and len(others["params"]) == len(list(model.parameters())) - 9
 

@@ -9,10 +9,11 @@ from torch import nn
 
 from seqmnist import engine
 from seqmnist.cells import ElementwiseRNN, GatedRNN, VanillaRNN
+from seqmnist.config import RecipeSettings
 from seqmnist.errors import SeqmnistError
 from seqmnist.model import Draws, ModelSpec, build_model
 from seqmnist.readouts import get_readout, readout_names
-from seqmnist.recipes import EngineSGD, make_optimizer
+from seqmnist.recipes import EngineSGD, make_optimizer, recurrent_names
 from seqmnist.registry import cell_names, get_cell
 from seqmnist.train import train_step
 
@@ -337,7 +338,7 @@ def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout,
     # every weight after a few steps at changing rates must be the bits of autograd and torch.optim.SGD.
     spec = ModelSpec(cell, 28, 40, layers, bias, readout, None, 28)
     fused, long_way = (build_model(spec).init_weights(Draws(torch.Generator().manual_seed(1))) for _ in "ab")
-    optimizers = [make_optimizer("sgd", fused, 0.1, 0.0, 0.0, own_step=True), torch.optim.SGD(long_way.parameters())]
+    optimizers = [make_optimizer(fused, RecipeSettings(lr=0.1), own_step=True), torch.optim.SGD(long_way.parameters())]
     assert isinstance(optimizers[0], EngineSGD)
     for step, lr in enumerate([0.01, 0.04, 0.02]):
         x, y = _blank_led(100, 28, 28, seed=step)
@@ -358,16 +359,17 @@ def test_the_fused_sgd_step_is_autograd_and_torch_sgd_bit_for_bit(cell, readout,
 
 def test_only_plain_sgd_takes_the_fused_step():
     model = VanillaRNN(8)
-    assert type(make_optimizer("sgd", model, 0.1, 0.0, 0.0, own_step=True)) is EngineSGD
-    assert type(make_optimizer("sgd", model, 0.1, 0.0, 0.0)) is torch.optim.SGD  # autograd path or clipping
-    assert type(make_optimizer("sgd", model, 0.1, 0.0, 1e-4, own_step=True)) is torch.optim.SGD
-    assert type(make_optimizer("sgd", model.double(), 0.1, 0.0, 0.0, own_step=True)) is torch.optim.SGD
+    assert type(make_optimizer(model, RecipeSettings(lr=0.1), own_step=True)) is EngineSGD
+    assert type(make_optimizer(model, RecipeSettings(lr=0.1))) is torch.optim.SGD  # autograd path or clipping
+    decayed = RecipeSettings(lr=0.1, weight_decay=1e-4)
+    assert type(make_optimizer(model, decayed, own_step=True)) is torch.optim.SGD
+    assert type(make_optimizer(model.double(), RecipeSettings(lr=0.1), own_step=True)) is torch.optim.SGD
     lstm = build_model(ModelSpec("lstm", hidden=8))
-    assert type(make_optimizer("sgd", lstm, 0.1, 0.0, 0.0, own_step=True)) is torch.optim.SGD
+    assert type(make_optimizer(lstm, RecipeSettings(lr=0.1), own_step=True)) is torch.optim.SGD
     for name in ("momentum", "nesterov", "adam", "adamw", "rmsprop"):
-        assert not isinstance(make_optimizer(name, model, 0.1, 0.9, 0.0, own_step=True), EngineSGD)
+        assert not isinstance(make_optimizer(model, RecipeSettings(optimizer=name, lr=0.1), own_step=True), EngineSGD)
     with pytest.raises(SeqmnistError, match="--optimizer must be one of sgd, .* \\(got 'adagrad'\\)"):
-        make_optimizer("adagrad", model, 0.1, 0.9, 0.0)
+        make_optimizer(model, RecipeSettings(optimizer="adagrad", lr=0.1))
 
 
 @pytest.mark.parametrize(("cell", "readout"), list(itertools.product(ELEMENTWISE, READOUTS)))
@@ -396,12 +398,11 @@ def test_recurrent_weights_take_their_own_rate_and_decay(cell):
     """recurrent_lr and decay_recurrent split the recurrent weights into a group of their own; at their
     defaults the optimiser keeps the one group every run had."""
     model = build_model(ModelSpec(cell, 1, 8, 2, True, "last", None, 16))
-    (one,) = make_optimizer("adamw", model, 1e-3, 0.9, 0.01).param_groups
+    (one,) = make_optimizer(model, RecipeSettings(optimizer="adamw", lr=1e-3, weight_decay=0.01)).param_groups
     assert len(one["params"]) == len(list(model.parameters()))
-    others, recurrent = make_optimizer(
-        "adamw", model, 1e-3, 0.9, 0.01, recurrent_lr=0.1, decay_recurrent=False
-    ).param_groups
+    recipe = RecipeSettings(optimizer="adamw", lr=1e-3, weight_decay=0.01, recurrent_lr=0.1, decay_recurrent=False)
+    others, recurrent = make_optimizer(model, recipe).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[id(p)] for p in recurrent["params"]} == model.recurrent_names() != set()
-    assert not {names[id(p)] for p in others["params"]} & model.recurrent_names()
+    assert {names[id(p)] for p in recurrent["params"]} == recurrent_names(model) != set()
+    assert not {names[id(p)] for p in others["params"]} & recurrent_names(model)
     assert (recurrent["lr_scale"], recurrent["weight_decay"], others["weight_decay"]) == (0.1, 0.0, 0.01)

@@ -24,6 +24,7 @@ from seqmnist.seed import (
     read_theano_model,
     seed_code_readout,
     seed_confusion,
+    seed_log,
     seed_sweep,
 )
 from seqmnist.train import initial_model, predicted_digits
@@ -172,7 +173,8 @@ def test_model_files_are_checked(arrays, extra, message, tmp_path):
 
 def test_vanilla_rnn_matches_the_seed_file_layout(seed_models_dir):
     arrays = read_theano_model(seed_models_dir / "rnn_step28.model")
-    assert {k: v.shape for k, v in arrays.items()} == VanillaRNN(200).shapes()
+    shapes = {k: tuple(v.shape) for k, v in VanillaRNN(200).state_dict().items()}
+    assert {k: v.shape for k, v in arrays.items()} == shapes
 
 
 # --- the seed's models by name: found, verified, cached, or one line saying how to provide them ----
@@ -230,3 +232,15 @@ def test_reproduce_takes_the_seed_models_there_are(no_seed_models, tmp_path):
     assert "rnn_step4.model" not in logged[0]  # the first failed download ends the downloads
     with pytest.raises(SeqmnistError, match="holds no rnn_stepK.model file"):
         available_seed_models(tmp_path, logged.append)
+
+
+def test_settings_that_do_not_change_what_is_learnt_keep_the_seeds_logs_as_yardstick():
+    """config.NEUTRAL (engine, device, tensorboard) is read by the seed comparison as by resume and the
+    trial name: a TensorBoard folder or the autograd path leave the seed's recipe as it is."""
+    from seqmnist.config import IDENTITY, NEUTRAL
+
+    assert {"engine", "device", "tensorboard"} <= set(NEUTRAL) and "tensorboard" not in IDENTITY
+    for neutral in ({"tensorboard": "tb"}, {"engine": "autograd"}, {"device": "cpu"}, {"rows": 6, "epochs": 2}):
+        assert seed.is_seed_recipe(Config.from_settings("seed", **neutral)), neutral
+    assert seed_log(Config.from_settings("seed", tensorboard="tb", epochs=1))[1]["train_acc"] == 0.27594
+    assert not seed.is_seed_recipe(Config.from_settings("seed", lr=0.02))

@@ -9,12 +9,12 @@ From Python::
 
     from seqmnist import Config, build_model
     model = build_model(Config.from_settings(cell="lstm", hidden=128).model_spec())
+
+A new cell: a :class:`Cell` (one layer's step), registered by name (docs/cells.md).
 """
 
-from . import (
-    seed,  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
-    tensorboard,  # noqa: F401  (imported for its effect: it registers the training's event writer)
-)
+from . import seed  # noqa: F401  (imported for its effect: it registers the seed's measure of accuracy)
+from .cell import Cell
 from .cells import ElementwiseRNN, GatedRNN, VanillaRNN  # importing seqmnist.cells registers every cell
 from .config import PRESETS, Config
 from .data import MNIST
@@ -28,6 +28,7 @@ from .sequence import Sequencer
 __all__ = [
     "MNIST",
     "PRESETS",
+    "Cell",
     "Config",
     "ElementwiseRNN",
     "GatedRNN",

@@ -3,8 +3,8 @@
 The plain loop is what a user would write for the same cell and task: ``nn.RNN`` / ``nn.LSTM`` /
 ``nn.GRU`` (batch-first, the full sequence), an ``nn.Linear`` readout, the readout's loss, autograd
 and the optimiser; for a cell PyTorch has no module for (indrnn, lru, s4d), the cell's equations in a
-Python loop. A cell that names other plain forms (:meth:`SequenceClassifier.plain_forms`: the linear
-cells' parallel form as plain PyTorch writes it) is timed against each as well, in the same rounds.
+Python loop. A model that names other plain forms (its ``plain_forms()``: the linear cells' parallel
+form as plain PyTorch writes it) is timed against each as well, in the same rounds.
 Ours is a run's own step (:meth:`SequenceClassifier.loss`: the compiled engine for the elementwise
 cells, PyTorch's fused modules for LSTM and GRU, the parallel form for lru and s4d).
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import engine
-from .config import Config
+from .config import Config, RecipeSettings
 from .data import TRAIN_IMAGES
 from .machine import keep_freed_memory
 from .model import AUTOGRAD_PATH, ENGINE_PATH, NUM_CLASSES, Draws, ModelSpec, SequenceClassifier, build_model
@@ -41,12 +41,12 @@ class PlainRNN(nn.Module):
     initialisation decides how fast its gradients fade, and how often they turn denormal): PyTorch's
     recurrent module with a Linear readout on every step's state, or, for a cell PyTorch has no module
     for, its equations in a Python loop (our definition); or, given a ``form``, that plain form of the
-    cell's (:meth:`SequenceClassifier.plain_forms`). The readout's loss by autograd."""
+    cell's (:func:`plain_forms`). The readout's loss by autograd."""
 
     def __init__(self, model: SequenceClassifier, form: str | None = None):
         super().__init__()
         self.form = form
-        if form is None and model.has_torch_module():
+        if form is None and has_torch_module(model):
             self.rnn, self.readout = model.to_torch()
         else:
             self.loop = copy.deepcopy(model)
@@ -54,7 +54,7 @@ class PlainRNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step logits, (steps, batch, classes)."""
         if self.form is not None:
-            return self.loop.plain_forms()[self.form](x)
+            return plain_forms(self.loop)[self.form](x)
         if not hasattr(self, "rnn"):
             return self.loop.logits(x, fast=False)
         states, _ = self.rnn(x)
@@ -64,8 +64,19 @@ class PlainRNN(nn.Module):
 def plain_trainers(spec: ModelSpec) -> dict[str, Step]:
     """The plain PyTorch ways of the same training step: "plain" (PyTorch's module, or the loop), then
     each plain form the cell names."""
-    forms = our_model(spec).plain_forms()
+    forms = plain_forms(our_model(spec))
     return {"plain": plain_trainer(spec), **{form: plain_trainer(spec, form) for form in forms}}
+
+
+def has_torch_module(model: SequenceClassifier) -> bool:
+    """Whether PyTorch has a module for the model's cell (the gated cells, nn.RNN's tanh and relu)."""
+    return hasattr(model, "to_torch") and model.has_torch_module()
+
+
+def plain_forms(model: SequenceClassifier) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The ways besides PyTorch's module or the step loop that plain code would compute the model's
+    logits, by name, where its family names some (the linear cells' ``plain_forms``)."""
+    return model.plain_forms() if hasattr(model, "plain_forms") else {}
 
 
 def plain_trainer(spec: ModelSpec, form: str | None = None, lr: float = 0.01) -> Step:
@@ -89,7 +100,7 @@ def our_model(spec: ModelSpec) -> SequenceClassifier:
 def our_trainer(spec: ModelSpec, lr: float = 0.01) -> Step:
     """The project's training step, as the training loop takes it."""
     model = our_model(spec)
-    optimizer = make_optimizer("sgd", model, lr, 0.0, 0.0, own_step=True)
+    optimizer = make_optimizer(model, RecipeSettings(lr=lr), own_step=True)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         train_step(model, optimizer, x, y)
@@ -180,7 +191,7 @@ def our_path(spec: ModelSpec) -> str:
     """The engine, autograd, PyTorch's own module (as the plain loop's), or the cell's own path in words."""
     model = build_model(spec)
     path = model.training_path(torch.device("cpu"))
-    return PATH_LABELS.get(path, "nn module" if model.has_torch_module() else path)
+    return PATH_LABELS.get(path, "nn module" if has_torch_module(model) else path)
 
 
 SCALING = ((256, 200), (1024, 200), (100, 512))

@@ -278,12 +278,8 @@ def settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in SETTINGS}
 
 
-# What --resume takes besides the saved settings: how far, and where this session runs.
-RESUME_FLAGS = ("epochs", "device")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import Config
+    from .config import NEUTRAL, Config
     from .data import MNIST
     from .machine import use_threads
     from .runs import new_run, open_for_resume
@@ -292,22 +288,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = settings(args)
     use_threads(args.threads)
     if args.resume:
+        # Besides how far (--epochs), a resumed run takes only what does not change what it learns.
         extra = {**given, "preset": args.preset, "out": args.out}
         dropped = [
             f"--{name.replace('_', '-')}"
             for name, value in extra.items()
-            if name not in RESUME_FLAGS and value is not None
+            if name not in ("epochs", *NEUTRAL) and value is not None
         ]
         if dropped:
             raise SeqmnistError(f"--resume uses the settings saved in the run; drop {', '.join(dropped)}")
-        run, config = open_for_resume(Path(args.resume), args.epochs, args.device)
+        neutral = {name: given[name] for name in NEUTRAL if given[name] is not None}
+        run, config = open_for_resume(Path(args.resume), args.epochs, **neutral)
     else:
         config = Config.from_settings(args.preset or "seed", **given)
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
         if args.preset is None and all(value is None for value in given.values()):
             print(
-                "no flags: the seed's 100-epoch replay (10-17 minutes on 2 cores); "
-                "for a first look in under a minute: seqmnist train --preset quick"
+                "no flags: the seed's 100-epoch replay (the estimate below is this machine's); "
+                "for a first look: seqmnist train --preset quick (2 epochs)"
             )
     train(config, MNIST.load(args.data_dir), run, resume=bool(args.resume))
     return 0

@@ -23,6 +23,7 @@ from .registry import cell_names, get_cell, init_names
 from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 
 ENGINES = ("fast", "autograd")
+EFFECTS = ("learns", "computes", "records")  # what a setting changes: see setting()
 DEVICES = ("auto", "cpu", "cuda")
 RNGS = ("seed", "torch")
 
@@ -95,13 +96,15 @@ def setting(
     metavar: str | None = None,
     optional: bool = False,
     added: bool = False,
-    identity: bool = True,
+    effect: str = "learns",
 ) -> Any:
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
-    whenever the default is None); ``added``: a setting that came after runs were first named;
-    ``identity`` False: the setting says only where a run's records go, not what the run is (both: see
-    :meth:`Config.identity`)."""
+    whenever the default is None); ``added``: a setting that came after runs were first named.
+    ``effect`` is what the setting changes (one of EFFECTS): "learns", what the run learns; "computes",
+    only how it is computed (the same result but for float rounding); "records", only where its records
+    go. A run's name (:meth:`Config.identity`) leaves out "records" settings; a resumed run, and the seed's
+    logs as a yardstick, take any setting that does not change what is learnt."""
     declared = {
         "valid": valid,
         "about": about,
@@ -109,7 +112,7 @@ def setting(
         "metavar": metavar,
         "optional": optional,
         "added": added,
-        "identity": identity,
+        "effect": effect,
     }
     return field(default=default, metadata=declared)
 
@@ -127,7 +130,7 @@ class Setting:
     metavar: str | None
     optional: bool
     added: bool
-    identity: bool
+    effect: str
 
     @property
     def flag(self) -> str:
@@ -377,9 +380,13 @@ class RunSettings(Group):
         one_of(ENGINES),
         "fast (the compiled engine or PyTorch's fused modules) or autograd (the plain definition, for "
         "training and evaluation)",
+        effect="computes",
     )
     device: str = setting(
-        "auto", one_of(DEVICES), "where to train (auto: CUDA where present, but the CPU for the seed's replay)"
+        "auto",
+        one_of(DEVICES),
+        "where to train (auto: CUDA where present, but the CPU for the seed's replay)",
+        effect="computes",
     )
     eval_every: int = setting(
         1, integer(1), "accuracy on the validation (and training) set every N epochs, and after the last"
@@ -395,7 +402,7 @@ class RunSettings(Group):
         "tensorboard extra",
         "none",
         metavar="DIR",
-        identity=False,
+        effect="records",
     )
 
 
@@ -406,7 +413,9 @@ SETTINGS = {
 }
 NAMES = ("preset", *SETTINGS)  # what from_settings, grid files and sweeps take
 # The names that make a run what it is: all but the settings that only say where its records go.
-IDENTITY = tuple(name for name in NAMES if name == "preset" or SETTINGS[name].identity)
+IDENTITY = tuple(name for name in NAMES if name == "preset" or SETTINGS[name].effect != "records")
+# The settings that leave what a run learns as it is: a resumed run and the seed's yardstick take them.
+NEUTRAL = tuple(name for name, s in SETTINGS.items() if s.effect != "learns")
 
 
 # --- a run's settings -------------------------------------------------------------------------------
@@ -438,23 +447,9 @@ class Config:
     # --- what the settings make -------------------------------------------------------------------
 
     def model_spec(self) -> ModelSpec:
-        steps, per_step = self.task.steps_inputs
-        m = self.model
-        return ModelSpec(
-            m.cell,
-            per_step,
-            m.hidden,
-            m.layers,
-            m.bias,
-            m.readout,
-            m.init,
-            steps,
-            norm=m.norm,
-            dropout=m.dropout,
-            recurrent_max=m.recurrent_max,
-            last_layer_init=m.last_layer_init,
-            state=m.state,
-        )
+        """The model settings, and the shape the task gives them: steps, and inputs a step."""
+        steps, inputs = self.task.steps_inputs
+        return ModelSpec(inputs=inputs, steps=steps, **asdict(self.model))
 
     def describe(self) -> str:
         """One line: task, model, recipe."""
@@ -595,7 +590,7 @@ _INDRNN = {
 # The linear recurrences as S4's example.py trains them: 4 pre-norm residual layers, AdamW with weight decay
 # 0.01 but none on A and dt (lambda's for the LRU), which learn at a tenth of the rate, a warm-up into a
 # cosine; the mean of the steps' logits (S4's mean pooling). Its 4 layers of 64, no dropout and the
-# epochs are this 2-core CPU's budget: 45 minutes a run at most.
+# epochs fit a run into well under an hour of a 2-core CPU (docs/results.md has the minutes measured).
 _LINEAR = {
     **_MODERN,
     "task": "pixel",
@@ -612,20 +607,14 @@ _LINEAR = {
 }
 _LRU = {**_LINEAR, "cell": "lru", "lr": 4e-3, "epochs": 7}
 _S4D = {**_LINEAR, "cell": "s4d", "lr": 1e-2, "epochs": 3}
-_LRU_ABOUT = (
-    "pixel by pixel (784 steps): 4 LRU layers of 64, state 64 (Orvieto et al. 2023), S4's recipe; 7 epochs "
-    "in ~35-40 min (epochs of 280-310 s with validation, measured alone on the 2 cores)"
-)
-_S4D_ABOUT = (
-    "pixel by pixel (784 steps): 4 S4D layers of 64, state 64 (Gu et al. 2022), S4's recipe; 3 epochs "
-    "(not yet trained to the end here: ~320 s an epoch's training in `bench --preset` on the 2 cores)"
-)
+_LRU_ABOUT = "pixel by pixel (784 steps): 4 LRU layers of 64, state 64 (Orvieto et al. 2023), S4's recipe; 7 epochs"
+_S4D_ABOUT = "pixel by pixel (784 steps): 4 S4D layers of 64, state 64 (Gu et al. 2022), S4's recipe; 3 epochs"
 
 PRESETS: dict[str, Preset] = {
-    "seed": Preset({}, "the 2016 recipe, replayed number for number: 100 epochs of plain SGD, ~96% (10-17 min)"),
+    "seed": Preset({}, "the 2016 recipe, replayed number for number: 100 epochs of plain SGD, ~96%"),
     "quick": Preset(
         {**_MODERN, "hidden": 128, "readout": "last", "lr": 0.003, "epochs": 2, "schedule": "cosine"},
-        "a first look: 2 epochs of a vanilla RNN with Adam, ~94% in well under a minute",
+        "a first look: 2 epochs of a vanilla RNN with Adam, ~94%",
     ),
     "rows-vanilla": Preset(
         {**_RECIPE, "cell": "vanilla", "hidden": 256, "layers": 2, "lr": 1e-3, "epochs": 25},

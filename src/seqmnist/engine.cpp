@@ -9,35 +9,21 @@
 // sigma = 1), the factors folded into the step weights M. The seed's model (tanh, dense, no bias,
 // one layer, mean-softmax) runs exactly the operations it ran before this file served other cells.
 //
-// What each part bought, measured at batch 100, hidden 200 on the 2-core CPU (docs/speed.md):
+// Its layout, and why (docs/speed.md has what each part was measured to buy, and where):
 //
 // * Fused elementwise passes: the activation and the slope scaling are one pass each over the rows
-//   a multiply just wrote, while they are in cache. PyTorch's sigmoid on those strided rows (200 of
-//   224 floats) took ~65 us a step, single-threaded; this takes a few.
+//   a multiply just wrote, while they are in cache.
 // * One slice of the batch per thread: images are independent through the recurrence, so each
-//   thread runs all steps on its own rows, with single-threaded multiplies. Two fork/joins a batch
-//   and layer instead of one per multiply and per large elementwise operation, and the elementwise
-//   passes run on both cores.
-// * The weight gradients summed step by step, per slice, while the step's gradient is in cache,
-//   rather than in one multiply after the loop.
-// * The loss and its gradient in one pass per row of logits, inside the forward pass's slices,
-//   where PyTorch took nine small operations (~0.5 ms a batch).
-//   With the two loops in C++ (calling MKL through ATen), these made a batch 1.25-1.3x faster than
-//   the Python loops on two threads, 1.13x on one.
-// * BLAS called directly with raw pointers: each of the ~170 multiplies a batch skips ATen's
-//   dispatch and the tensor views around it; the slices' sums are added and scaled in one serial
-//   pass (ATen's handed them to the thread pool, ~50 us a batch). With the loss moved into the
-//   forward slices: 1.09-1.11x on two threads, 1.07x on one.
-// * Each step reads [r_k | x_k | 1] (engine.Workspace): the input projection (and the bias) join
-//   the step's multiply, and dU (and db) join the weight-gradient multiply, instead of a
-//   (2,800 x 28)(28 x 224) multiply (~0.3-0.45 ms, MKL runs an inner dimension of 28 poorly) and 28
-//   thin (28 x 50)(50 x 200) ones; the step weights are filled here (five PyTorch operations,
-//   ~0.25 ms, before). A further 1.06x on both thread counts.
-// * Each step's product lands in a small buffer of the slice's own, reused every step and so in
-//   cache, rather than in the whole-batch buffers (2.6 MB each, out of cache): only the logits are
-//   written out in the forward pass, and the backward pass keeps its step gradients in two rows.
-//   A further 1.08x on two threads, 1.03x on one. The logits and their gradients have compact
-//   buffers of their own, (T + 1, batch, classes), which the loss pass reads in cache.
+//   thread runs all steps on its own rows with single-threaded multiplies: two fork/joins a batch
+//   and layer instead of one per operation, and the elementwise passes run on every core.
+// * The weight gradients summed step by step, per slice, while the step's gradient is in cache.
+// * The loss and its gradient in one pass per row of logits, inside the forward pass's slices.
+// * BLAS called directly with raw pointers, skipping ATen's dispatch and views for each of a batch's
+//   many small multiplies; the slices' sums added and scaled in one serial pass.
+// * Each step reads [r_k | x_k | 1] (engine.Workspace): the input projection and the bias join the
+//   step's multiply, dU and db the weight-gradient multiply (BLAS runs an inner dimension of 28 poorly).
+// * Each step's product lands in a small buffer of the slice's own, reused every step and so in cache;
+//   only the logits, in compact (T + 1, batch, classes) buffers, are written out.
 // * A diagonal recurrence is not a multiply: its step multiplies only [x_k | 1] (and r_k by V for
 //   the logits), and w * r_k is one more elementwise pass.
 

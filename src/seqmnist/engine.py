@@ -9,51 +9,25 @@ complex diagonal recurrence (:func:`complex_scan`) and the IndRNN's (:func:`relu
 work stays with PyTorch, and ``gate.cpp`` the passes between the linear cells' multiplies (:func:`skip`,
 :func:`gate`).
 
-Tricks, each measured on the 2-core CPU at batch 100, hidden 200 (the seed's shape):
+Its layout, and why (docs/speed.md has what each was measured to buy, and on which machine):
 
-* Readout fused into the recurrent multiply. Step k multiplies the state by ``[W | V]`` (200 x 210),
-  which yields the next pre-activation *and* this step's logits: a separate (2800 x 200)(200 x 10)
-  readout multiply, which runs far below peak (~0.8 ms), disappears for ~5% more work in a multiply
-  that runs near peak. In the backward pass the same fusion turns the readout gradient and its
-  weight gradient into extra columns of multiplies that happen anyway (~1.4 ms saved). The input row
-  (and a constant 1 for the biases) joins the same way: step k multiplies ``[r_k | x_k | 1]`` by
-  ``[[4W | 2V], [2U | 0], [2b | c]]``, and the weight gradient's multiply yields dU and db in its
-  last rows (engine.cpp's header says what that bought).
-* tanh through sigmoid. PyTorch's CPU tanh is not vectorised well (~50 us for one 100 x 200 step,
-  ~1.4 ms a batch); sigmoid is (~25 us). With tanh(a) = 2 sigmoid(2a) - 1 the loop keeps
-  r = s / 2 = sigmoid(2a) - 1/2 as its state and folds the factors into the weights:
-  2a_{t+1} = x (2U) + r_t (4W) and s_t V = r_t (2V). One multiply, one sigmoid and one subtraction
-  per step. Centring the state (rather than keeping sigmoid(2a) and a constant row) keeps blank rows
-  exactly zero: an image whose rows read are all blank gets exactly uniform softmaxes, as in the
-  seed, so ties break the seed's way (to digit 0). The backward pass works from r too:
-  tanh' = 1 - s^2 = 4 (1/4 - r^2) is one pass over the states (the 4 goes into the weights), and
-  s^T G = 2 r^T G. A relu cell keeps s itself (all factors 1).
-* Rows of the buffers and weights padded to a multiple of 16 floats (210 -> 224 columns, 228 -> 240
-  for the states), the padding held at zero: when the input projection was a separate multiply, MKL
-  wrote an evaluation chunk's (28,000 x 28)(28 x 210) at ~20 GFLOP/s with 840-byte rows, at ~50
-  with 64-byte-aligned ones. Evaluation got 1.3-1.4x faster, a training batch 1.06-1.12x.
+* The readout and the input are fused into the recurrent multiply: step k multiplies
+  ``[r_k | x_k | 1]`` by ``[[4W | 2V], [2U | 0], [2b | c]]``, which yields the next pre-activation and
+  this step's logits at once; the backward pass gets the readout's and the inputs' weight gradients as
+  extra columns of multiplies it makes anyway. Small separate multiplies run far below peak.
+* tanh through sigmoid, tanh(a) = 2 sigmoid(2a) - 1, since PyTorch's CPU sigmoid is vectorised and its
+  tanh is not: the state kept is r = s / 2 = sigmoid(2a) - 1/2, the factors folded into the weights.
+  Centring keeps blank rows exactly zero, so an image whose rows read are blank gets exactly uniform
+  softmaxes and ties break the seed's way (to digit 0). A relu cell keeps s itself.
+* Rows of the buffers and weights padded to a multiple of 16 floats (64-byte aligned), the padding zero.
 * The steps before an image's first inked row are skipped (engine.cpp's ActiveRows): without a bias
-  its state is exactly zero until then, and MNIST's first ~5 rows are blank. The same bits, and
-  (bench/blank_rows.py: training and evaluation, alternating, one thread) 1.14x for a 28-row model,
-  1.3-2.4x for 2 to 14 rows; the full ``reproduce`` took 65.8 minutes instead of 79.9.
+  its state is exactly zero until then. The same bits, less work.
 * Plain SGD skips autograd and the optimiser (:func:`layers_gradients`, taken by
-  :class:`seqmnist.recipes.EngineSGD`): the two passes, then ``p.add_(grad, alpha=-lr)`` as
-  ``torch.optim.SGD`` does it, so the same bits.
-  Their machinery cost 0.5-1.2 ms a batch (more for longer sequences: the passes push Python's own
-  data out of cache), most of a small model's batch: 1.08x a 28-row batch, 1.65x a 2-row one.
-* The logits and their gradients are compact (T + 1, batch, classes) buffers: the loss pass reads and
-  writes 112 KB in cache rather than one cache line in each 896-byte row of 2.6 MB (~0.25 ms a
-  28-row batch instead of ~0.6).
-* Preallocated buffers, reused batch after batch: the hot loop allocates nothing. Each thread has its
-  own (:class:`Workspaces`), so several threads may read one model at once.
-* Layers above the first read the states of the layer below in place (no copy), and hand it the
-  gradient in its states, already multiplied by its tanh' factor, from an extra block of columns of
-  their backward weights.
+  :class:`seqmnist.recipes.EngineSGD`), updating as ``torch.optim.SGD`` does: the same bits.
+* Compact (T + 1, batch, classes) logits, preallocated per-thread buffers (:class:`Workspaces`) reused
+  batch after batch, and upper layers reading the lower layer's states in place.
 
-What is left (see docs/speed.md): the step multiplies, (50 x 228)(228 x 224) and two of like size
-per thread at batch 100, which MKL runs at ~75-90% of one core's share of the large-multiply peak;
-the loss's scalar ``std::exp`` (vectorising it would change the bits the seed's replay rests on);
-the threads' waits for each other.
+The loss's exp stays scalar: vectorising it would change the bits the seed's replay rests on.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ input_scale, the task, a permuted task's pixel order) and lays out the state.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +38,6 @@ from torch import nn
 from .errors import SeqmnistError
 from .files import atomic_path
 from .model import SequenceClassifier
-from .registry import cell_names, get_cell
 from .runs import TrainedModel
 
 OPSET = 18  # onnxruntime 1.16 (2023) and later run it
@@ -84,20 +85,9 @@ def step_path(path: Path) -> Path:
     return path.with_name((path.name.removesuffix(".onnx")) + ".step.onnx")
 
 
-def check_exportable(model: SequenceClassifier) -> None:
-    """Refuse, in one line saying why, a cell that cannot be exported."""
-    if model.export_refusal is not None:
-        exportable = [name for name in cell_names() if get_cell(name).export_refusal is None]
-        raise SeqmnistError(
-            f"the {model.name} cell cannot be exported to ONNX: {model.export_refusal} "
-            f"(cells that export: {', '.join(exportable)})"
-        )
-
-
 def export_onnx(trained: TrainedModel, path: Path) -> Exported:
     """Write ``trained`` as ONNX: the whole sequence to ``path``, one step beside it (:func:`step_path`)."""
     model = trained.model
-    check_exportable(model)
     steps, inputs = trained.config.task.steps_inputs
     step = OneStep(model)
     width = sum(step.parts)
@@ -144,7 +134,8 @@ def _export_step(step: OneStep, inputs: int, width: int) -> onnx.ModelProto:
                 verbose=False,
             )
     except torch.onnx.errors.OnnxExporterError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter colours its messages
+        reason = text.splitlines()[0] if text else type(exc).__name__
         raise SeqmnistError(f"torch.onnx could not export the {step.model.name} cell: {reason}") from None
     return program.model_proto
 
@@ -194,13 +185,14 @@ def over_sequence(step_model: onnx.ModelProto, width: int) -> onnx.ModelProto:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter's warnings and log lines (torch.export's internals, torchvision's ops it skips) are
-    notes to PyTorch's developers, not to the user: silenced while it runs."""
-    logger = logging.getLogger("torch.onnx")
+    """The exporter's warnings and log lines (torch.export's internals and the graph it failed on,
+    torchvision's ops it skips) are notes to PyTorch's developers, not to the user: silenced while it
+    runs; a failure is one line of its own (:func:`_export_step`)."""
+    logger = logging.getLogger("torch")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

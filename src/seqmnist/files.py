@@ -142,8 +142,10 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Insist on exactly the expected names, shapes and float32."""
+def check_tensors(path: Path, tensors: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Insist on exactly the names and shapes of the model's state_dict (weights, a batch norm's running
+    statistics), in float32."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if set(tensors) != set(shapes):
         raise SeqmnistError(f"{path}: holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
     for name, shape in shapes.items():

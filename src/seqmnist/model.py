@@ -14,7 +14,6 @@ layer's are named U, W, b, the l-th layer's U{l}, W{l}, b{l}, the readout's V an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -92,6 +91,12 @@ class Draws:
             return torch.from_numpy(self.source.normal(0.0, std, shape).astype(np.float32))
         return torch.randn(shape, generator=self.source) * std
 
+    def seed(self) -> int:
+        """A seed for torch's global generator, drawn from this stream (for modules that draw their own)."""
+        if isinstance(self.source, np.random.RandomState):
+            return int(self.source.randint(2**31))
+        return int(torch.randint(2**62, (1,), generator=self.source))
+
     def orthogonal(self, n: int) -> torch.Tensor:
         """A random n x n orthogonal matrix: Q of the QR of a Gaussian one, signs fixed (Mezzadri 2007)."""
         q, r = torch.linalg.qr(self.normal(1.0, (n, n)).double())
@@ -104,8 +109,11 @@ class Draws:
 class SequenceClassifier(nn.Module):
     """What every model offers the training loop, which never asks which cell it trains.
 
-    A cell is one subclass, registered by name (:func:`seqmnist.registry.register_cell`), that
-    declares what it takes in the class attributes below and builds itself from a :class:`ModelSpec`.
+    A new cell does not extend this: it writes a :class:`seqmnist.cell.Cell` (one layer's step), which
+    :class:`seqmnist.cell.CellStack` turns into one of these. The built-in families (seqmnist.cells)
+    extend it directly, since their fast paths fuse the layers and the readout; each is registered by
+    name (:func:`seqmnist.registry.register_cell`), declares what it takes in the class attributes
+    below and builds itself from a :class:`ModelSpec`.
     """
 
     name: str  # set by register_cell
@@ -116,11 +124,15 @@ class SequenceClassifier(nn.Module):
     max_layers: int = 16
     takes_bias: bool = True
     default_state: int | None = None  # the state size N a cell with one apart from hidden takes by default
-    # why ``seqmnist export`` refuses the cell, None where it exports: a cell exports by its
-    # step-by-step form (state_sizes, advance), in plain tensor operations
-    export_refusal: str | None = "it has no step-by-step form (state_sizes and advance) to export"
     takes: tuple[str, ...] = ()  # which of CELL_OPTIONS it takes
+    # the parameters that carry the state from step to step (names or fnmatch patterns), which a recipe may
+    # give their own learning rate and spare from weight decay (seqmnist.recipes.parameter_groups)
+    recurrent: tuple[str, ...] = ()
     spec: ModelSpec
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> SequenceClassifier:
+        return cls(spec)
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -176,11 +188,6 @@ class SequenceClassifier(nn.Module):
         """The cell's equations, step by step, with autograd: the reference every fast path is held to."""
         raise NotImplementedError
 
-    def plain_forms(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """Ways plain PyTorch code would compute :meth:`logits` besides PyTorch's module or the step-by-step
-        loop, by name: what ``seqmnist bench`` times this model's training step against as well."""
-        return {}
-
     def state_sizes(self) -> list[int]:
         """The width of each state tensor one step hands the next, (batch, width) each; all are zeros
         before the first step."""
@@ -200,16 +207,8 @@ class SequenceClassifier(nn.Module):
             logits.append(z)
         return torch.stack(logits)
 
-    def has_torch_module(self) -> bool:
-        """Whether PyTorch has a module for this cell (:meth:`to_torch`)."""
-        return False
-
-    def to_torch(self) -> tuple[nn.Module, nn.Linear]:
-        """This model as PyTorch's recurrent module (batch_first) and an nn.Linear readout."""
-        raise SeqmnistError(f"{self.name} has no PyTorch module")
-
     def init_weights(self, draws: Draws) -> SequenceClassifier:
-        """Draw every weight, in :meth:`draw_order`, by the spec's initialisation."""
+        """Draw every weight, in the family's ``draw_order()``, by its ``initial_value``."""
         with torch.no_grad():
             for name in self.draw_order():
                 parameter = self.get_parameter(name)
@@ -220,35 +219,8 @@ class SequenceClassifier(nn.Module):
         """The spec's initialisation from torch.Generator(seed) (tests and benchmarks)."""
         return self.init_weights(Draws(torch.Generator().manual_seed(seed)))
 
-    def draw_order(self) -> list[str]:
-        raise NotImplementedError
-
-    def initial_value(self, name: str, shape: tuple[int, ...], draws: Draws) -> torch.Tensor:
-        raise NotImplementedError
-
-    def recurrent_names(self) -> set[str]:
-        """The parameters that carry the state from step to step, which a recipe may give their own learning
-        rate and spare from weight decay (:func:`seqmnist.recipes.parameter_groups`)."""
-        return set()
-
-    def bias_names(self) -> set[str]:
-        """The vectors that are not recurrent weights: biases, and a normalisation's scale and shift, which a
-        recipe may spare from weight decay (``decay_biases``, as IndRNN's does)."""
-        return {name for name, p in self.named_parameters() if p.dim() == 1} - self.recurrent_names()
-
     def constrain_(self) -> None:
         """Keep the weights where the cell needs them, after every optimiser step (indrnn's)."""
-
-    def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Input, recurrent and readout weights of the first layer in the x @ U orientation, for figures."""
-        raise NotImplementedError
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Every tensor a saved model holds (its state_dict: the weights, and a batch norm's running statistics)."""
-        return {name: tuple(t.shape) for name, t in self.state_dict().items()}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def eval_chunk(self) -> int:
         """Images per forward pass in evaluation: 1,000 for the rows task (the seed's shape included),
@@ -271,4 +243,4 @@ def build_model(spec: ModelSpec) -> SequenceClassifier:
     """The model a spec names (its cell's class, from :mod:`seqmnist.registry`), in evaluation mode: only
     a training step (:func:`seqmnist.train.train_step`) runs in training mode (batch norm, dropout)."""
     check_spec(spec)
-    return get_cell(spec.cell)(spec).eval()
+    return get_cell(spec.cell).build(spec).eval()

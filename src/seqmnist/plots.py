@@ -363,7 +363,10 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note
         )
     else:
         note(f"{run.dir} has no training history (no metrics.csv: an imported model?), so no epoch_curves.png")
-    paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
+    if hasattr(model, "first_layer_weights"):  # the built-in families; a cell of the contract has its own layout
+        paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
+    else:
+        note(f"the {model.name} cell's weights have no figure of their own, so no weights.png")
     if summary:
         matrix = np.array(summary["confusion_matrix"])
         paths.append(confusion_grid({config.task.rows or 0: matrix}, figures / "confusion.png"))

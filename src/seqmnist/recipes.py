@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from fnmatch import fnmatch
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import SeqmnistError
 from .model import SequenceClassifier
+
+if TYPE_CHECKING:  # config imports this module's choices
+    from .config import RecipeSettings
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
@@ -46,37 +51,38 @@ class EngineSGD(torch.optim.SGD):
         return loss
 
 
-def make_optimizer(
-    name: str,
-    model: SequenceClassifier,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    own_step: bool = False,
-    recurrent_lr: float = 1.0,
-    decay_recurrent: bool = True,
-    decay_biases: bool = True,
-) -> torch.optim.Optimizer:
-    """sgd (plain, the seed's), momentum and nesterov (SGD with ``momentum``), adam, adamw (decoupled weight
-    decay, Loshchilov & Hutter 2019), rmsprop (Tieleman & Hinton 2012). With ``own_step`` (nothing is to
-    come between the gradient and the update: the fast path, no clipping), plain SGD is :class:`EngineSGD`
-    where the model has a fused pass. The model's recurrent parameters (:meth:`recurrent_names`) may learn
-    at ``recurrent_lr`` times the rate and without weight decay, as IndRNN's and S4's recipes do; its biases
-    (:meth:`bias_names`) without weight decay, as IndRNN's does."""
-    groups = parameter_groups(model, weight_decay, recurrent_lr, decay_recurrent, decay_biases)
-    if name == "sgd":
-        if own_step and not weight_decay and len(groups) == 1 and model.has_fused_pass():
-            return EngineSGD(model, lr)
-        return torch.optim.SGD(groups, lr=lr)
-    if name in ("momentum", "nesterov"):
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=name == "nesterov")
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr)
-    raise SeqmnistError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+def make_optimizer(model: SequenceClassifier, recipe: RecipeSettings, own_step: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the model's parameters: sgd (plain, the seed's), momentum and nesterov
+    (SGD with momentum), adam, adamw (decoupled weight decay, Loshchilov & Hutter 2019), rmsprop (Tieleman &
+    Hinton 2012). With ``own_step`` (nothing is to come between the gradient and the update: the fast path,
+    no clipping), plain SGD is :class:`EngineSGD` where the model has a fused pass. The model's recurrent
+    parameters (its ``recurrent``) may learn at ``recurrent_lr`` times the rate and without weight decay, as
+    IndRNN's and S4's recipes do; its biases without weight decay, as IndRNN's does."""
+    r = recipe
+    groups = parameter_groups(model, r.weight_decay, r.recurrent_lr, r.decay_recurrent, r.decay_biases)
+    if r.optimizer == "sgd":
+        if own_step and not r.weight_decay and len(groups) == 1 and model.has_fused_pass():
+            return EngineSGD(model, r.lr)
+        return torch.optim.SGD(groups, lr=r.lr)
+    if r.optimizer in ("momentum", "nesterov"):
+        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.optimizer == "nesterov")
+    if r.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=r.lr)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=r.lr)
+    if r.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=r.lr)
+    raise SeqmnistError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {r.optimizer!r})")
+
+
+def recurrent_names(model: SequenceClassifier) -> set[str]:
+    """The names of the parameters the model declares recurrent (``model.recurrent``: names or patterns)."""
+    return {name for name, _ in model.named_parameters() if any(fnmatch(name, p) for p in model.recurrent)}
+
+
+def bias_names(model: SequenceClassifier) -> set[str]:
+    """The vectors that are not recurrent weights: biases, and a normalisation's scale and shift."""
+    return {name for name, p in model.named_parameters() if p.dim() == 1} - recurrent_names(model)
 
 
 def parameter_groups(
@@ -92,8 +98,8 @@ def parameter_groups(
     the biases without decay."""
     if recurrent_lr == 1.0 and decay_recurrent and decay_biases:
         return [{"params": list(model.parameters()), "weight_decay": weight_decay, "lr_scale": 1.0}]
-    recurrent = model.recurrent_names()
-    biases = set() if decay_biases else model.bias_names() - recurrent
+    recurrent = recurrent_names(model)
+    biases = set() if decay_biases else bias_names(model)
     named = list(model.named_parameters())
     groups = [
         {"params": [p for n, p in named if n not in recurrent | biases], "weight_decay": weight_decay, "lr_scale": 1.0},
@@ -134,29 +140,21 @@ def plateau_cuts(val_accs: Sequence[float], patience: int) -> int:
     return cuts
 
 
-def learning_rate(
-    lr: float,
-    schedule: str,
-    step: int,
-    steps_per_epoch: int,
-    epochs: int,
-    warmup: float,
-    decay_every: int,
-    decay: float,
-    cuts: int = 0,
-) -> float:
-    """The rate for optimiser step ``step`` (0-based): a linear warm-up over ``warmup`` epochs, then
-    constant, divided by 1/``decay`` every ``decay_every`` epochs (step), a cosine to zero at the
-    last step (cosine), or times ``decay`` for each of the plateau's ``cuts`` (:func:`plateau_cuts`)."""
-    warm = warmup * steps_per_epoch
+def learning_rate(recipe: RecipeSettings, step: int, cuts: int = 0) -> float:
+    """The rate for optimiser step ``step`` (0-based) of a run of ``recipe.batches`` steps an epoch: a linear
+    warm-up over ``warmup`` epochs, then constant, divided by 1/``decay`` every ``decay_every`` epochs
+    (step), a cosine to zero at the last step (cosine), or times ``decay`` for each of the plateau's
+    ``cuts`` (:func:`plateau_cuts`)."""
+    r, per_epoch = recipe, recipe.batches
+    warm = r.warmup * per_epoch
     if step < warm:
-        return lr * (step + 1) / warm
-    if schedule == "constant":
-        return lr
-    if schedule == "step":
-        return lr * decay ** (step // (decay_every * steps_per_epoch))
-    if schedule == "plateau":
-        return lr * decay**cuts
-    total = epochs * steps_per_epoch
+        return r.lr * (step + 1) / warm
+    if r.schedule == "constant":
+        return r.lr
+    if r.schedule == "step":
+        return r.lr * r.decay ** (step // (r.decay_every * per_epoch))
+    if r.schedule == "plateau":
+        return r.lr * r.decay**cuts
+    total = r.epochs * per_epoch
     progress = (step - warm) / max(1.0, total - warm)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return r.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -179,7 +179,7 @@ class Run:
                 f"{self.checkpoint}: checkpoint format {made_by!r} is not {CHECKPOINT_FORMAT!r}; train the run anew"
             )
         weights = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
-        check_tensors(self.checkpoint, weights, model.shapes())
+        check_tensors(self.checkpoint, weights, model)
         try:
             payload = json.loads(metadata["state"])
             state = TrainingState(**{**payload["loop"], "position": Position(**payload["loop"]["position"])})
@@ -202,7 +202,7 @@ class Run:
 
     def load_weights(self, path: Path, model: SequenceClassifier) -> SequenceClassifier:
         tensors, _ = read_tensors(path)
-        check_tensors(path, tensors, model.shapes())
+        check_tensors(path, tensors, model)
         model.load_state_dict(tensors)
         return model
 
@@ -275,13 +275,14 @@ def _check_creatable(directory: Path) -> None:
         raise SeqmnistError(f"{directory}: the run directory is not writable")
 
 
-def open_for_resume(directory: Path, epochs: int | None = None, device: str | None = None) -> tuple[Run, Config]:
+def open_for_resume(directory: Path, epochs: int | None = None, **neutral: object) -> tuple[Run, Config]:
     """The run to continue and its settings. A finished run continues only with ``epochs`` beyond what
-    it has trained; the new count, and a new ``device`` (a run trained on a GPU continues on the CPU,
-    or the reverse), are recorded in its config.json once every check has passed, before any work starts."""
+    it has trained; the new count, and new values of settings that do not change what it learns (config.NEUTRAL:
+    a run trained on a GPU continues on the CPU, or the reverse), are recorded in its config.json once every
+    check has passed, before any work starts."""
     run = Run(directory)
     saved = run.read_config()
-    config = saved if device is None else saved.replace(device=device).validate()
+    config = saved.replace(**neutral).validate() if neutral else saved
     summary = run.finished_summary(config)
     if epochs is None or epochs == config.recipe.epochs:
         if summary:

@@ -4,9 +4,8 @@ too), learning rate and a histogram of every weight, and at the end the settings
 beside the final results. A run writes into DIR/<its folder's name>, so a sweep's trials are runs that
 TensorBoard shows side by side (``tensorboard --logdir DIR``), and a resumed run goes on in its folder.
 
-The loop knows none of this: the writer is a listener it calls (seqmnist.train.register_listener), and
-torch.utils.tensorboard, which needs the optional ``tensorboard`` package, is imported only for a run
-that asks for events."""
+The loop hears of none of this but :func:`event_writer`; torch.utils.tensorboard, which needs the optional
+``tensorboard`` package, is imported only for a run that asks for events."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from .config import Config
 from .errors import SeqmnistError
 from .measures import measure_columns
 from .runs import Run
-from .train import register_listener
 
 # Each metrics.csv column's tag; the other columns are accuracies, tagged accuracy/<column>.
 TAGS = {"train_loss": "loss/train_loss", "lr": "learning_rate/lr", "seconds": "time/seconds"}
@@ -85,7 +83,6 @@ def final_results(summary: dict) -> dict[str, float]:
     return {f"hparams/{key}": float(value) for key, value in results.items() if value is not None}
 
 
-@register_listener
 def event_writer(config: Config, run: Run, model: torch.nn.Module) -> EventWriter | None:
     """The run's event writer where its settings name a folder; the folder made now, before training."""
     if config.run.tensorboard is None:

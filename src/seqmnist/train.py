@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,31 +31,12 @@ from .measures import Measure, measure_columns, measured_words, measures_for
 from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model
 from .recipes import EngineSGD, clip_gradients, learning_rate, make_optimizer, plateau_cuts
 from .runs import Position, Run, TrainingState, metric_columns
+from .tensorboard import event_writer
 
 Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
 # Called after the run's files change: with the epoch's metrics when an epoch ended, else None (a
 # checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
 AfterSave = Callable[[Run, "dict | None"], None]
-
-
-class Listener(Protocol):
-    """What hears of a training besides its caller (TensorBoard's writer, seqmnist.tensorboard): each
-    finished epoch's metrics row, with the model as that epoch left it, and the summary at the end."""
-
-    def epoch_ended(self, row: dict) -> None: ...
-
-    def finished(self, summary: dict) -> None: ...
-
-
-# Makers of listeners: given a run's settings, its files and its model, a listener, or None where the
-# settings ask for none. Modules register theirs here, so the loop calls them without knowing them.
-MakeListener = Callable[[Config, Run, SequenceClassifier], "Listener | None"]
-LISTENERS: list[MakeListener] = []
-
-
-def register_listener(make: MakeListener) -> MakeListener:
-    LISTENERS.append(make)
-    return make
 
 
 # --- where the randomness comes from ------------------------------------------------------------
@@ -343,7 +324,8 @@ class Trainer:
         # loaded) where the weights already are, so every tensor of a resumed run is on one device.
         self.model, orders = initial_model(config)
         self.model.to(self.device)
-        self.listeners = [listener for make in LISTENERS if (listener := make(config, run, self.model))]
+        # What hears of the training besides its caller: each epoch's row, and the summary at the end.
+        self.listeners = [writer] if (writer := event_writer(config, run, self.model)) else []
         self.optimizer = self.new_optimizer(self.model)
         self.state = TrainingState()
         if resume and run.checkpoint.exists():
@@ -365,18 +347,7 @@ class Trainer:
         )
 
     def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
-        c = self.config
-        return make_optimizer(
-            c.recipe.optimizer,
-            model,
-            c.recipe.lr,
-            c.recipe.momentum,
-            c.recipe.weight_decay,
-            own_step=self.fast and not c.recipe.clip,
-            recurrent_lr=c.recipe.recurrent_lr,
-            decay_recurrent=c.recipe.decay_recurrent,
-            decay_biases=c.recipe.decay_biases,
-        )
+        return make_optimizer(model, self.config.recipe, own_step=self.fast and not self.config.recipe.clip)
 
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
@@ -445,9 +416,9 @@ class Trainer:
             index = order[b * config.recipe.batch_size : (b + 1) * config.recipe.batch_size]
             step = (position.epoch - 1) * config.recipe.batches + b
             self.set_learning_rate(step)
-            if config.model.dropout:  # the only draws a step makes; a run without them skips the ~10 us
+            if config.model.dropout:  # the only draws a step makes; a run without them skips the reseeding
                 torch.default_generator.manual_seed(step_seed(config.recipe.seed, step))
-            # index_select rather than x[index]: the same rows, a quarter of the overhead (~20 us, not ~80).
+            # index_select rather than x[index]: the same rows, less of Python's indexing machinery.
             batch_x, batch_y = x.index_select(0, index), y.index_select(0, index)
             clip = (config.recipe.clip, config.recipe.clip_mode)
             loss = train_step(model, self.optimizer, batch_x, batch_y, self.fast, *clip)
@@ -462,18 +433,9 @@ class Trainer:
         position.loss_sum = loss_sum.item()
 
     def set_learning_rate(self, step: int) -> None:
-        c = self.config
-        rate = learning_rate(
-            c.recipe.lr,
-            c.recipe.schedule,
-            step,
-            c.recipe.batches,
-            c.recipe.epochs,
-            c.recipe.warmup,
-            c.recipe.decay_every,
-            c.recipe.decay,
-            plateau_cuts([row["val_acc"] for row in self.state.metrics], c.recipe.plateau_patience),
-        )
+        recipe = self.config.recipe
+        cuts = plateau_cuts([row["val_acc"] for row in self.state.metrics], recipe.plateau_patience)
+        rate = learning_rate(recipe, step, cuts)
         for group in self.optimizer.param_groups:
             group["lr"] = rate * group.get("lr_scale", 1.0)  # a checkpoint from before the groups has no scale
 
@@ -525,7 +487,7 @@ class Trainer:
             tested = evaluate(best, *self.sets["test"], config, "test set, best-validation weights")
             summary["best"] = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": tested["test_acc"]}
         summary["stopped_early"] = state.stopped_early
-        summary["parameters"] = self.model.num_parameters()
+        summary["parameters"] = sum(p.numel() for p in self.model.parameters())
         summary["minutes"] = sum(row["seconds"] for row in state.metrics) / 60
         summary["sessions"] = state.sessions
         run.save_model(self.model)

@@ -45,7 +45,7 @@ class ElementwiseRNN(SequenceClassifier):
     activation: ClassVar[str | None] = "tanh"  # its name in engine.cpp and nn.RNN; None: neither has it
     diagonal: ClassVar[bool] = False  # a recurrent vector w instead of a matrix W
     inits = ("uniform", "orthogonal", "identity")
-    export_refusal = None
+    recurrent = ("W", "W[0-9]*")
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -78,9 +78,6 @@ class ElementwiseRNN(SequenceClassifier):
 
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(t.detach().cpu().numpy() for t in (self.U, self.W, self.V))
-
-    def recurrent_names(self) -> set[str]:
-        return {_name("W", layer) for layer in range(1, self.spec.layers + 1)}
 
     def draw_order(self) -> list[str]:
         """The seed's order for its model (U, V, W: layer.py), then the other layers, then the biases."""
@@ -276,9 +273,8 @@ class IndRNN(ElementwiseRNN):
     With batch norm or dropout its fast path is layer-parallel: w couples each state only to its own
     past, so a layer's inputs x_t U for all steps are one multiply (B*T x I)(I x H), and only
     max(0, a_t + b + w * s_{t-1}) is sequential: scan.cpp's loop, an image a task. Without them the
-    engine's step loop stays its fast path: bench/indrnn.py, one thread, batch 100, two layers of 128,
-    found the engine 1.6x faster on the pixel task (0.31 s a step against 0.49, subnormals flushed) and
-    the two alike on the rows task (21 ms against 20).
+    engine's step loop stays its fast path, which bench/indrnn.py found the faster on the pixel task
+    and alike on rows (docs/speed.md).
     """
 
     about = "s_t = max(0, x_t U + w * s_{t-1} + b), w a vector kept in |w| <= 2^(1/T) (Li et al. 2018)"

@@ -26,7 +26,7 @@ class GatedRNN(SequenceClassifier):
     module: ClassVar[type[nn.RNNBase]]
     gates: ClassVar[int]
     inits = ("uniform", "orthogonal")
-    export_refusal = None
+    recurrent = ("rnn.weight_hh_l*",)
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -59,9 +59,6 @@ class GatedRNN(SequenceClassifier):
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         weights = (self.rnn.weight_ih_l0.T, self.rnn.weight_hh_l0.T, self.V)
         return tuple(t.detach().cpu().numpy() for t in weights)
-
-    def recurrent_names(self) -> set[str]:
-        return {f"rnn.weight_hh_l{k}" for k in range(self.spec.layers)}
 
     def draw_order(self) -> list[str]:
         order = ["rnn.weight_ih_l0", "V", "rnn.weight_hh_l0"]

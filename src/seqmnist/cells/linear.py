@@ -65,7 +65,17 @@ def log_depth_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 # --- the layers' recurrences ----------------------------------------------------------------------------
 
 
-class LRULayer(nn.Module):
+class Mixer(nn.Module):
+    """A layer's recurrence over H channels: :meth:`mixed` (the subclass's) plus the skip term D u_t."""
+
+    D: nn.Parameter
+
+    def parallel(self, u: torch.Tensor) -> torch.Tensor:
+        """(batch, steps, H) to (batch, steps, H), all steps at once."""
+        return self.mixed(u) + u * self.D
+
+
+class LRULayer(Mixer):
     """The LRU's recurrence over H channels with N complex states; B and C are stored as real blocks
     B = [B_re; B_im] (2N, H) and C = [C_re | C_im] (H, 2N), the forms its real multiplies take."""
 
@@ -116,10 +126,6 @@ class LRULayer(nn.Module):
         n = self.nu_log.shape[0]
         return torch.cat((self.C[:, :n], -self.C[:, n:]), dim=1)
 
-    def parallel(self, u: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, H) to (batch, steps, H), all steps at once."""
-        return self.mixed(u) + u * self.D
-
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """Re(C h_t) for every step at once: the parallel form without its skip term D u_t."""
         return self.scanned(u, engine.complex_scan if engine.covers_scan(u) else log_depth_scan)
@@ -156,7 +162,7 @@ class LRULayer(nn.Module):
         return h, h @ self.output_weights().T + u_t * self.D
 
 
-class S4DLayer(nn.Module):
+class S4DLayer(Mixer):
     """S4D's recurrence over H channels, each with N/2 complex states (their conjugates make up N;
     B = 1, folded into C, as in s4d.py)."""
 
@@ -215,10 +221,6 @@ class S4DLayer(nn.Module):
         decay, phase = torch.exp(dta_re[..., None] * t), dta_im[..., None] * t
         real = torch.bmm(cb_re[:, None], decay * torch.cos(phase)) - torch.bmm(cb_im[:, None], decay * torch.sin(phase))
         return 2 * real[:, 0]
-
-    def parallel(self, u: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, H) to (batch, steps, H), all steps at once."""
-        return self.mixed(u) + u * self.D
 
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """The causal convolution with the kernel (the parallel form without its skip term D u_t), by FFT
@@ -307,7 +309,6 @@ class LinearRecurrentClassifier(SequenceClassifier):
 
     readouts = ("last", "mean-logits")
     default_state = 64
-    export_refusal = None
     layer_type: ClassVar[type[nn.Module]]
 
     def __init__(self, spec: ModelSpec):
@@ -359,9 +360,6 @@ class LinearRecurrentClassifier(SequenceClassifier):
     def parallel_path(self, device: torch.device) -> str:
         raise NotImplementedError
 
-    def recurrent_names(self) -> set[str]:
-        return {f"blocks.{k}.mixer.{name}" for k in range(self.spec.layers) for name in self.layer_type.recurrent}
-
     def draw_order(self) -> list[str]:
         return [name for name, _ in self.named_parameters()]
 
@@ -394,6 +392,7 @@ class LRU(LinearRecurrentClassifier):
     init = "ring"
     inits = ("ring",)
     layer_type = LRULayer
+    recurrent = tuple(f"blocks.*.mixer.{name}" for name in LRULayer.recurrent)
 
     def parallel_path(self, device: torch.device) -> str:
         if engine.covers_scan(torch.empty(0, device=device)):
@@ -407,6 +406,7 @@ class S4D(LinearRecurrentClassifier):
     init = "s4d-lin"
     inits = ("s4d-lin",)
     layer_type = S4DLayer
+    recurrent = tuple(f"blocks.*.mixer.{name}" for name in S4DLayer.recurrent)
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
