@@ -31,7 +31,7 @@ def test_every_setting_has_its_flag_with_the_seeds_default_in_the_help():
     for name, setting in SETTINGS.items():
         action = flags[setting.flag]
         assert action.dest == name and action.default is None  # unset: the preset's value
-        shown = f"(seed: {setting.shown_default})"
+        shown = f"(default: {setting.shown_default})"
         assert shown in " ".join(action.help.split()) and shown in help_text, name
         default = getattr(getattr(seed, setting.group), name)
         if isinstance(default, bool):
@@ -40,7 +40,7 @@ def test_every_setting_has_its_flag_with_the_seeds_default_in_the_help():
             assert type(default)(setting.shown_default) == default, name
         if setting.valid.choices is not None:
             assert list(action.choices) == list(setting.valid.choices)
-    assert "(seed: 200)" in help_text and "(seed: 12345)" in help_text and "(seed: 0.01)" in help_text
+    assert "(default: 200)" in help_text and "(default: 12345)" in help_text and "(default: 0.01)" in help_text
 
 
 def test_bench_takes_the_shape_settings_as_train_does():

@@ -138,10 +138,10 @@ class Setting:
 
     @property
     def help(self) -> str:
-        """The help line, with the seed's default (and each registered name's own line, where it has one)."""
+        """The help line, with the default (the seed's recipe) and each registered name's own line, where it has one."""
         choices = self.valid.choices
         listed = "".join(f"; {n}: {choices.about(n)}" for n in choices) if getattr(choices, "about", None) else ""
-        return f"{self.about} (seed: {self.shown_default}){listed}"
+        return f"{self.about} (default: {self.shown_default}){listed}"
 
     @property
     def shown_default(self) -> str:
