@@ -21,8 +21,9 @@ import torch
 from seqmnist import engine
 from seqmnist.config import Config
 from seqmnist.data import MNIST
+from seqmnist.evaluation import accuracy
 from seqmnist.recipes import make_optimizer
-from seqmnist.train import accuracy, initial_model, train_step
+from seqmnist.train import initial_model, train_step
 
 
 def epoch_slice(config: Config, x, y, xe, ye, order, batches: int, skip: bool) -> tuple[float, list[torch.Tensor]]:

@@ -72,7 +72,7 @@ def test_the_path_is_named_for_every_cell_and_engine(mnist, tmp_path, settings, 
     """Named from the trainer's model and optimiser (no epoch needs to run for that)."""
     config = Config.from_settings("seed", hidden=8, rows=2, epochs=1, subset=100, **settings)
     lines = []
-    trainer = Trainer(config, mnist, new_run(tmp_path / "run"), resume=False, log=lines.append, after_save=None)
+    trainer = Trainer.start(config, mnist, new_run(tmp_path / "run"), resume=False, log=lines.append)
     assert lines[1].split(", ")[1] == path
     assert trainer.state.sessions[0]["path"] == path
 
@@ -162,7 +162,7 @@ def test_resume_across_devices_keeps_every_tensor_on_one_device(mnist, tmp_path)
     train(Config.from_settings("quick", subset=500, epochs=1, device="cuda"), mnist, run, log=lambda line: None)
     for device in ("cpu", "cuda"):
         run, config = open_for_resume(run.dir, config.recipe.epochs, device=device)
-        trainer = Trainer(config, mnist, run, resume=True, log=lambda line: None, after_save=None)
+        trainer = Trainer.start(config, mnist, run, resume=True, log=lambda line: None)
         devices = {p.device.type for p in trainer.model.parameters()}
         devices |= {t.device.type for s in trainer.optimizer.state.values() for t in s.values() if t.dim()}
         assert devices == {device}

@@ -21,10 +21,12 @@ import torch
 from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist import engine
 from seqmnist.config import Config
+from seqmnist.evaluation import step_logits
 from seqmnist.files import read_tensors
+from seqmnist.interrupt import TrainingInterrupted
 from seqmnist.registry import cell_names
 from seqmnist.runs import Run, new_run
-from seqmnist.train import TrainingInterrupted, step_logits, train
+from seqmnist.train import train
 
 # A modern recipe: Adam's state and a cosine schedule must survive an interruption exactly.
 # Batches of 25 make an epoch of 480 steps (~1 s on a fast core), so a signal sent 0.15 s into epoch 2 lands

@@ -12,9 +12,10 @@ from conftest import assert_one_line_error, call_main
 from seqmnist import Config, build_model, cell_names, get_cell, load_run, register_cell, registry
 from seqmnist.cells import ElementwiseRNN
 from seqmnist.errors import SeqmnistError
+from seqmnist.evaluation import evaluate_run
 from seqmnist.model import AUTOGRAD_PATH, ModelSpec
 from seqmnist.runs import new_run
-from seqmnist.train import evaluate_run, train
+from seqmnist.train import train
 
 
 class ScaledTanhRNN(ElementwiseRNN):

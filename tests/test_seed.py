@@ -15,6 +15,7 @@ from seqmnist import seed
 from seqmnist.cells import VanillaRNN
 from seqmnist.config import Config
 from seqmnist.errors import SeqmnistError
+from seqmnist.evaluation import predicted_digits
 from seqmnist.measures import measures_for
 from seqmnist.seed import (
     SEED_MEASURE,
@@ -27,7 +28,7 @@ from seqmnist.seed import (
     seed_log,
     seed_sweep,
 )
-from seqmnist.train import initial_model, predicted_digits
+from seqmnist.train import initial_model
 
 
 def test_initial_weights_are_the_seeds_draws():

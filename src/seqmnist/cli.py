@@ -313,9 +313,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import MNIST
+    from .evaluation import evaluate_run
     from .measures import measure_columns, measured_words
     from .runs import Run, round_accuracy
-    from .train import evaluate_run
 
     run = Run(Path(args.run_dir))
     config = run.read_config()
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # `seqmnist` alone: what it can do, not an error about a missing COMMAND
         parser.print_help()
         return 0
-    from .train import TrainingInterrupted
+    from .interrupt import TrainingInterrupted
 
     try:
         code = COMMANDS[args.command](args)

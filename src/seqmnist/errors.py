@@ -1,4 +1,9 @@
-"""The one exception type the command line turns into a one-line message."""
+"""What the user is told: a problem they can fix (the one exception the command line turns into a
+one-line message), and where lines of progress go."""
+
+from collections.abc import Callable
+
+Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
 
 
 class SeqmnistError(Exception):

@@ -16,6 +16,7 @@ import numpy as np
 from . import plots
 from .config import Config
 from .data import MNIST
+from .errors import Log
 from .files import read_json, write_json, write_text
 from .runner import Trial, run_trials
 from .runs import Run
@@ -28,7 +29,6 @@ from .seed import (
     seed_curves,
     seed_sweep,
 )
-from .train import Log
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")

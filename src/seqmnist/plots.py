@@ -22,11 +22,12 @@ from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from .data import MNIST
+from .errors import Log
+from .evaluation import step_logits
 from .files import atomic_path, read_json
 from .measures import measures_for
 from .readouts import get_readout
 from .runs import Run
-from .train import Log, step_logits
 
 SEED_STYLE = {"linestyle": "--", "alpha": 0.8}
 LOGIT_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)

@@ -31,11 +31,12 @@ import torch
 
 from .config import Config
 from .data import MNIST
-from .errors import SeqmnistError
+from .errors import Log, SeqmnistError
 from .files import write_json
+from .interrupt import TrainingInterrupted, remember_signals
 from .machine import available_cpus
 from .runs import RUN_FILES, Run, new_run
-from .train import AfterSave, Log, TrainingInterrupted, remember_signals, train
+from .train import AfterSave, train
 
 
 @dataclass(frozen=True)

@@ -317,7 +317,7 @@ class TrainedModel:
         softmaxes (steps, N, 10), the readout's probabilities had the sequence ended after each step
         (steps, N, 10), and the final probabilities and labels (N, 10), (N,)."""
         x = self.sequencer.encode(images.to(torch.uint8))
-        logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (train.predicted_digits)
+        logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (evaluation.predicted_digits)
         running = self.model.readout.running(logits)
         return {
             "logits": logits,

@@ -36,12 +36,12 @@ import torch
 from .cells import VanillaRNN
 from .config import NEUTRAL, SETTINGS, Config
 from .data import MNIST
-from .errors import SeqmnistError
+from .errors import Log, SeqmnistError
+from .evaluation import evaluate, evaluate_run
 from .files import DOWNLOAD_TIMEOUT, check_digest, choose_dir, download, file_digest, write_json
 from .measures import Measure, register
 from .readouts import get_readout
 from .runs import new_run
-from .train import Log, evaluate, evaluate_run
 
 SWEEP_ROWS = tuple(range(2, 29, 2))
 CONFUSION_ROWS = (2, 6, 10, 14, 20, 28)

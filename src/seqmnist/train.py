@@ -1,4 +1,5 @@
-"""Training: the loop, evaluation and the run's files as it goes.
+"""Training: the loop, and the run's files as it goes (evaluation: seqmnist.evaluation; stopping on a
+signal: seqmnist.interrupt).
 
 The loop never asks which cell it trains: a model gives it a loss (:meth:`SequenceClassifier.loss`)
 and per-step logits to evaluate (:meth:`SequenceClassifier.logits`). Every file is replaced
@@ -14,10 +15,8 @@ import itertools
 import math
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,15 +24,16 @@ from tqdm import tqdm
 
 from .config import Config
 from .data import MNIST
-from .errors import SeqmnistError
+from .errors import Log, SeqmnistError
+from .evaluation import accuracy, evaluate
+from .interrupt import Interrupt, TrainingInterrupted
 from .machine import keep_freed_memory, multiply_fingerprint, pick_device
-from .measures import Measure, measure_columns, measured_words, measures_for
-from .model import NUM_CLASSES, Draws, SequenceClassifier, build_model
+from .measures import measure_columns, measured_words, measures_for
+from .model import Draws, SequenceClassifier, build_model
 from .recipes import EngineSGD, clip_gradients, learning_rate, make_optimizer, plateau_cuts
 from .runs import Position, Run, TrainingState, metric_columns
 from .tensorboard import event_writer
 
-Log = Callable[[str], None]  # where a line of progress for the user goes (print, a prefixing wrapper, Ray's store)
 # Called after the run's files change: with the epoch's metrics when an epoch ended, else None (a
 # checkpoint mid-epoch, or the final files). Executors use it to ship a run's files, Tune to hear of epochs.
 AfterSave = Callable[[Run, "dict | None"], None]
@@ -65,139 +65,6 @@ def _cumulative_orders(stream: np.random.RandomState, n: int) -> Iterator[np.nda
 
 def _fresh_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-# --- evaluation --------------------------------------------------------------------------------
-
-
-def step_logits(
-    model: SequenceClassifier, x: torch.Tensor, definition: bool = False, progress: str | None = None
-) -> Iterator[torch.Tensor]:
-    """Per-step logits (steps, chunk, classes) for successive chunks of sequences x, forward only;
-    with ``definition``, computed by the plain autograd definition alone."""
-    size = model.eval_chunk()
-    bar = tqdm(range(0, len(x), size), desc=progress, leave=False, disable=None if progress else True, unit="chunk")
-    for i in bar:
-        with torch.no_grad():
-            logits = model.logits(x[i : i + size], fast=not definition)
-        yield logits
-
-
-def predicted_digits(
-    model: SequenceClassifier,
-    x: torch.Tensor,
-    measures: Sequence[Measure] = (),
-    definition: bool = False,
-    progress: str | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Digits predicted for sequences x (N, steps, inputs) by the model's readout, and by each of
-    ``measures`` (by name)."""
-    ours: list[torch.Tensor] = []
-    measured: dict[str, list[torch.Tensor]] = {m.name: [] for m in measures}
-    for logits in step_logits(model, x, definition, progress):
-        # The readout in float64: float32's softmax rounds by the CPU kernel ATen picks (AVX-512, AVX2),
-        # so a near-tie could go either way on two machines whose training bits agree; in float64 none
-        # did (0 of 3.6 million predictions moved against float32 here). All measures from one softmax.
-        logits = logits.double()
-        probs = torch.softmax(logits, dim=-1) if measures else None
-        ours.append(model.readout.scores(logits, probs).argmax(1))
-        for m in measures:
-            measured[m.name].append(m.scores(probs).argmax(1))
-    return torch.cat(ours), {name: torch.cat(digits) for name, digits in measured.items()}
-
-
-def share_correct(predicted: torch.Tensor, y: torch.Tensor) -> float:
-    """The share of predictions that are right."""
-    return (predicted == y).float().mean().item()
-
-
-def measured_shares(measured: dict[str, torch.Tensor], y: torch.Tensor, split: str, missing: float | None) -> dict:
-    """Every registered measure's accuracy on one set (``split``: "train", "val", "test") by its key,
-    ``missing`` for those that did not apply."""
-    shares = {f"{split}_acc_{name}": share_correct(digits, y) for name, digits in measured.items()}
-    return {key: shares.get(key, missing) for key in measure_columns(split)}
-
-
-def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor) -> list[list[int]]:
-    """10 x 10 counts, rows = true digit, columns = predicted digit."""
-    counts = torch.bincount(truth * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2)
-    return counts.view(NUM_CLASSES, NUM_CLASSES).tolist()
-
-
-def evaluate(
-    model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, progress: str | None = None
-) -> dict:
-    """Accuracy (the model's own, and every registered measure's: None where one does not apply) and
-    the confusion matrix on sequences x with labels y."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
-    return {
-        "test_acc": share_correct(ours, y),
-        **measured_shares(measured, y, "test", None),
-        "confusion_matrix": confusion_matrix(y.cpu(), ours.cpu()),
-    }
-
-
-def evaluate_run(run: Run, config: Config, data: MNIST, best: bool = False) -> dict:
-    """The test set's accuracy and confusion matrix for a run's final (or best-validation) model."""
-    model = run.load_model(config, best)
-    x = run.sequencer(config).encode(data.test_x)
-    return evaluate(model, x, data.test_y, config, "test set")
-
-
-def accuracy(
-    model: SequenceClassifier, x: torch.Tensor, y: torch.Tensor, config: Config, split: str, progress: str | None
-) -> dict[str, float]:
-    """One set's accuracies in a metrics row (``split``: "train" or "val"): the model's own, and every
-    registered measure's (NaN where one does not apply)."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
-    return {f"{split}_acc": share_correct(ours, y), **measured_shares(measured, y, split, math.nan)}
-
-
-# --- signals -----------------------------------------------------------------------------------
-
-
-class Interrupt:
-    """Turns SIGINT and SIGTERM into a flag the loop checks between batches."""
-
-    # Signals a pool worker received before its training began (see remember_signals).
-    received: ClassVar[list[int]] = []
-
-    def __init__(self) -> None:
-        self.signal: int | None = Interrupt.received[0] if Interrupt.received else None
-
-    def __enter__(self) -> Interrupt:
-        # Only the main thread may handle signals (Tune trains in another; it stops trials itself).
-        main = threading.current_thread() is threading.main_thread()
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signal = signum
-
-
-def remember_signals() -> None:
-    """For a worker process: a SIGINT or SIGTERM that arrives outside training is remembered, not
-    fatal, so the next training stops at its first checkpoint instead of the worker dying."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, lambda signum, frame: Interrupt.received.append(signum))
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint; the CLI exits with 128 + signal.
-
-    Both arguments reach Exception.args, so it pickles (a worker process can raise it to its parent)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(signum, message)
-        self.signum = signum
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -312,49 +179,68 @@ class Progress:
 class Trainer:
     """One run's training: its model, optimiser, data as sequences, and where it is."""
 
-    def __init__(self, config: Config, data: MNIST, run: Run, resume: bool, log: Log, after_save: AfterSave | None):
-        self.config, self.run, self.log = config, run, log
+    def __init__(
+        self,
+        config: Config,
+        run: Run,
+        model: SequenceClassifier,
+        optimizer: torch.optim.Optimizer,
+        state: TrainingState,
+        orders: Iterator[np.ndarray],
+        sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        log: Log = print,
+        after_save: AfterSave | None = None,
+    ):
+        self.config, self.run, self.model, self.optimizer, self.state = config, run, model, optimizer, state
+        self.orders, self.sets, self.log = orders, sets, log
         self.after_save = after_save or (lambda run, row: None)
-        self.device, why = pick_device(config.run.device, replay=config.recipe.rng == "seed")
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        data = (data.subset(config.recipe.subset) if config.recipe.subset else data).to(self.device)
+        self.device = next(model.parameters()).device
         self.fast = config.run.engine == "fast"
-        # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
-        # loaded) where the weights already are, so every tensor of a resumed run is on one device.
-        self.model, orders = initial_model(config)
-        self.model.to(self.device)
-        # What hears of the training besides its caller: each epoch's row, and the summary at the end.
-        self.listeners = [writer] if (writer := event_writer(config, run, self.model)) else []
-        self.optimizer = self.new_optimizer(self.model)
-        self.state = TrainingState()
-        if resume and run.checkpoint.exists():
-            self.state = run.load_checkpoint(self.model, self.optimizer)
-            log(f"resuming {run.dir} at epoch {self.state.position.epoch}, batch {self.state.position.batch}")
-        path = self.path()
-        self.state.sessions.append({**session(self.device, path), "from_epoch": self.state.position.epoch})
-        self.orders = itertools.islice(orders, self.state.position.epoch - 1, None)
-        sequencer = run.sequencer(config)
-        order = sequencer.order_tensor()
-        self.sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
         self.measures = measures_for(config)
         self.logged = {m.name: m.reference(config) for m in self.measures}
+        # What hears of the training besides its caller: each epoch's row, and the summary at the end.
+        self.listeners = [writer] if (writer := event_writer(config, run, model)) else []
+
+    @classmethod
+    def start(
+        cls, config: Config, data: MNIST, run: Run, resume: bool, log: Log = print, after_save: AfterSave | None = None
+    ) -> Trainer:
+        """The run's trainer on the device its settings pick, from its checkpoint where resumed; says what
+        it will do, and how long this machine will take, before any epoch."""
+        device, why = pick_device(config.run.device, replay=config.recipe.rng == "seed")
+        if device.type == "cpu":
+            keep_freed_memory()
+        # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
+        # loaded) where the weights already are, so every tensor of a resumed run is on one device.
+        model, orders = initial_model(config)
+        model.to(device)
+        optimizer = new_optimizer(model, config)
+        state = TrainingState()
+        if resume and run.checkpoint.exists():
+            state = run.load_checkpoint(model, optimizer)
+            log(f"resuming {run.dir} at epoch {state.position.epoch}, batch {state.position.batch}")
+        data = (data.subset(config.recipe.subset) if config.recipe.subset else data).to(device)
+        sequencer = run.sequencer(config)
+        order = sequencer.order_tensor()
+        sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
+        orders = itertools.islice(orders, state.position.epoch - 1, None)
+        trainer = cls(config, run, model, optimizer, state, orders, sets, log, after_save)
+        path = trainer.path()
+        state.sessions.append({**session(device, path), "from_epoch": state.position.epoch})
         threads = torch.get_num_threads()
         log(config.describe())
         log(
-            f"on {self.device} ({why}), {path}, {threads} thread{'s' if threads > 1 else ''}; "
-            f"{_minutes(self.estimate_minutes())} for epochs {self.state.position.epoch}-{config.recipe.epochs}"
+            f"on {device} ({why}), {path}, {threads} thread{'s' if threads > 1 else ''}; "
+            f"{_minutes(trainer.estimate_minutes())} for epochs {state.position.epoch}-{config.recipe.epochs}"
         )
-
-    def new_optimizer(self, model: SequenceClassifier) -> torch.optim.Optimizer:
-        return make_optimizer(model, self.config.recipe, own_step=self.fast and not self.config.recipe.clip)
+        return trainer
 
     def estimate_minutes(self) -> float:
         """The remaining epochs' minutes: a training step timed on copies of the model and optimiser (the
         run's own are not touched), evaluation counted as a third of a step per image read."""
         config, position = self.config, self.state.position
         model = copy.deepcopy(self.model)
-        optimizer = self.new_optimizer(model)
+        optimizer = new_optimizer(model, config)
         x, y = (t[: config.recipe.batch_size] for t in self.sets["train"])
         clip = (config.recipe.clip, config.recipe.clip_mode)
         train_step(model, optimizer, x, y, self.fast, *clip)  # warm-up: first allocations, kernels
@@ -507,10 +393,17 @@ def train(
     """Train (or continue training) the run in ``run.dir``; return its summary. A new run's files are
     written once the trainer is ready, so a setting this machine cannot honour (--device cuda without
     one) leaves nothing behind."""
-    trainer = Trainer(config, data, run, resume, log, after_save)
+    trainer = Trainer.start(config, data, run, resume, log, after_save)
     if not resume:
         run.start(config)
     return trainer.fit()
+
+
+def new_optimizer(model: SequenceClassifier, config: Config) -> torch.optim.Optimizer:
+    """The recipe's optimiser; plain SGD takes the model's own fused step where nothing (autograd's
+    path, clipping) is to come between the gradient and the update."""
+    own_step = config.run.engine == "fast" and not config.recipe.clip
+    return make_optimizer(model, config.recipe, own_step=own_step)
 
 
 def diverged(run: Run, position: Position) -> SeqmnistError:
