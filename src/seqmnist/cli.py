@@ -376,28 +376,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cluster_of(args: argparse.Namespace):
+    """Where the command's many trainings run, as its flags say (seqmnist.runner.Cluster)."""
+    from .runner import Cluster
+
+    jobs = getattr(args, "jobs", 1)
+    return Cluster(jobs, args.ray_address, args.cpus_per_trial, args.gpus_per_trial)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .data import MNIST
     from .experiments import reproduce
 
     seed_models = Path(args.seed_models) if args.seed_models else None
-    cluster = {
-        "ray_address": args.ray_address,
-        "cpus_per_trial": args.cpus_per_trial,
-        "gpus_per_trial": args.gpus_per_trial,
-    }
-    reproduce(Path(args.out), args.quick, args.jobs, args.data_dir, seed_models, **cluster)
+    cluster = cluster_of(args)
+    cluster.check()
+    reproduce(Path(args.out), MNIST.load(args.data_dir), args.quick, seed_models, cluster)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .data import MNIST
     from .runner import run_trials
     from .sweep import load_grid, result_rows, write_results
 
-    trials = load_grid(Path(args.grid))
+    trials, cluster = load_grid(Path(args.grid)), cluster_of(args)
+    cluster.check()
+    data = MNIST.load(args.data_dir)  # fails here, once, on missing or bad data
     print(f"{len(trials)} trials in {args.out}/runs", flush=True)
-    run_trials(
-        trials, Path(args.out), args.data_dir, args.jobs, args.ray_address, args.cpus_per_trial, args.gpus_per_trial
-    )
+    run_trials(trials, Path(args.out), data, cluster)
     csv_path, md_path = write_results(result_rows(trials, Path(args.out)), Path(args.out))
     print(md_path.read_text(), end="")
     print(f"results: {csv_path}, {md_path}")
@@ -405,11 +412,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from .data import MNIST
     from .tune import tune
 
-    best = tune(
-        Path(args.space), Path(args.out), args.ray_address, args.cpus_per_trial, args.gpus_per_trial, args.data_dir
-    )
+    best = tune(Path(args.space), Path(args.out), MNIST.load(args.data_dir), cluster_of(args))
     print(f"best: {best['trial']} (validation accuracy {best['val_acc']:.4f}), {best['run_dir']}")
     return 0
 

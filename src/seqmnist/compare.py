@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import IDENTITY
 from .errors import SeqmnistError
-from .files import write_csv
+from .files import markdown_table, write_csv
 from .plots import validation_curves
 from .runs import Run
 
@@ -81,15 +81,9 @@ class Comparison:
     def table(self) -> str:
         """The rows as a Markdown table, aligned for a terminal: numbers to the right, words to the left."""
         rows = self.rows()
-        cells = [{k: _cell(k, v) for k, v in row.items()} for row in rows]
         header = list(rows[0])
-        widths = {k: max(len(k), *(len(row[k]) for row in cells)) for k in header}
-
-        def line(row: dict, raw: dict) -> str:
-            return "| " + " | ".join(_align(raw[k], row[k], widths[k]) for k in header) + " |"
-
-        rule = "|" + "|".join("-" * (widths[k] + 2) for k in header) + "|"
-        return "\n".join([line(names := {k: k for k in header}, names), rule, *map(line, cells, rows)]) + "\n"
+        align = "".join("r" if all(_is_number(row[k]) for row in rows if row[k] is not None) else "l" for k in header)
+        return markdown_table(header, [[_cell(k, row[k]) for k in header] for row in rows], align, padded=True) + "\n"
 
     def curves(self) -> dict[str, list[dict]]:
         return {label: run.metrics for label, run in self.runs.items()}
@@ -106,9 +100,8 @@ def _cell(column: str, value: object) -> str:
     return str(value)
 
 
-def _align(value: object, text: str, width: int) -> str:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return text.rjust(width) if is_number else text.ljust(width)
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- finding and reading runs ----------------------------------------------------------------------

@@ -17,8 +17,8 @@ from . import plots
 from .config import Config
 from .data import MNIST
 from .errors import Log
-from .files import read_json, write_json, write_text
-from .runner import Trial, run_trials
+from .files import markdown_table, read_json, write_json, write_text
+from .runner import IN_PROCESS, Cluster, Trial, run_trials
 from .runs import Run
 from .seed import (
     CONFUSION_ROWS,
@@ -166,18 +166,16 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_
         "Ours as the seed measured, beside the seed's; test accuracy is held to the seed's within 0.5 points at "
         "K = 28 and within 2 points at K >= 8. The last column is our model's own test accuracy (every row read).",
         "",
-        "| K | seed train | ours train | seed val | ours val | seed test | ours test | test diff | within "
-        "| ours test, all rows |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
+    header = ["K", "seed train", "ours train", "seed val", "ours val", "seed test", "ours test", "test diff"]
+    rows = []
     for k in SWEEP_ROWS:
         o, s = results[k], seed[k]
         test = o["test_acc_as_seed"]
-        lines.append(
-            f"| {k} | {s['train_acc']:.4f} | {o['train_acc_as_seed']:.4f} | {s['val_acc']:.4f} "
-            f"| {o['val_acc_as_seed']:.4f} | {s['test_acc']:.4f} | {test:.4f} | {_diff(test, s['test_acc'])} "
-            f"| {_within_band(k, test, s['test_acc'])} | {o['test_acc']:.4f} |"
-        )
+        numbers = (s["train_acc"], o["train_acc_as_seed"], s["val_acc"], o["val_acc_as_seed"], s["test_acc"], test)
+        within = _within_band(k, test, s["test_acc"])
+        rows.append([k, *(f"{v:.4f}" for v in numbers), _diff(test, s["test_acc"]), within, f"{o['test_acc']:.4f}"])
+    lines.append(markdown_table([*header, "within", "ours test, all rows"], rows, "rrrrrrrrlr"))
     curves = {int(r["epoch"]): r for r in results[28]["metrics"]}
     seed_by_epoch = {int(r["epoch"]): r for r in seed_curves(28)}
     lines += [
@@ -188,18 +186,16 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_
         "",
         "Ours as the seed measured.",
         "",
-        "| epoch | seed train | ours train | diff | seed val | ours val | diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for e in CURVE_EPOCHS:
-        if e in curves and e in seed_by_epoch:
-            o, s = curves[e], seed_by_epoch[e]
-            ours_train, ours_val = o["train_acc_as_seed"], o["val_acc_as_seed"]
-            lines.append(
-                f"| {e} | {float(s['train_acc']):.4f} | {ours_train:.4f} | "
-                f"{_diff(ours_train, float(s['train_acc']))} | {float(s['val_acc']):.4f} | {ours_val:.4f} | "
-                f"{_diff(ours_val, float(s['val_acc']))} |"
-            )
+    rows = []
+    for e in (e for e in CURVE_EPOCHS if e in curves and e in seed_by_epoch):
+        row = [e]
+        for key in ("train_acc", "val_acc"):
+            theirs, ours = float(seed_by_epoch[e][key]), curves[e][f"{key}_as_seed"]
+            row += [f"{theirs:.4f}", f"{ours:.4f}", _diff(ours, theirs)]
+        rows.append(row)
+    header = ["epoch", "seed train", "ours train", "diff", "seed val", "ours val", "diff"]
+    lines += [markdown_table(header, rows, "rrrrrrr")]
     lines += [
         "",
         "## Confusion matrices on the test set",
@@ -214,15 +210,16 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_
         "",
         "The seed drew these with its full readout, so both sides are accuracy with every row read.",
         "",
-        "| K | seed accuracy | ours | diff | our most frequent confusion (true → predicted: count) |",
-        "|---:|---:|---:|---:|---|",
     ]
+    rows = []
     for k in CONFUSION_ROWS:
         ours, theirs = np.array(results[k]["confusion_matrix"]), seed_confusion(k)
         off = ours - np.diag(np.diag(ours))
         i, j = np.unravel_index(off.argmax(), off.shape)
         acc_o, acc_s = np.trace(ours) / ours.sum(), np.trace(theirs) / theirs.sum()
-        lines.append(f"| {k} | {acc_s:.4f} | {acc_o:.4f} | {_diff(acc_o, acc_s)} | {i} → {j}: {off[i, j]} |")
+        rows.append([k, f"{acc_s:.4f}", f"{acc_o:.4f}", _diff(acc_o, acc_s), f"{i} → {j}: {off[i, j]}"])
+    header = ["K", "seed accuracy", "ours", "diff", "our most frequent confusion (true → predicted: count)"]
+    lines += [markdown_table(header, rows, "rrrrl")]
     lines += [
         "",
         "## Learned weights, K = 28",
@@ -241,16 +238,17 @@ def agreement_section(results: dict[int, dict]) -> list[str]:
         "Per K, the epochs (of those both logged) at which our accuracy as the seed measured lies within 0.1 "
         "points of the seed's logged value, and the first epoch where it does not ('-': never leaves).",
         "",
-        "| K | train: epochs within | train: first epoch off | val: epochs within | val: first epoch off |",
-        "|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for k in SWEEP_ROWS:
         a = agreement(results[k]["metrics"], k)
-        cells = [
-            f"{a[key]['within']}/{a[key]['epochs']} | {a[key]['first_off'] or '-'}" for key in ("train_acc", "val_acc")
-        ]
-        lines.append(f"| {k} | {' | '.join(cells)} |")
-    return [*lines, ""]
+        rows.append([k, *(v for key in ("train_acc", "val_acc") for v in _within_and_off(a[key]))])
+    header = ["K", "train: epochs within", "train: first epoch off", "val: epochs within", "val: first epoch off"]
+    return [*lines, markdown_table(header, rows, "rrrrr"), ""]
+
+
+def _within_and_off(agreed: dict) -> tuple[str, str]:
+    return f"{agreed['within']}/{agreed['epochs']}", str(agreed["first_off"] or "-")
 
 
 def seed_models_section(evaluated: dict | None) -> list[str]:
@@ -263,37 +261,32 @@ def seed_models_section(evaluated: dict | None) -> list[str]:
         "cache), imported and evaluated on the MNIST test "
         "set here, beside the seed's logged test accuracy and the diagonal of its confusion matrix.",
         "",
-        "| K | file | seed's log | as the seed measured, here | seed's confusion diagonal | every row read, here "
-        "| confusion matrix identical |",
-        "|---:|---|---:|---:|---:|---:|---|",
     ]
-    sweep = seed_sweep()
+    sweep, rows = seed_sweep(), []
     for k, r in sorted(evaluated.items()):
         reference = seed_confusion(k)
         diagonal = f"{np.trace(reference) / reference.sum():.4f}" if reference.size else "-"
         same = ("yes" if np.array_equal(reference, r["confusion_matrix"]) else "**no**") if reference.size else "-"
-        lines.append(
-            f"| {k} | `{r['file']}` | {sweep[k]['test_acc']:.4f} | {r['test_acc_as_seed']:.4f} | {diagonal} "
-            f"| {r['test_acc']:.4f} | {same} |"
-        )
-    return [*lines, ""]
+        accuracies = (sweep[k]["test_acc"], r["test_acc_as_seed"])
+        rows.append([k, f"`{r['file']}`", *(f"{v:.4f}" for v in accuracies), diagonal, f"{r['test_acc']:.4f}", same])
+    header = ["K", "file", "seed's log", "as the seed measured, here", "seed's confusion diagonal"]
+    header += ["every row read, here", "confusion matrix identical"]
+    return [*lines, markdown_table(header, rows, "rlrrrrl"), ""]
 
 
 def reproduce(
     out: Path,
+    data: MNIST,
     quick: bool = False,
-    jobs: int = 1,
-    data_dir: str | None = None,
     seed_models: Path | None = None,
+    cluster: Cluster = IN_PROCESS,
     log: Log = print,
-    **cluster: object,
 ) -> Path:
     """Run (or finish) every experiment, then draw the figures and write ``out/report.md``; the rows
-    sweep goes through the runner (``cluster``: its Ray address and resources)."""
+    sweep goes through the runner, where ``cluster`` says."""
     started = time.perf_counter()
-    data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
     evaluated = evaluate_seed_models(available_seed_models(seed_models, log), data)  # bad files fail before training
-    run_trials(sweep_trials(quick), out, data_dir, jobs, log=log, **cluster)
+    run_trials(sweep_trials(quick), out, data, cluster, log)
     results = collect(out)
     draw_figures(out, results)
     seconds = time.perf_counter() - started

@@ -21,7 +21,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +219,22 @@ def download(
         except (OSError, urllib.error.URLError, http.client.HTTPException, SeqmnistError) as exc:
             failures.append(f"{url}: {' '.join(str(exc).split()) or type(exc).__name__}")
     raise SeqmnistError(f"could not download {target.name} ({'; '.join(failures)}); {advice}")
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "", padded: bool = False
+) -> str:
+    """A Markdown table, its lines joined: ``align`` one letter a column, ``r`` for the right (numbers),
+    else the left; ``padded``: every cell padded to its column's width, for a terminal."""
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    align = align.ljust(len(header), "l")[: len(header)]
+    widths = [max(len(row[i]) for row in cells) if padded else 0 for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        texts = (c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align, strict=True))
+        return "| " + " | ".join(texts) + " |"
+
+    dashes = [w + 1 if padded else 3 for w in widths]
+    rule = "|" + "|".join("-" * d + (":" if a == "r" else "-") for d, a in zip(dashes, align, strict=True)) + "|"
+    return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
+

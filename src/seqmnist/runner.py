@@ -7,7 +7,11 @@ each trial runs in a scratch directory on whichever node Ray picks and ships its
 small actor on the driver's node after every checkpoint, which writes them under the driver's
 ``OUT``: run directories come back whether or not the nodes share a filesystem, and a trial whose
 worker dies is retried by Ray from the last checkpoint it shipped (so it loses at most the epoch in
-progress). MNIST crosses the network once, through Ray's object store.
+progress).
+
+The caller loads MNIST once and hands it over; it reaches every worker the same way, as its arrays:
+once per pool process (the pool's initializer), once per cluster through Ray's object store (tune's
+trials too).
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ from .interrupt import TrainingInterrupted, remember_signals
 from .machine import available_cpus
 from .runs import RUN_FILES, Run, new_run
 from .train import AfterSave, train
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where many trainings run: in this process (``jobs`` 1), in ``jobs`` local processes sharing the
+    cores, or on the Ray cluster at ``address``; each trial on ``cpus_per_trial`` cores (local: the
+    cores over jobs; Ray: 1) and ``gpus_per_trial`` GPUs (Ray's)."""
+
+    jobs: int = 1
+    address: str | None = None
+    cpus_per_trial: int | None = None
+    gpus_per_trial: float = 0
+
+    def check(self) -> None:
+        if self.jobs < 1:
+            raise SeqmnistError(f"--jobs must be an integer >= 1 (got {self.jobs})")
+
+
+IN_PROCESS = Cluster()  # one trial after another, in this process
 
 
 @dataclass(frozen=True)
@@ -92,32 +115,22 @@ def run_trial(trial: Trial, runs: Path, data: MNIST, log: Log = print, after_sav
 
 
 def run_trials(
-    trials: Iterable[Trial],
-    out: Path,
-    data_dir: str | None = None,
-    jobs: int = 1,
-    ray_address: str | None = None,
-    cpus_per_trial: int | None = None,
-    gpus_per_trial: float = 0,
-    log: Log = print,
+    trials: Iterable[Trial], out: Path, data: MNIST, cluster: Cluster = IN_PROCESS, log: Log = print
 ) -> dict[str, dict]:
-    """Every trial's summary, by name, training those not finished: in this process (``jobs`` 1),
-    in ``jobs`` local processes sharing the cores, or on the Ray cluster at ``ray_address``."""
+    """Every trial's summary, by name, training those not finished, where ``cluster`` says."""
     trials = list(trials)
-    if jobs < 1:
-        raise SeqmnistError(f"--jobs must be an integer >= 1 (got {jobs})")
+    cluster.check()
     if len({t.name for t in trials}) != len(trials):
         raise SeqmnistError("two trials have the same settings")
     for trial in trials:
         trial.config()  # every setting is checked before anything trains
     runs = out / "runs"
-    data = MNIST.load(data_dir)  # fails here, once, on missing or bad data
-    if ray_address:
-        return _on_ray(trials, runs, data, ray_address, cpus_per_trial or 1, gpus_per_trial, log)
-    if jobs == 1:
+    if cluster.address:
+        return _on_ray(trials, runs, data, cluster, log)
+    if cluster.jobs == 1:
         return {t.name: run_trial(t, runs, data, _prefixed(log, t.name)) for t in trials}
-    threads = cpus_per_trial or max(1, available_cpus() // jobs)
-    return _on_pool(trials, runs, data_dir, jobs, threads, log)
+    threads = cluster.cpus_per_trial or max(1, available_cpus() // cluster.jobs)
+    return _on_pool(trials, runs, data, cluster.jobs, threads, log)
 
 
 def _prefixed(log: Log, name: str) -> Log:
@@ -126,24 +139,28 @@ def _prefixed(log: Log, name: str) -> Log:
 
 # --- a local process pool ------------------------------------------------------------------------
 
-_DATA: dict[str | None, MNIST] = {}
+_WORKER_DATA: list[MNIST] = []  # a pool worker's MNIST, from the arrays its initializer was given
 
 
-def _pool_trial(trial: Trial, runs: Path, data_dir: str | None, threads: int) -> dict:
-    """A trial in a pool worker, on its share of the cores; the data loaded once per worker."""
+def _start_worker(arrays: dict[str, np.ndarray], source: str) -> None:
+    remember_signals()
+    _WORKER_DATA.append(MNIST.from_arrays(arrays, Path(source)))
+
+
+def _pool_trial(trial: Trial, runs: Path, threads: int) -> dict:
+    """A trial in a pool worker, on its share of the cores."""
     torch.set_num_threads(threads)
-    if data_dir not in _DATA:
-        _DATA[data_dir] = MNIST.load(data_dir)
-    return run_trial(trial, runs, _DATA[data_dir], lambda line: print(f"[{trial.name}] {line}", flush=True))
+    return run_trial(trial, runs, _WORKER_DATA[0], lambda line: print(f"[{trial.name}] {line}", flush=True))
 
 
-def _on_pool(trials: list[Trial], runs: Path, data_dir: str | None, jobs: int, threads: int, log: Log) -> dict:
+def _on_pool(trials: list[Trial], runs: Path, data: MNIST, jobs: int, threads: int, log: Log) -> dict:
     """Longest-first is the caller's order; a signal stops every trial at a checkpoint and starts no more."""
     os.environ["TQDM_DISABLE"] = "1"  # bars of several processes would garble each other
     summaries: dict[str, dict] = {}
     stopped: list[int] = []
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=remember_signals) as pool:
-        futures = {pool.submit(_pool_trial, t, runs, data_dir, threads): t for t in trials}
+    start = (mnist_arrays(data), str(data.source))
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=start) as pool:
+        futures = {pool.submit(_pool_trial, t, runs, threads): t for t in trials}
 
         def stop(signum: int, frame: object) -> None:
             stopped.append(signum)
@@ -312,12 +329,14 @@ def mnist_arrays(data: MNIST) -> dict[str, np.ndarray]:
     }
 
 
-def _on_ray(trials: list[Trial], runs: Path, data: MNIST, address: str, cpus: int, gpus: float, log: Log) -> dict:
-    ray = connect(address)
+def _on_ray(trials: list[Trial], runs: Path, data: MNIST, cluster: Cluster, log: Log) -> dict:
+    ray, cpus = connect(cluster.address), cluster.cpus_per_trial or 1
     try:
         store = run_store(ray, runs)
         arrays = ray.put(mnist_arrays(data))
-        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=3, retry_exceptions=False)(ray_trial)
+        remote = ray.remote(num_cpus=cpus, num_gpus=cluster.gpus_per_trial, max_retries=3, retry_exceptions=False)(
+            ray_trial
+        )
         # Named after its trial, so the worker's process title (ray::ray_trial:NAME) says which it runs.
         refs = {remote.options(name=f"ray_trial:{t.name}").remote(t, arrays, store, cpus): t for t in trials}
         summaries, pending = {}, list(refs)

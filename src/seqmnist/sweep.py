@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import IDENTITY, NAMES
 from .errors import SeqmnistError
-from .files import read_json, write_csv, write_text
+from .files import markdown_table, read_json, write_csv, write_text
 from .runner import Trial
 from .runs import Run
 
@@ -168,13 +168,12 @@ def results_markdown(rows: list[dict]) -> str:
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     header = [*keys, "n", "test acc", "test acc at best val", "val acc", "epochs", "minutes"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for group, members in groups.items():
-        cells = [str(v) for v in group] + [str(len(members))]
+        cells = [*group, len(members)]
         cells += [mean_sd([m[k] for m in members], percent=True) for k in ("test_acc", "best_test_acc", "val_acc")]
-        cells += [mean_sd([m["epochs"] for m in members]), mean_sd([m["minutes"] for m in members])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([*cells, mean_sd([m["epochs"] for m in members]), mean_sd([m["minutes"] for m in members])])
+    return markdown_table(header, rows) + "\n"
 
 
 def mean_sd(values: list, percent: bool = False) -> str:

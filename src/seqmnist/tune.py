@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .data import MNIST
 from .errors import SeqmnistError
-from .files import read_json, write_csv, write_json, write_text
-from .runner import Trial, anchored, connect, mnist_arrays, ray_trial, run_store
+from .files import markdown_table, read_json, write_csv, write_json, write_text
+from .runner import IN_PROCESS, Cluster, Trial, anchored, connect, mnist_arrays, ray_trial, run_store
 from .runs import Run
 from .sweep import SETTINGS, GridFile, mean_sd
 
@@ -104,13 +104,14 @@ def _finite(value: float) -> float:
     return -1.0 if math.isnan(value) else value
 
 
-def tune(path: Path, out: Path, address: str | None, cpus: int, gpus: float, data_dir: str | None) -> dict:
-    """Run the search; every trial's run directory under out/runs; out/tune.csv, tune.md and best.json."""
+def tune(path: Path, out: Path, data: MNIST, cluster: Cluster = IN_PROCESS) -> dict:
+    """Run the search on Ray (the cluster at ``cluster.address``, else one started here); every trial's run
+    directory under out/runs; out/tune.csv, tune.md and best.json."""
     settings, search, options = load_space(path)
     settings = anchored(settings)  # its trials are defined on the workers, in other folders
     epochs = Trial.of(settings).config().recipe.epochs
-    data = MNIST.load(data_dir)
-    ray = connect(address) if address else _local_ray()
+    cpus, gpus = cluster.cpus_per_trial or 1, cluster.gpus_per_trial
+    ray = connect(cluster.address) if cluster.address else _local_ray()
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -208,13 +209,9 @@ def _result_row(result, search: dict, out: Path, epochs: int) -> dict | None:
 
 def _markdown(rows: list[dict], best: dict) -> str:
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in sorted(rows, key=lambda r: -r["val_acc"]):
-        lines.append("| " + " | ".join(_cell(row[k]) for k in keys) + " |")
+    table = markdown_table(keys, [[_cell(row[k]) for k in keys] for row in sorted(rows, key=lambda r: -r["val_acc"])])
     mean = mean_sd([r["val_acc"] for r in rows], percent=True)
-    return "\n".join(
-        [*lines, "", f"best: {best['trial']} (validation accuracy {best['val_acc']:.4f}); all trials: {mean} %", ""]
-    )
+    return f"{table}\n\nbest: {best['trial']} (validation accuracy {best['val_acc']:.4f}); all trials: {mean} %\n"
 
 
 def _cell(value) -> str:
