@@ -22,7 +22,7 @@ setup: .venv/.done
 	python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,web,ray,onnx,tensorboard]'
-	$(PY) -c 'from seqmnist.engine import native_loops; native_loops()'  # compile the engine (engine.cpp, scan.cpp, gate.cpp) once, now
+	$(PY) -c 'from seqmnist.native import native_loops; native_loops()'  # compile the library (engine.cpp, scan.cpp, gate.cpp) once, now
 	touch $@
 
 seed: setup

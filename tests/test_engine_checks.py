@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqmnist import engine
+from seqmnist import engine, native
 
-NATIVE = engine.native_loops()
+NATIVE = native.native_loops()
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="the compiled engine did not build here")
 
 BATCH, STEPS, INPUTS, HIDDEN, CLASSES = 6, 4, 3, 5, 4
@@ -247,28 +247,28 @@ def _torch_lib() -> Path:
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="no /proc to list the process's libraries")
 def test_one_openmp_runtime_in_the_process_pytorchs():
-    (runtime,) = engine.openmp_runtimes()
+    (runtime,) = native.openmp_runtimes()
     assert Path(runtime).parent == _torch_lib()
 
 
 @pytest.mark.skipif(shutil.which("ldd") is None, reason="no ldd here")
 def test_the_engine_links_pytorchs_openmp_runtime():
-    listing = subprocess.run(["ldd", str(engine.built_library())], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["ldd", str(native.built_library())], capture_output=True, text=True, check=True).stdout
     resolved = re.findall(r"^\s*(\S+) => (\S+)", listing, re.MULTILINE)
-    runtimes = {Path(path).resolve() for name, path in resolved if engine._OPENMP_FILE.fullmatch(name)}
+    runtimes = {Path(path).resolve() for name, path in resolved if native._OPENMP_FILE.fullmatch(name)}
     assert runtimes and {runtime.parent for runtime in runtimes} == {_torch_lib()}, listing
 
 
 def test_an_engine_bringing_a_second_openmp_runtime_is_not_used(monkeypatch, capsys):
     mapped = {"/torch/lib/libgomp.so.1"}
-    monkeypatch.setattr(engine, "openmp_runtimes", lambda: set(mapped))
+    monkeypatch.setattr(native, "openmp_runtimes", lambda: set(mapped))
 
     def load_bringing_its_own() -> object:
         mapped.add("/usr/lib/libgomp.so.1")
         return object()
 
-    monkeypatch.setattr(engine, "_load_or_build_unchecked", load_bringing_its_own)
-    assert engine.native_loops.__wrapped__() is None
+    monkeypatch.setattr(native, "_load_or_build_unchecked", load_bringing_its_own)
+    assert native.native_loops.__wrapped__() is None
     assert "second OpenMP runtime (/usr/lib/libgomp.so.1)" in capsys.readouterr().err
 
 
@@ -285,7 +285,7 @@ def test_an_engine_bringing_a_second_openmp_runtime_is_not_used(monkeypatch, cap
     ],
 )
 def test_openmp_runtimes_are_told_by_name(name, runtime):
-    assert bool(engine._OPENMP_FILE.fullmatch(name)) == runtime
+    assert bool(native._OPENMP_FILE.fullmatch(name)) == runtime
 
 
 def test_an_engine_whose_readout_codes_are_not_ours_is_not_used(monkeypatch, capsys):
@@ -294,7 +294,7 @@ def test_an_engine_whose_readout_codes_are_not_ours_is_not_used(monkeypatch, cap
 
     monkeypatch.setattr(get_readout("last"), "engine_code", 2)
     monkeypatch.setattr(get_readout("mean-logits"), "engine_code", 1)
-    assert engine.native_loops.__wrapped__() is None
+    assert native.native_loops.__wrapped__() is None
     (line,) = capsys.readouterr().err.splitlines()
     assert (
         line.startswith("seqmnist: warning: the CPU engine's readout codes {") and "are not seqmnist.readouts'" in line

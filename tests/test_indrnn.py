@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, call_main
-from seqmnist import engine
+from seqmnist import kernels, native
 from seqmnist.cells.elementwise import step_loop
 from seqmnist.config import Config, RecipeSettings
 from seqmnist.errors import SeqmnistError
@@ -33,9 +33,9 @@ def test_the_relu_scan_is_the_step_loop_in_value_and_gradient():
     a = torch.randn(2, 9, 6, generator=g, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(6, generator=g, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
     b = (torch.randn(6, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
-    torch.testing.assert_close(engine.relu_scan(a, w, b), step_loop(a, w, b), rtol=1e-13, atol=0)
-    assert torch.autograd.gradcheck(engine.relu_scan, (a, w, b))
-    assert torch.autograd.gradcheck(lambda a, w: engine.relu_scan(a, w), (a, w))  # no bias
+    torch.testing.assert_close(kernels.relu_scan(a, w, b), step_loop(a, w, b), rtol=1e-13, atol=0)
+    assert torch.autograd.gradcheck(kernels.relu_scan, (a, w, b))
+    assert torch.autograd.gradcheck(lambda a, w: kernels.relu_scan(a, w), (a, w))  # no bias
 
 
 def test_the_relu_scan_leaves_no_subnormal_float():
@@ -45,11 +45,11 @@ def test_the_relu_scan_leaves_no_subnormal_float():
     blank_after_one = torch.zeros(2, 800, 16)
     blank_after_one[:, 0] = 1.0
     inked = torch.ones(2, 800, 16, requires_grad=True)
-    h = engine.relu_scan(inked, w)
+    h = kernels.relu_scan(inked, w)
     g = torch.zeros_like(h)
     g[:, -1] = 1.0
     (da,) = torch.autograd.grad(h, inked, g)
-    for t in (engine.relu_scan(blank_after_one, w), da):
+    for t in (kernels.relu_scan(blank_after_one, w), da):
         assert t[t != 0].abs().min().item() >= 1e-30 and (t == 0).any()
 
 
@@ -66,7 +66,7 @@ def test_the_relu_scan_leaves_no_subnormal_float():
 def test_the_relu_scan_checks_its_arguments(wrong):
     a, w, b = torch.rand(2, 5, 8), torch.rand(8), torch.rand(8)
     with pytest.raises(RuntimeError, match="scan"):
-        engine.native_loops().relu_scan_forward(*wrong(a, w, b))
+        native.native_loops().relu_scan_forward(*wrong(a, w, b))
 
 
 @pytest.mark.parametrize(

@@ -9,18 +9,18 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_line_error, call_main
-from seqmnist import engine
+from seqmnist import kernels, native
 from seqmnist.cells import LRU, S4D
 from seqmnist.cells.linear import log_depth_scan
 from seqmnist.config import RecipeSettings
-from seqmnist.engine import complex_scan
+from seqmnist.kernels import complex_scan
 from seqmnist.model import Draws, ModelSpec, build_model
 from seqmnist.readouts import get_readout
 from seqmnist.recipes import make_optimizer, recurrent_names
 from seqmnist.sequence import Sequencer
 
 CELLS = ("lru", "s4d")
-needs_engine = pytest.mark.skipif(engine.native_loops() is None, reason="engine.cpp did not build")
+needs_engine = pytest.mark.skipif(native.native_loops() is None, reason="engine.cpp did not build")
 
 
 def small_model(cell, bias=True, layers=2, seed=0, dtype=torch.float64, **spec):
@@ -62,7 +62,7 @@ def test_without_the_engine_the_lru_takes_the_log_depth_scan(monkeypatch):
     x = torch.randn(3, 37, 3, dtype=torch.float64)
     expected = model.logits(x, fast=False)
     monkeypatch.setenv("SEQMNIST_NATIVE", "0")  # as a machine without a compiler: native_loops() is None
-    monkeypatch.setattr(engine, "native_loops", engine.native_loops.__wrapped__)  # uncached: reads the setting
+    monkeypatch.setattr(native, "native_loops", native.native_loops.__wrapped__)  # uncached: reads the setting
     assert model.training_path(torch.device("cpu")) == "PyTorch's log-depth scan"
     torch.testing.assert_close(model.logits(x), expected, rtol=0, atol=1e-12)
 
@@ -129,7 +129,7 @@ def gate_arguments(rows, width, dtype=torch.float64, seed=0):
 @needs_engine
 @pytest.mark.parametrize("width", [1, 5, 8, 13, 64])  # ATen's vectors hold 4 doubles or 8 floats: partial ones too
 def test_the_compiled_skip_and_gate_pass_gradcheck(width):
-    ops = ((engine.skip, plain_skip), (engine.gate, plain_gate))
+    ops = ((kernels.skip, plain_skip), (kernels.gate, plain_gate))
     for (op, plain), arguments in zip(ops, gate_arguments(9, width), strict=True):
         assert torch.autograd.gradcheck(op, arguments)
         torch.testing.assert_close(op(*arguments), plain(*arguments), rtol=0, atol=1e-14)
@@ -138,7 +138,7 @@ def test_the_compiled_skip_and_gate_pass_gradcheck(width):
 @needs_engine
 def test_the_compiled_skip_and_gate_in_float32_at_a_pixel_batch_and_any_thread_count():
     # 3,000 rows: column sums over three chunks of rows, the last one partial
-    ops = ((engine.skip, plain_skip), (engine.gate, plain_gate))
+    ops = ((kernels.skip, plain_skip), (kernels.gate, plain_gate))
     for (op, plain), arguments in zip(ops, gate_arguments(3000, 64, torch.float32), strict=True):
         g, exact = torch.randn(3000, 64), [a.detach().double().requires_grad_() for a in arguments]
         reference = torch.autograd.grad(plain(*exact), exact, g.double())
@@ -158,17 +158,17 @@ def test_the_compiled_skip_and_gate_in_float32_at_a_pixel_batch_and_any_thread_c
 
 @needs_engine
 def test_the_compiled_skip_and_gate_check_their_arguments():
-    native = engine.native_loops()
+    library = native.native_loops()
     m, D, z, b = torch.randn(4, 8), torch.randn(8), torch.randn(4, 16), torch.randn(16)
     wrong = {
-        native.skip_forward: {
+        library.skip_forward: {
             "float32 or float64, not Int": (m.int(), m.int(), D.int()),
             "D must be Float, not Double": (m, m, D.double()),
             "v must be contiguous": (m, m.t().contiguous().t(), D),
             "do not make (rows, H), (rows, H), (H)": (m, m[:3], D),
             "m and v must be (rows, H), D (H)": (m[0], m[0], D),
         },
-        native.gate_forward: {
+        library.gate_forward: {
             "z must be on the CPU": (m, z.to("meta"), b),
             "do not make (rows, H), (rows, 2H), (2H)": (m, z[:, :15].contiguous(), b),
             "b must be contiguous": (m, z, torch.randn(16, 2)[:, 0]),
@@ -179,12 +179,12 @@ def test_the_compiled_skip_and_gate_check_their_arguments():
             with pytest.raises(RuntimeError, match=re.escape(message)):
                 function(*arguments)
     with pytest.raises(RuntimeError, match=re.escape("do not make (rows, H), (rows, H), (H)")):
-        native.skip_backward(torch.randn(3, 8), m, m, D)
+        library.skip_backward(torch.randn(3, 8), m, m, D)
 
 
 @needs_engine
 def test_the_compiled_scan_checks_its_arguments():
-    native = engine.native_loops()
+    library = native.native_loops()
     x, lam = torch.randn(2, 5, 8), torch.randn(2, 4)
     wrong = {
         "must be float32 or float64": (x.int(), lam),
@@ -196,9 +196,9 @@ def test_the_compiled_scan_checks_its_arguments():
     }
     for message, arguments in wrong.items():
         with pytest.raises(RuntimeError, match=re.escape(message)):
-            native.scan_forward(*arguments)
+            library.scan_forward(*arguments)
     with pytest.raises(RuntimeError, match="g must be shaped"):
-        native.scan_backward(torch.randn(2, 4, 8), x, lam)
+        library.scan_backward(torch.randn(2, 4, 8), x, lam)
 
 
 @pytest.mark.parametrize("cell", CELLS)

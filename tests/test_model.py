@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from seqmnist import engine
+from seqmnist import engine, native
 from seqmnist.cells import ElementwiseRNN, GatedRNN, VanillaRNN
 from seqmnist.config import RecipeSettings
 from seqmnist.errors import SeqmnistError
@@ -96,30 +96,30 @@ def test_definitions_gradients_match_finite_differences(cell):
 
 def test_the_compiled_loops_build_here():
     # Without them the models still work, on PyTorch's modules, but slower: CI must notice.
-    assert engine.native_loops() is not None, "engine.cpp did not build"
+    assert native.native_loops() is not None, "engine.cpp did not build"
 
 
 def test_without_the_compiled_loops_pytorchs_modules_run(tmp_path, monkeypatch, capsys):
     # A real build of a broken source, in a scratch cache; __wrapped__ bypasses the in-process cache.
-    broken = tuple(tmp_path / source.name for source in engine.SOURCES)  # none compiled in full first: ~70 s
+    broken = tuple(tmp_path / source.name for source in native.SOURCES)  # none compiled in full first: ~70 s
     for source in broken:
         source.write_text(f"{source.name} is not C++\n")
-    monkeypatch.setattr(engine, "SOURCES", broken)
+    monkeypatch.setattr(native, "SOURCES", broken)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert engine.native_loops.__wrapped__() is None
+    assert native.native_loops.__wrapped__() is None
     notice, warning = capsys.readouterr().err.splitlines()
     assert notice == "seqmnist: compiling the CPU engine (once, about a minute)"
     assert warning.startswith("seqmnist: warning: the CPU engine did not build (")
     assert "error" in warning and warning.endswith("to retry); using PyTorch's own modules (slower)")
     # The failure is remembered: the next process says so in one line instead of building again.
-    assert engine.native_loops.__wrapped__() is None
+    assert native.native_loops.__wrapped__() is None
     assert capsys.readouterr().err.splitlines() == [warning]
     # An unwritable cache falls back too, rather than ending in a traceback.
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-dir")
-    assert engine.native_loops.__wrapped__() is None
+    assert native.native_loops.__wrapped__() is None
     assert capsys.readouterr().err.startswith("seqmnist: warning: ")
     monkeypatch.setenv("SEQMNIST_NATIVE", "0")
-    assert engine.native_loops.__wrapped__() is None
+    assert native.native_loops.__wrapped__() is None
     assert capsys.readouterr().err == ""
 
 
@@ -302,8 +302,8 @@ def _blank_led(batch: int, steps: int, inputs: int, seed: int) -> tuple[torch.Te
 def test_first_inked_steps():
     x = torch.zeros(4, 5, 3)
     x[0, 0, 2], x[1, 3, 0], x[2, 4, 1] = 1.0, -0.5, 1e-30
-    assert engine.native_loops().first_inked_steps(x).tolist() == [0, 3, 4, 5]
-    assert engine.native_loops().first_inked_steps(x[:, :3]).tolist() == [0, 3, 3, 3]
+    assert native.native_loops().first_inked_steps(x).tolist() == [0, 3, 4, 5]
+    assert native.native_loops().first_inked_steps(x[:, :3]).tolist() == [0, 3, 3, 3]
 
 
 @pytest.mark.parametrize(

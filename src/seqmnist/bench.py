@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import engine
+from . import native
 from .config import Config, RecipeSettings
 from .data import TRAIN_IMAGES
 from .machine import keep_freed_memory
@@ -219,7 +219,7 @@ def seed_run(seconds: float, scaling_seconds: float) -> dict:
         "gflops": main["gflops"],
         "baseline_gflops": main["baseline_samples_per_s"] * flops_per_image() / 1e9,
         "peak_fraction": main["peak_fraction"],
-        "native": engine.native_loops() is not None,  # false: ours ran on PyTorch's modules
+        "native": native.native_loops() is not None,  # false: ours ran on PyTorch's modules
         "threads": torch.get_num_threads(),
         "scaling": [main, *scaling],
     }
@@ -231,7 +231,7 @@ def cells_run(configs: list[Config], seconds: float) -> dict:
     heap, not fresh mappings). It is the process's, so the plain ways run with it too."""
     kept = keep_freed_memory()
     return {
-        "native": engine.native_loops() is not None,
+        "native": native.native_loops() is not None,
         "threads": torch.get_num_threads(),
         "freed_memory_kept": kept,
         "comparisons": [compare(config, seconds, rounds=3) for config in configs],

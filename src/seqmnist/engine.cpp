@@ -38,6 +38,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
@@ -182,17 +184,7 @@ const float* rows_read(const float* s, const std::vector<int64_t>& rows, bool al
 
 // --- argument checks: each entry point runs them once, before it reads or writes any buffer -------------
 
-void check_tensor(const at::Tensor& t, const char* name, at::ScalarType type, int64_t dims) {
-  TORCH_CHECK(t.device().is_cpu(), "engine: ", name, " must be on the CPU, not ", t.device());
-  TORCH_CHECK(t.scalar_type() == type, "engine: ", name, " must be ", type, ", not ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dims, "engine: ", name, " must have ", dims, " dimensions, not ", t.dim());
-}
-
-// The loops index buffers and weights as dense row-major arrays of their sizes.
-void check_buffer(const at::Tensor& t, const char* name, int64_t dims) {
-  check_tensor(t, name, at::kFloat, dims);
-  TORCH_CHECK(t.is_contiguous(), "engine: ", name, " must be contiguous");
-}
+// (checks.h has those every source shares)
 
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "engine: ", name, " must be shaped ", shape, ", not ", t.sizes());
@@ -208,7 +200,7 @@ void check_blas_sizes(std::initializer_list<int64_t> sizes) {
 // cell without a bias keeps a state of exactly zero (ActiveRows). A scan that stops at the first ink:
 // ~1 us a batch, where PyTorch's reductions over the rows took ~300.
 at::Tensor first_inked_steps(const at::Tensor& x) {
-  check_tensor(x, "x", at::kFloat, 3);
+  seqmnist::check_tensor("engine", x, "x", at::kFloat, 3);
   TORCH_CHECK(x.stride(2) == 1, "engine: x's rows must be contiguous (stride(2) == 1)");
   const int64_t batch = x.size(0), steps = x.size(1), n = x.size(2);
   at::Tensor lead = at::empty({batch}, x.options().dtype(at::kLong));
@@ -229,7 +221,7 @@ at::Tensor first_inked_steps(const at::Tensor& x) {
 const int64_t* first_inked(const std::optional<at::Tensor>& lead, int64_t batch, bool bias) {
   if (!lead) return nullptr;
   TORCH_CHECK(!bias, "engine: with a bias, blank steps are not zero (phi(b), c) and cannot be skipped");
-  check_tensor(*lead, "inked_from", at::kLong, 1);
+  seqmnist::check_tensor("engine", *lead, "inked_from", at::kLong, 1);
   TORCH_CHECK(lead->is_contiguous(), "engine: inked_from must be contiguous");
   check_shape(*lead, "inked_from", {batch});
   return lead->const_data_ptr<int64_t>();
@@ -250,21 +242,21 @@ struct Layer {
   Layer(const at::Tensor& U_, const at::Tensor& W_, const std::optional<at::Tensor>& b_,
         const std::optional<at::Tensor>& V_, const std::optional<at::Tensor>& c_, int64_t activation_,
         double input_scale_) {
-    check_buffer(U_, "U", 2);
+    seqmnist::check_dense("engine", U_, "U", at::kFloat, 2);
     inputs = U_.size(0), hidden = U_.size(1);
     TORCH_CHECK(inputs > 0 && hidden > 0, "engine: U must be (inputs, hidden), neither 0, not ", U_.sizes());
     diagonal = W_.dim() == 1;
-    check_buffer(W_, "W", diagonal ? 1 : 2);
+    seqmnist::check_dense("engine", W_, "W", at::kFloat, diagonal ? 1 : 2);
     TORCH_CHECK(W_.size(0) == hidden && (diagonal || W_.size(1) == hidden), "engine: W must be (", hidden, ", ",
                 hidden, ") or (", hidden, ",) as U has ", hidden, " columns, not ", W_.sizes());
     bias = b_.has_value();
     if (b_) {
-      check_buffer(*b_, "b", 1);
+      seqmnist::check_dense("engine", *b_, "b", at::kFloat, 1);
       check_shape(*b_, "b", {hidden});
     }
     classes = 0;
     if (V_) {
-      check_buffer(*V_, "V", 2);
+      seqmnist::check_dense("engine", *V_, "V", at::kFloat, 2);
       TORCH_CHECK(V_->size(0) == hidden && V_->size(1) > 0, "engine: V must be (", hidden,
                   ", classes > 0), not ", V_->sizes());
       classes = V_->size(1);
@@ -272,7 +264,7 @@ struct Layer {
     if (c_) {
       // c rides on the bias column of [r | x | 1]: without b that column, and c's gradient row, do not exist.
       TORCH_CHECK(V_ && b_, "engine: c needs V and b");
-      check_buffer(*c_, "c", 1);
+      seqmnist::check_dense("engine", *c_, "c", at::kFloat, 1);
       check_shape(*c_, "c", {classes});
     }
     TORCH_CHECK(activation_ == kTanh || activation_ == kRelu, "engine: unknown activation ", activation_);
@@ -288,7 +280,7 @@ struct Layer {
 // The rows (T + 1, batch) of a layer's states, at least one step of at least one image, and their
 // stride, wide enough for [r_k | x_k | 1].
 void check_state(const at::Tensor& state, const Layer& L) {
-  check_buffer(state, "state", 3);
+  seqmnist::check_dense("engine", state, "state", at::kFloat, 3);
   TORCH_CHECK(state.size(0) >= 2 && state.size(1) >= 1, "engine: state must be (T + 1, batch, stride) with T and ",
               "batch at least 1, not ", state.sizes());
   TORCH_CHECK(state.size(2) >= L.reads, "engine: state's rows (", state.size(2), ") are narrower than [r | x | 1] (",
@@ -474,17 +466,17 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& z, cons
                                         const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
   check_state(state, L);
-  check_buffer(M, "M", 2);
+  seqmnist::check_dense("engine", M, "M", at::kFloat, 2);
   const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2), width = M.size(1);
   const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads;
   TORCH_CHECK(M.size(0) == reads && width >= H + C, "engine: M must be (", reads, ", at least ", H + C, "), not ",
               M.sizes());
-  check_tensor(x, "x", at::kFloat, 3);
+  seqmnist::check_tensor("engine", x, "x", at::kFloat, 3);
   check_shape(x, "x", {batch, rows, n});
   TORCH_CHECK(x.stride(2) == 1, "engine: x's rows must be contiguous (stride(2) == 1)");
   TORCH_CHECK(z.has_value() == (C > 0), "engine: z goes with V (the top layer), and only with it");
   if (z) {
-    check_buffer(*z, "z", 3);
+    seqmnist::check_dense("engine", *z, "z", at::kFloat, 3);
     check_shape(*z, "z", {rows + 1, batch, C});
   }
   TORCH_CHECK(labels.has_value() == grad.has_value(), "engine: labels and grad go together");
@@ -494,9 +486,9 @@ std::optional<at::Tensor> forward_layer(const std::optional<at::Tensor>& z, cons
   std::optional<at::Tensor> losses;
   const int64_t* y = nullptr;
   if (labels) {
-    check_buffer(*grad, "grad", 3);
+    seqmnist::check_dense("engine", *grad, "grad", at::kFloat, 3);
     check_shape(*grad, "grad", z->sizes());
-    check_tensor(*labels, "labels", at::kLong, 1);
+    seqmnist::check_tensor("engine", *labels, "labels", at::kLong, 1);
     TORCH_CHECK(labels->is_contiguous(), "engine: labels must be contiguous");
     check_shape(*labels, "labels", {batch});
     y = labels->const_data_ptr<int64_t>();
@@ -588,7 +580,7 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
                                        const std::optional<at::Tensor>& inked_from) {
   const Layer L(U, W, b, V, c, activation, input_scale);
   check_state(state, L);
-  check_buffer(Bt, "Bt", 2);
+  seqmnist::check_dense("engine", Bt, "Bt", at::kFloat, 2);
   const int64_t rows = state.size(0) - 1, batch = state.size(1), stride = state.size(2);
   const int64_t H = L.hidden, C = L.classes, n = L.inputs, reads = L.reads, width = Bt.size(0), cols = Bt.size(1);
   TORCH_CHECK(padded >= H, "engine: padded (", padded, ") is less than hidden (", H, ")");
@@ -598,15 +590,15 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
   TORCH_CHECK(grad.has_value() == (C > 0), "engine: grad goes with V (the top layer), and only with it");
   TORCH_CHECK(above.has_value() == (C == 0), "engine: above goes with a layer without V, and only with it");
   if (grad) {
-    check_buffer(*grad, "grad", 3);
+    seqmnist::check_dense("engine", *grad, "grad", at::kFloat, 3);
     check_shape(*grad, "grad", {rows + 1, batch, C});
   }
   if (above) {
-    check_buffer(*above, "above", 3);
+    seqmnist::check_dense("engine", *above, "above", at::kFloat, 3);
     check_shape(*above, "above", {rows + 1, batch, H});
   }
   if (below) {
-    check_buffer(*below, "below", 3);
+    seqmnist::check_dense("engine", *below, "below", at::kFloat, 3);
     check_shape(*below, "below", {rows + 1, batch, n});
   }
   const int64_t* lead = first_inked(inked_from, batch, L.bias || L.c);
@@ -709,8 +701,8 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 void register_scan(pybind11::module_& m);  // scan.cpp
 void register_gate(pybind11::module_& m);  // gate.cpp
 
-// The codes and factors are written here alone: engine.py reads the activations' from `activations` and
-// checks `readout_codes` against seqmnist.readouts when it loads the library.
+// The codes and factors are written here alone: engine.py reads the activations' from `activations`, and
+// native.py checks `readout_codes` against seqmnist.readouts when it loads the library.
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_layer", &forward_layer);

@@ -20,7 +20,7 @@
 // chunks of a fixed number of rows, then over the chunks, so their bits do not depend on the number of
 // threads. Float and double (the float64 tests).
 
-// ATen's vectors as wide as PyTorch's own kernels take them on this machine (engine.py's _CFLAGS): AVX-512
+// ATen's vectors as wide as PyTorch's own kernels take them on this machine (native.py's _CFLAGS): AVX-512
 // (twice AVX2's width: these passes are bound by their arithmetic, the exp and erf, more than by memory),
 // AVX2, or the portable form. The choice is made by these macros, before ATen's headers.
 #if defined(SEQMNIST_AVX512)
@@ -42,6 +42,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/cpu/Gelu.h>
 #include <torch/extension.h>
+
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -72,9 +74,7 @@ void check_tensors(const char* op, std::initializer_list<std::pair<const char*, 
   const at::ScalarType type = tensors.begin()->second->scalar_type();
   TORCH_CHECK(type == at::kFloat || type == at::kDouble, op, ": float32 or float64, not ", type);
   for (const auto& [name, t] : tensors) {
-    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be on the CPU, not ", t->device());
-    TORCH_CHECK(t->scalar_type() == type, op, ": ", name, " must be ", type, ", not ", t->scalar_type());
-    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+    seqmnist::check_dense(op, *t, name, type, -1);
   }
 }
 

@@ -21,6 +21,8 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -32,19 +34,12 @@ namespace {
 // States per task: 16 real and 16 imaginary floats are one cache line each.
 constexpr int64_t kBlock = 16;
 
-void check_scan_tensor(const at::Tensor& t, const char* name, at::ScalarType type, int64_t dims) {
-  TORCH_CHECK(t.device().is_cpu(), "scan: ", name, " must be on the CPU, not ", t.device());
-  TORCH_CHECK(t.scalar_type() == type, "scan: ", name, " must be ", type, ", not ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dims, "scan: ", name, " must have ", dims, " dimensions, not ", t.dim());
-  TORCH_CHECK(t.is_contiguous(), "scan: ", name, " must be contiguous");
-}
-
 // x's sizes (batch, L, 2N) and lambda's (2, N), checked; returns N.
 int64_t check_scan_arguments(const at::Tensor& x, const at::Tensor& lambda) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "scan: x must be float32 or float64, not ",
               x.scalar_type());
-  check_scan_tensor(x, "x", x.scalar_type(), 3);
-  check_scan_tensor(lambda, "lambda", x.scalar_type(), 2);
+  seqmnist::check_dense("scan", x, "x", x.scalar_type(), 3);
+  seqmnist::check_dense("scan", lambda, "lambda", x.scalar_type(), 2);
   const int64_t N = lambda.size(1);
   TORCH_CHECK(lambda.size(0) == 2 && N > 0, "scan: lambda must be (2, N) with N > 0, not ", lambda.sizes());
   TORCH_CHECK(x.size(2) == 2 * N, "scan: x's rows must hold 2N = ", 2 * N, " values ([re | im]), not ", x.size(2));
@@ -52,7 +47,7 @@ int64_t check_scan_arguments(const at::Tensor& x, const at::Tensor& lambda) {
 }
 
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  check_scan_tensor(t, name, x.scalar_type(), 3);
+  seqmnist::check_dense("scan", t, name, x.scalar_type(), 3);
   TORCH_CHECK(t.sizes() == x.sizes(), "scan: ", name, " must be shaped ", x.sizes(), ", not ", t.sizes());
 }
 
@@ -170,9 +165,9 @@ constexpr T flushed_below() {
 int64_t check_relu_scan_arguments(const at::Tensor& a, const at::Tensor& w, const at::Tensor& b) {
   TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
               "relu scan: a must be float32 or float64, not ", a.scalar_type());
-  check_scan_tensor(a, "a", a.scalar_type(), 3);
-  check_scan_tensor(w, "w", a.scalar_type(), 1);
-  check_scan_tensor(b, "b", a.scalar_type(), 1);
+  seqmnist::check_dense("scan", a, "a", a.scalar_type(), 3);
+  seqmnist::check_dense("scan", w, "w", a.scalar_type(), 1);
+  seqmnist::check_dense("scan", b, "b", a.scalar_type(), 1);
   const int64_t H = w.size(0);
   TORCH_CHECK(H > 0 && a.size(2) == H, "relu scan: a's rows must hold H = ", H, " values (w's size), not ", a.size(2));
   TORCH_CHECK(b.size(0) == H, "relu scan: b must hold H = ", H, " values, not ", b.size(0));

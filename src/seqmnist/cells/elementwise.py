@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .. import engine
+from .. import engine, kernels, native
 from ..errors import SeqmnistError
 from ..model import (
     AUTOGRAD_PATH,
@@ -356,7 +356,7 @@ class IndRNN(ElementwiseRNN):
     def parallel_states(self, x: torch.Tensor, scan: Scan | None = None) -> torch.Tensor:
         """The top layer's states (batch, steps, hidden), layer by layer: every step's x_t U + b in one
         multiply, then the recurrence by ``scan`` (by default scan.cpp's on the CPU, else :func:`step_loop`)."""
-        scan = scan or (engine.relu_scan if _compiled_scan(x.device) else step_loop)
+        scan = scan or (kernels.relu_scan if _compiled_scan(x.device) else step_loop)
         sequence = x
         for depth, (U, w, b) in enumerate(self.layer_weights()):
             a = sequence.reshape(-1, sequence.shape[-1]) @ U
@@ -378,7 +378,7 @@ def step_loop(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -
 
 
 def _compiled_scan(device: torch.device) -> bool:
-    return device.type == "cpu" and engine.native_loops() is not None
+    return device.type == "cpu" and native.native_loops() is not None
 
 
 class VanillaRNN(TanhRNN):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import engine
+from .. import kernels
 from ..errors import SeqmnistError
 from ..model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier
 from ..registry import register_cell
@@ -45,7 +45,7 @@ Scan = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def log_depth_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """:func:`seqmnist.engine.complex_scan` in PyTorch operations: after the pass with shift d, each h_t
+    """:func:`seqmnist.kernels.complex_scan` in PyTorch operations: after the pass with shift d, each h_t
     holds the sum of its 2d latest terms, so ceil(log2 steps) passes over the whole sequence (Hillis &
     Steele 1986)."""
     n = lam.shape[1]
@@ -128,7 +128,7 @@ class LRULayer(Mixer):
 
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """Re(C h_t) for every step at once: the parallel form without its skip term D u_t."""
-        return self.scanned(u, engine.complex_scan if engine.covers_scan(u) else log_depth_scan)
+        return self.scanned(u, kernels.complex_scan if kernels.covers_scan(u) else log_depth_scan)
 
     def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
         return self.scanned(u, log_depth_scan) + u * self.D
@@ -294,9 +294,9 @@ class Block(nn.Module):
         plain_parallel, definition); where the engine runs, the parallel form's passes between the
         multiplies by gate.cpp."""
         v = self.norm(u)
-        if form == "parallel" and engine.covers_scan(u):
-            gelu = engine.skip(self.mixer.mixed(v), v, self.mixer.D)
-            return engine.gate(u, gelu @ self.glu.weight.T, self.glu.bias)
+        if form == "parallel" and kernels.covers_scan(u):
+            gelu = kernels.skip(self.mixer.mixed(v), v, self.mixer.D)
+            return kernels.gate(u, gelu @ self.glu.weight.T, self.glu.bias)
         return u + self.after(getattr(self.mixer, form)(v))
 
     def after(self, y: torch.Tensor) -> torch.Tensor:
@@ -395,7 +395,7 @@ class LRU(LinearRecurrentClassifier):
     recurrent = tuple(f"blocks.*.mixer.{name}" for name in LRULayer.recurrent)
 
     def parallel_path(self, device: torch.device) -> str:
-        if engine.covers_scan(torch.empty(0, device=device)):
+        if kernels.covers_scan(torch.empty(0, device=device)):
             return "the compiled scan (scan.cpp) and PyTorch"
         return "PyTorch's log-depth scan"
 
