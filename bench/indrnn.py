@@ -35,8 +35,7 @@ def ways(model: IndRNN, skip: set[str]) -> dict:
     readout = model.readout
 
     def engine_loss(x, y):
-        weights = (model.layer_weights(), model.V, model.c)
-        return engine.layers_loss(model.workspaces.get(), x, y, *weights, "relu", model.spec.readout)
+        return engine.layers_loss(model.workspaces.get(), x, y, model.engine_weights(), "relu", model.spec.readout)
 
     candidates = {
         "engine": engine_loss,

@@ -23,7 +23,6 @@ from .registry import cell_names, get_cell, init_names
 from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 
 ENGINES = ("fast", "autograd")
-EFFECTS = ("learns", "computes", "records")  # what a setting changes: see setting()
 DEVICES = ("auto", "cpu", "cuda")
 RNGS = ("seed", "torch")
 
@@ -101,7 +100,7 @@ def setting(
     """A field of a settings group: its default, the values it takes and its help. ``shown`` is the default
     in the help's words where its value alone says too little; ``optional``: None is valid too (it is
     whenever the default is None); ``added``: a setting that came after runs were first named.
-    ``effect`` is what the setting changes (one of EFFECTS): "learns", what the run learns; "computes",
+    ``effect`` is what the setting changes: "learns", what the run learns; "computes",
     only how it is computed (the same result but for float rounding); "records", only where its records
     go. A run's name (:meth:`Config.identity`) leaves out "records" settings; a resumed run, and the seed's
     logs as a yardstick, take any setting that does not change what is learnt."""

@@ -54,6 +54,7 @@ def _padded(columns: int) -> int:
 
 
 LayerWeights = tuple  # (U, W or w, b or None) of one layer
+Weights = tuple  # (every layer's LayerWeights, bottom first; V; c or None)
 
 
 class Workspace:
@@ -275,33 +276,21 @@ def _unflatten(weights, layers: int, bias: bool):
 
 
 def layers_loss(
-    ws: Workspace,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    layers: list[LayerWeights],
-    V: torch.Tensor,
-    c: torch.Tensor | None,
-    activation: str,
-    readout: str,
+    ws: Workspace, x: torch.Tensor, y: torch.Tensor, weights: Weights, activation: str, readout: str
 ) -> torch.Tensor:
     """The readout's loss on a batch, averaged, differentiable in every weight through the fast backward pass."""
+    layers, V, c = weights
     structure = (activation, readout, len(layers), c is not None)
     return _LayersLoss.apply(ws, x, y, structure, *_flat(layers, V, c))
 
 
 def layers_gradients(
-    ws: Workspace,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    layers: list[LayerWeights],
-    V: torch.Tensor,
-    c: torch.Tensor | None,
-    activation: str,
-    readout: str,
+    ws: Workspace, x: torch.Tensor, y: torch.Tensor, weights: Weights, activation: str, readout: str
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The batch's mean loss and the gradient of every weight (in the order of :func:`_flat`), by the
-    two compiled passes alone: no autograd, whose machinery around them costs 0.5-1.2 ms a batch, most
-    of a small model's batch (:class:`seqmnist.recipes.EngineSGD` steps with them)."""
+    two compiled passes alone, without autograd's machinery around them (:class:`seqmnist.recipes.EngineSGD`
+    steps with them)."""
+    layers, V, c = weights
     with torch.no_grad():
         losses = _forward(ws, x, layers, V, c, activation, y, readout)
         return losses.mean(), _backward(ws, layers, V, c, activation, 1.0 / len(losses))
@@ -333,13 +322,12 @@ class _LayersLogits(torch.autograd.Function):
         return None, None, None, *_backward(ws, stack, V, c, activation, 1.0)
 
 
-def layers_logits(
-    ws: Workspace, x: torch.Tensor, layers: list[LayerWeights], V: torch.Tensor, c: torch.Tensor | None, activation: str
-) -> torch.Tensor:
+def layers_logits(ws: Workspace, x: torch.Tensor, weights: Weights, activation: str) -> torch.Tensor:
     """Per-step logits (steps, batch, classes), a copy, differentiable in every weight. Without a
-    gradient to track, the forward pass alone: autograd's Function costs ~10% of one image's read."""
-    weights = _flat(layers, V, c)
-    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
-        return _LayersLogits.apply(ws, x, (activation, len(layers), c is not None), *weights)
+    gradient to track, the forward pass alone, without autograd's Function around it."""
+    layers, V, c = weights
+    flat = _flat(layers, V, c)
+    if torch.is_grad_enabled() and any(w.requires_grad for w in flat):
+        return _LayersLogits.apply(ws, x, (activation, len(layers), c is not None), *flat)
     _forward(ws, x, layers, V, c, activation)
     return ws.logits().clone()

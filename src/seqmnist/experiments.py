@@ -211,6 +211,19 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_
         "The seed drew these with its full readout, so both sides are accuracy with every row read.",
         "",
     ]
+    lines += [
+        confusion_table(results),
+        "",
+        "## Learned weights, K = 28",
+        "",
+        "![weights](figures/weights.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def confusion_table(results: dict[int, dict]) -> str:
+    """Per K of CONFUSION_ROWS: both accuracies from the matrices, and our most frequent confusion."""
     rows = []
     for k in CONFUSION_ROWS:
         ours, theirs = np.array(results[k]["confusion_matrix"]), seed_confusion(k)
@@ -219,15 +232,7 @@ def report_markdown(results: dict[int, dict], quick: bool, seconds: float, seed_
         acc_o, acc_s = np.trace(ours) / ours.sum(), np.trace(theirs) / theirs.sum()
         rows.append([k, f"{acc_s:.4f}", f"{acc_o:.4f}", _diff(acc_o, acc_s), f"{i} → {j}: {off[i, j]}"])
     header = ["K", "seed accuracy", "ours", "diff", "our most frequent confusion (true → predicted: count)"]
-    lines += [markdown_table(header, rows, "rrrrl")]
-    lines += [
-        "",
-        "## Learned weights, K = 28",
-        "",
-        "![weights](figures/weights.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    return markdown_table(header, rows, "rrrrl")
 
 
 def agreement_section(results: dict[int, dict]) -> list[str]:

@@ -76,6 +76,10 @@ class ElementwiseRNN(SequenceClassifier):
             for layer in range(1, self.spec.layers + 1)
         ]
 
+    def engine_weights(self) -> engine.Weights:
+        """What the engine's passes take: every layer's (U, W, b), V and c."""
+        return self.layer_weights(), self.V, self.c
+
     def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(t.detach().cpu().numpy() for t in (self.U, self.W, self.V))
 
@@ -123,21 +127,21 @@ class ElementwiseRNN(SequenceClassifier):
         if not fast:
             return self.definition(x)
         if self.uses_engine(x):
-            return engine.layers_logits(self.workspaces.get(), x, self.layer_weights(), self.V, self.c, self.activation)
+            return engine.layers_logits(self.workspaces.get(), x, self.engine_weights(), self.activation)
         return self.torch_logits(x)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
         if fast and self.uses_engine(x):
-            weights = (self.layer_weights(), self.V, self.c)
-            return engine.layers_loss(self.workspaces.get(), x, y, *weights, self.activation, self.spec.readout)
+            weights = self.engine_weights()
+            return engine.layers_loss(self.workspaces.get(), x, y, weights, self.activation, self.spec.readout)
         return super().loss(x, y, fast)
 
     def has_fused_pass(self) -> bool:
         return self.uses_engine(self.V)  # the weights are where, and as what, the batches will be
 
     def fused_gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        weights = (self.layer_weights(), self.V, self.c)
-        return engine.layers_gradients(self.workspaces.get(), x, y, *weights, self.activation, self.spec.readout)
+        weights = self.engine_weights()
+        return engine.layers_gradients(self.workspaces.get(), x, y, weights, self.activation, self.spec.readout)
 
     def definition(self, x: torch.Tensor) -> torch.Tensor:
         sequence = x
