@@ -61,9 +61,10 @@ def complex_scan(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return _ComplexScan.apply(x, lam)
 
 
-def covers_scan(x: torch.Tensor) -> bool:
-    """Whether :func:`complex_scan` and :func:`gate` run for x: the engine is here and x on the CPU."""
-    return x.device.type == "cpu" and native.native_loops() is not None
+def available(device: torch.device) -> bool:
+    """Whether these kernels run for tensors on ``device``: the library is here, and the device a CPU.
+    The linear cells and the IndRNN's layer-parallel path choose, and name, their path by this alone."""
+    return device.type == "cpu" and native.native_loops() is not None
 
 
 # --- gate.cpp: the ends of the linear cells' blocks (seqmnist.cells.linear) -------------------------------

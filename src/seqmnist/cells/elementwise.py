@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .. import engine, kernels, native
+from .. import engine, kernels
 from ..errors import SeqmnistError
 from ..model import (
     AUTOGRAD_PATH,
@@ -339,7 +339,7 @@ class IndRNN(ElementwiseRNN):
 
     def training_path(self, device: torch.device, fast: bool = True) -> str:
         if fast and self.layer_parallel():
-            return PARALLEL_PATH if _compiled_scan(device) else PARALLEL_LOOP_PATH
+            return PARALLEL_PATH if kernels.available(device) else PARALLEL_LOOP_PATH
         return super().training_path(device, fast)
 
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
@@ -360,7 +360,7 @@ class IndRNN(ElementwiseRNN):
     def parallel_states(self, x: torch.Tensor, scan: Scan | None = None) -> torch.Tensor:
         """The top layer's states (batch, steps, hidden), layer by layer: every step's x_t U + b in one
         multiply, then the recurrence by ``scan`` (by default scan.cpp's on the CPU, else :func:`step_loop`)."""
-        scan = scan or (kernels.relu_scan if _compiled_scan(x.device) else step_loop)
+        scan = scan or (kernels.relu_scan if kernels.available(x.device) else step_loop)
         sequence = x
         for depth, (U, w, b) in enumerate(self.layer_weights()):
             a = sequence.reshape(-1, sequence.shape[-1]) @ U
@@ -379,10 +379,6 @@ def step_loop(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -
         s = torch.relu(a_t + w * s)
         states.append(s)
     return torch.stack(states, dim=1)
-
-
-def _compiled_scan(device: torch.device) -> bool:
-    return device.type == "cpu" and native.native_loops() is not None
 
 
 class VanillaRNN(TanhRNN):

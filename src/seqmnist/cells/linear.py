@@ -128,7 +128,7 @@ class LRULayer(Mixer):
 
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """Re(C h_t) for every step at once: the parallel form without its skip term D u_t."""
-        return self.scanned(u, kernels.complex_scan if kernels.covers_scan(u) else log_depth_scan)
+        return self.scanned(u, kernels.complex_scan if kernels.available(u.device) else log_depth_scan)
 
     def plain_parallel(self, u: torch.Tensor) -> torch.Tensor:
         return self.scanned(u, log_depth_scan) + u * self.D
@@ -294,7 +294,7 @@ class Block(nn.Module):
         plain_parallel, definition); where the engine runs, the parallel form's passes between the
         multiplies by gate.cpp."""
         v = self.norm(u)
-        if form == "parallel" and kernels.covers_scan(u):
+        if form == "parallel" and kernels.available(u.device):
             gelu = kernels.skip(self.mixer.mixed(v), v, self.mixer.D)
             return kernels.gate(u, gelu @ self.glu.weight.T, self.glu.bias)
         return u + self.after(getattr(self.mixer, form)(v))
@@ -395,7 +395,7 @@ class LRU(LinearRecurrentClassifier):
     recurrent = tuple(f"blocks.*.mixer.{name}" for name in LRULayer.recurrent)
 
     def parallel_path(self, device: torch.device) -> str:
-        if kernels.covers_scan(torch.empty(0, device=device)):
+        if kernels.available(device):
             return "the compiled scan (scan.cpp) and PyTorch"
         return "PyTorch's log-depth scan"
 
