@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import assert_one_line_error, call_main
+from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import Cell, Config, build_model, register_cell, registry
 from seqmnist.bench import matrix_configs
 from seqmnist.cell import CellStack, steps_of
@@ -121,3 +121,51 @@ def test_the_initial_weights_come_from_the_seed(mgu):
     one, again, other = (build_model(spec).reset_parameters(seed) for seed in (1, 1, 2))
     for a, b, c in zip(one.parameters(), again.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def write_module(folder: Path, name: str, registered: bool) -> Path:
+    """docs/cells.md's example as a module of one's own, outside the package (with or without its
+    @register_cell line)."""
+    code = example_code() if registered else example_code().replace('@register_cell("mgu")\n', "")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(code)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_cell_named_by_its_module_trains_and_is_read_again_in_new_processes(mnist_dir, tmp_path):
+    """--cell module.path:ClassName: config.json names the module, so every later command imports it again;
+    once it is gone, one line says so."""
+    cells = write_module(tmp_path / "mine", "my_cells", registered=False)
+    env = {"PYTHONPATH": str(cells), "SEQMNIST_DATA": str(mnist_dir)}
+    out = tmp_path / "run"
+    trained = run_cli("train", "--preset", "quick", "--cell", "my_cells:MGU", "--hidden", "16", "--epochs", "1",
+                      "--subset", "1000", "--out", str(out), env=env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((out / "config.json").read_text())["model"]["cell"] == "my_cells:MGU"
+    evaluated = run_cli("evaluate", str(out), "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    exported = run_cli("export", str(out), "--onnx", str(tmp_path / "m.onnx"), "--check", "50", env=env)
+    assert exported.returncode == 0, exported.stderr
+    (cells / "my_cells.py").unlink()
+    assert_one_line_error(
+        run_cli("evaluate", str(out), env=env), "config.json", "--cell my_cells:MGU: cannot import my_cells"
+    )
+
+
+def test_an_installed_packages_cell_is_listed_and_built(tmp_path):
+    """A package whose metadata names an entry point in seqmnist.cells (as `pip install` leaves it in
+    site-packages: the module and its .dist-info folder side by side) is among train --help's cells."""
+    site = write_module(tmp_path / "site", "mgu_package", registered=False)
+    info = site / "mgu_package-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mgu-package\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[seqmnist.cells]\nmgu = mgu_package:MGU\n")
+    env = {"PYTHONPATH": str(site)}
+    helped = run_cli("train", "--help", env=env)
+    assert helped.returncode == 0, helped.stderr
+    unwrapped = " ".join(helped.stdout.split())
+    assert ",s4d,mgu}" in unwrapped and "mgu: one forget gate" in unwrapped
+    built = run_cli("bench", "--cell", "mgu", "--hidden", "8", "--seconds", "0.5", "--json", env=env)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["comparisons"][0]["cell"] == "mgu"

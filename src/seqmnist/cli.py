@@ -86,7 +86,11 @@ def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | 
         parser.add_argument(setting.flag, action=argparse.BooleanOptionalAction, help=text)
         return
     choices = list(valid.choices) if valid.choices is not None else None
-    parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=setting.metavar, help=text)
+    if choices is not None and not valid.closed:  # listed in the help, not the only ones argparse lets through
+        choices, metavar = None, "{" + ",".join(choices) + "}"
+    else:
+        metavar = setting.metavar
+    parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=metavar, help=text)
 
 
 def add_training_flags(train: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ class Valid:
     words: str | None = None  # None: "one of" the choices
     parse: type = str
     choices: Collection | None = None
+    closed: bool = True  # False: the choices are those listed and more (a cell from a module: get_cell checks)
 
     def describe(self) -> str:
         return self.words or f"one of {', '.join(map(str, self.choices))}"
@@ -233,8 +234,13 @@ class ModelSettings(Group):
     title: ClassVar[str] = "the model"
     cell: str = setting(
         "vanilla",
-        one_of(Registered(cell_names, lambda name: get_cell(name).about)),
-        "the recurrent cell",
+        Valid(
+            lambda v: isinstance(v, str) and v != "",
+            "a registered cell's name, or module.path:ClassName",
+            choices=Registered(cell_names, lambda name: get_cell(name).about),
+            closed=False,
+        ),
+        "the recurrent cell: a registered one, or module.path:ClassName for a cell of your own (docs/cells.md)",
         "vanilla, tanh",
     )
     hidden: int = setting(200, integer(1, 65536), "hidden units per layer")
