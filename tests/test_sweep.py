@@ -3,6 +3,7 @@ local pool; the same grid, a killed worker and a Tune search on a real Ray clust
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 from conftest import assert_one_line_error, call_main, cli_command, run_cli
 from seqmnist.errors import SeqmnistError
 from seqmnist.sweep import load_grid
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # make test's tier: local process pools and a real Ray cluster
 pytestmark = pytest.mark.slow
@@ -296,3 +299,20 @@ def test_a_cluster_that_is_not_there(tmp_path, mnist_dir):
         timeout=300,
     )
     assert_one_line_error(result, "--ray-address 127.0.0.1:", "cannot join a Ray cluster there")
+
+
+def test_a_cell_of_ones_own_trains_on_nodes_that_never_saw_its_module(cluster, mnist_dir, tmp_path):
+    """The grid names `--cell module:Class` from a folder only the driver has on its path: Ray ships the
+    module to the workers (its runtime environment), and the run folder is named by the class."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "cells.md").read_text(), re.S).group(1)
+    (cells / "ray_mgu.py").write_text(code.replace('@register_cell("mgu")\n', ""))
+    (tmp_path / "grid.toml").write_text(
+        '[settings]\npreset = "quick"\ncell = "ray_mgu:MGU"\nhidden = 8\nepochs = 1\nsubset = 300\n[grid]\nseed = [1]\n'
+    )
+    env = {**os.environ, "SEQMNIST_DATA": str(mnist_dir), "PYTHONPATH": str(cells)}
+    done = run_cli("sweep", tmp_path / "grid.toml", "--out", tmp_path / "out", "--ray-address", cluster, env=env)
+    assert done.returncode == 0, done.stderr
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    assert run.name.startswith("MGU-rows-") and (run / "model.safetensors").exists()

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from .errors import Log, SeqmnistError
 from .files import write_json
 from .interrupt import TrainingInterrupted, remember_signals
 from .machine import available_cpus
+from .registry import get_cell
 from .runs import RUN_FILES, Run, new_run
 from .train import AfterSave, train
 
@@ -94,7 +96,8 @@ def trial_name(settings: dict) -> str:
         settings.get("preset", "seed"), **{k: v for k, v in settings.items() if k != "preset"}
     )
     canonical = json.dumps(config.identity(), sort_keys=True)  # flat: the names of runs before the groups
-    return f"{config.model.cell}-{config.task.task}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
+    cell = config.model.cell.rpartition(":")[2]  # module.path:ClassName -> ClassName: no ":" in a folder name
+    return f"{cell}-{config.task.task}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
 
 
 def run_trial(trial: Trial, runs: Path, data: MNIST, log: Log = print, after_save: AfterSave | None = None) -> dict:
@@ -217,13 +220,29 @@ def _import_ray():
     return ray
 
 
-def connect(address: str):
-    """Join the Ray cluster at ``address`` ('auto' or host:port) from this process, quietly."""
+def cell_modules(configs: Iterable[Config]) -> list[str]:
+    """The files of the modules the trials' cells come from (``--cell module.path:ClassName``): a
+    module's own file, or its top-level package's folder. Ray ships them to every node (its runtime
+    environment's py_modules), so a cell of one's own trains on machines that never saw it."""
+    paths = []
+    for cell in {config.model.cell for config in configs if ":" in config.model.cell}:
+        module = sys.modules[get_cell(cell).__module__]
+        top = sys.modules[module.__name__.partition(".")[0]]
+        path = Path(top.__file__)
+        paths.append(str(path.parent if path.name == "__init__.py" else path))
+    return sorted(paths)
+
+
+def connect(address: str | None, modules: list[str] | None = None):
+    """Join the Ray cluster at ``address`` ('auto' or host:port) from this process, quietly; None: start
+    one here. ``modules``: files every worker must be able to import (:func:`cell_modules`)."""
     ray = _import_ray()
-    if address != "auto":
+    if address not in (None, "auto"):
         _check_listening(address)  # Ray itself would retry for minutes
+    runtime_env = {"py_modules": modules} if modules else None
+    where = {"address": address} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False}
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+        ray.init(**where, logging_level="ERROR", log_to_driver=False, configure_logging=True, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise SeqmnistError(
             f"--ray-address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})"
@@ -330,7 +349,7 @@ def mnist_arrays(data: MNIST) -> dict[str, np.ndarray]:
 
 
 def _on_ray(trials: list[Trial], runs: Path, data: MNIST, cluster: Cluster, log: Log) -> dict:
-    ray, cpus = connect(cluster.address), cluster.cpus_per_trial or 1
+    ray, cpus = connect(cluster.address, cell_modules(t.config() for t in trials)), cluster.cpus_per_trial or 1
     try:
         store = run_store(ray, runs)
         arrays = ray.put(mnist_arrays(data))

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_json, write_text
-from .runner import IN_PROCESS, Cluster, Trial, anchored, connect, mnist_arrays, ray_trial, run_store
+from .runner import IN_PROCESS, Cluster, Trial, anchored, cell_modules, connect, mnist_arrays, ray_trial, run_store
 from .runs import Run
 from .sweep import SETTINGS, GridFile, mean_sd
 
@@ -111,7 +110,7 @@ def tune(path: Path, out: Path, data: MNIST, cluster: Cluster = IN_PROCESS) -> d
     settings = anchored(settings)  # its trials are defined on the workers, in other folders
     epochs = Trial.of(settings).config().recipe.epochs
     cpus, gpus = cluster.cpus_per_trial or 1, cluster.gpus_per_trial
-    ray = connect(cluster.address) if cluster.address else _local_ray()
+    ray = connect(cluster.address, cell_modules([Trial.of(settings).config()]))
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -161,13 +160,6 @@ def tune(path: Path, out: Path, data: MNIST, cluster: Cluster = IN_PROCESS) -> d
     write_text(out / "tune.md", _markdown(rows, best))
     write_json(out / "best.json", best)
     return best
-
-
-def _local_ray():
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    return ray
 
 
 def _progress(ray_tune):
