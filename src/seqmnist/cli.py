@@ -178,6 +178,31 @@ def build_parser() -> Parser:
     add_cluster_flags(sweep)
     add_data_flag(sweep)
 
+    benchmark = commands.add_parser(
+        "benchmark", help="a cell on the field's protocol: a row per task beside the presets and papers"
+    )
+    benchmark.add_argument(
+        "--cell", required=True, help="a registered cell's name, or module.path:ClassName for one of your own"
+    )
+    benchmark.add_argument(
+        "--tasks", default="rows,pixel,permuted", help="comma-separated: rows, pixel, permuted (default: all three)"
+    )
+    benchmark.add_argument("--seeds", type=int, default=3, help="seeds 1..N of every task (default: 3)")
+    benchmark.add_argument("--out", metavar="DIR", required=True, help="where the runs, the rows and the figure go")
+    benchmark.add_argument(
+        "--beside",
+        metavar="RUN_OR_SWEEP_DIR",
+        nargs="*",
+        default=[],
+        help="runs to draw beside yours in frontier.png (e.g. docs/results, the presets' evidence)",
+    )
+    quick = benchmark.add_argument_group("a quick look (its rows are then outside the protocol)")
+    for name in ("epochs", "subset", "hidden", "layers"):
+        add_setting_flag(quick, name)
+    benchmark.add_argument("--jobs", type=int, default=1, help="local processes training trials at once (1)")
+    add_cluster_flags(benchmark)
+    add_data_flag(benchmark)
+
     tune = commands.add_parser("tune", help="search settings with Ray Tune (random or grid, ASHA early stopping)")
     tune.add_argument(
         "space",
@@ -216,6 +241,11 @@ def build_parser() -> Parser:
     )
     compare.add_argument(
         "--out", metavar="DIR", default=".", help="where compare.png and compare.csv go (default: the current folder)"
+    )
+    compare.add_argument(
+        "--frontier",
+        action="store_true",
+        help="also frontier.png: per task, accuracy against minutes and parameters, beside the papers'",
     )
 
     predict = commands.add_parser("predict", help="what a trained run makes of your own images of digits")
@@ -415,6 +445,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import Benchmark, check_tasks, run_benchmark
+    from .data import MNIST
+
+    tasks = check_tasks(args.tasks.split(","))
+    if args.seeds < 1:
+        raise SeqmnistError(f"--seeds must be an integer >= 1 (got {args.seeds})")
+    overrides = tuple((k, getattr(args, k)) for k in ("epochs", "subset", "hidden", "layers") if getattr(args, k))
+    benchmark = Benchmark(args.cell, tuple(tasks), args.seeds, overrides)
+    for trial in benchmark.trials():
+        trial.config()  # the cell, and every setting it takes, checked before any data loads
+    cluster = cluster_of(args)
+    cluster.check()
+    run_benchmark(benchmark, Path(args.out), MNIST.load(args.data_dir), cluster, [Path(p) for p in args.beside])
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from .data import MNIST
     from .tune import tune
@@ -437,7 +484,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
-    table, paths = compare([Path(p) for p in args.paths], Path(args.out), note=note)
+    table, paths = compare([Path(p) for p in args.paths], Path(args.out), note=note, frontier=args.frontier)
     print(table, end="")
     for path in paths:
         print(path)
@@ -540,6 +587,7 @@ COMMANDS = {
     "import-theano": cmd_import_theano,
     "reproduce": cmd_reproduce,
     "sweep": cmd_sweep,
+    "benchmark": cmd_benchmark,
     "tune": cmd_tune,
     "plot": cmd_plot,
     "compare": cmd_compare,

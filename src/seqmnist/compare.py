@@ -10,18 +10,23 @@ accuracy. A run without metrics.csv has nothing to compare and is left out with 
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import IDENTITY
+from . import plots
+from .config import IDENTITY, Config
 from .errors import SeqmnistError
 from .files import markdown_table, write_csv
 from .plots import validation_curves
 from .runs import Run
 
+LITERATURE = Path(__file__).with_name("reference") / "literature.csv"  # the papers' figures, with sources
 SEARCH_DEPTH = 4  # folders below a given folder searched for runs (docs/results holds them 3 down)
 ACCURACIES = ("val acc at best", "test acc at best", "test acc last")  # result columns shown to 4 decimals
 
@@ -192,9 +197,63 @@ def comparison(paths: list[Path], note: Note = print) -> Comparison:
     return Comparison(dict(zip(labels([run.dir for run in runs]), runs, strict=True)), differing_settings(runs))
 
 
-def compare(paths: list[Path], out: Path, note: Note = print) -> tuple[str, list[Path]]:
-    """The comparison's table (returned), and its files in ``out``: compare.csv (the table's rows) and
-    compare.png (the validation curves)."""
+def frontier_points(paths: list[Path], mark: str | None = None, note: Note = print) -> list[dict]:
+    """The finished runs of the protocol's tasks under ``paths`` (not 16 pixels a step, say) as the frontier
+    figure's points, one per set of settings (the mean over its seeds): named by their preset, or their
+    cell and a * where their settings are not a preset's; ``mark``'s cell drawn as yours."""
+    groups: dict[str, list[ComparedRun]] = {}
+    for run in gather(paths, note).values():
+        one_pixel = run.settings["task"] == "rows" or run.settings["pixels_per_step"] in (None, 1)
+        if run.summary and run.summary.get("best") and one_pixel:  # the protocol's tasks alone
+            same = {k: v for k, v in run.settings.items() if k in IDENTITY and k != "seed"}
+            groups.setdefault(json.dumps(same, sort_keys=True, default=str), []).append(run)
+    points = []
+    for runs in groups.values():
+        settings = runs[0].settings
+        named = _preset_or_cell(settings)
+        points.append(
+            {
+                "task": settings["task"],
+                "label": named if len(runs) == 1 else f"{named} (n={len(runs)})",
+                "kind": "yours" if settings["cell"] == mark else "ours",
+                "accuracy": 100 * statistics.fmean(r.summary["best"]["test_acc"] for r in runs),
+                "minutes": statistics.fmean(r.summary["minutes"] for r in runs),
+                "parameters": runs[0].summary.get("parameters"),
+            }
+        )
+    return points
+
+
+def _preset_or_cell(settings: dict) -> str:
+    """A run's preset where its settings are still the preset's (but the seed), else its cell and a *."""
+    try:
+        same = Config.from_settings(settings["preset"], seed=settings["seed"]).identity() == (
+            Config.from_flat(settings).identity()
+        )
+    except SeqmnistError:  # a preset since renamed or removed
+        same = False
+    return settings["preset"] if same and settings["preset"] != "seed" else f"{settings['cell']}*"
+
+
+def literature_points() -> list[dict]:
+    """The papers' figures (reference/literature.csv) as the frontier figure's points."""
+    with open(LITERATURE) as f:
+        return [
+            {
+                "task": row["task"],
+                "label": row["model"],
+                "kind": "paper",
+                "accuracy": float(row["test_acc"]),
+                "parameters": int(row["parameters"]) if row["parameters"] else None,
+            }
+            for row in csv.DictReader(f)
+        ]
+
+
+def compare(paths: list[Path], out: Path, note: Note = print, frontier: bool = False) -> tuple[str, list[Path]]:
+    """The comparison's table (returned), and its files in ``out``: compare.csv (the table's rows),
+    compare.png (the validation curves) and, with ``frontier``, frontier.png (accuracy against minutes
+    and parameters, beside the papers')."""
     result = comparison(paths, note)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -202,4 +261,9 @@ def compare(paths: list[Path], out: Path, note: Note = print) -> tuple[str, list
         raise SeqmnistError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     write_csv(out / "compare.csv", result.rows())
     figure = validation_curves(result.curves(), out / "compare.png", f"Validation accuracy of {len(result.runs)} runs")
-    return result.table(), [out / "compare.csv", figure]
+    paths_written = [out / "compare.csv", figure]
+    if frontier:
+        points = frontier_points(paths, note=lambda line: None) + literature_points()
+        tasks = [task for task in ("rows", "pixel", "permuted") if any(p["task"] == task for p in points)]
+        paths_written.append(plots.frontier(points, tasks, out / "frontier.png"))
+    return result.table(), paths_written

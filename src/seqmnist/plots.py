@@ -338,6 +338,61 @@ def reading(
     return _save(fig, path)
 
 
+# --- the frontier: accuracy against minutes and parameters ------------------------------------------
+
+KINDS = {  # how each kind of point is drawn, and named in the legend
+    "yours": {"marker": "*", "s": 160, "color": "tab:red", "label": "your cell"},
+    "ours": {"marker": "o", "s": 45, "color": "tab:blue", "label": "seqmnist's presets (this machine)"},
+    "paper": {"marker": "s", "s": 30, "color": "0.55", "label": "papers (their machines)"},
+}
+SIZE_GROUPS = (1e4, 1e5, 1e6)  # STREAM's parameter-count groups: under 10k, 100k, 1M
+FLOOR = 90.0  # accuracy (%) below which only your own cell's points are drawn
+
+
+def frontier(points: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Path:
+    """Per task, test accuracy against training minutes on this machine (top; the papers' minutes are
+    unknown) and against parameters (bottom, with the papers' points where they state a count), each
+    with its frontier: the points no other beats with fewer minutes or parameters. ``points``: dicts
+    of task, label, kind (yours, ours, paper), accuracy (%), minutes, parameters."""
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 9), squeeze=False)
+    for column, task in enumerate(tasks):
+        here = [p for p in points if p["task"] == task]
+        measured = [p for p in here if p["kind"] != "paper"]
+        counted = [p for p in here if p.get("parameters")]
+        floor = min([p["accuracy"] for p in here if p["kind"] == "yours"] + [FLOOR]) - 1.0
+        _frontier_panel(axes[0][column], measured, "minutes", floor, f"{task}: accuracy against minutes")
+        _frontier_panel(axes[1][column], counted, "parameters", floor, f"{task}: accuracy against parameters")
+        axes[1][column].set_xscale("log")
+        for bound in SIZE_GROUPS:
+            axes[1][column].axvline(bound, color="0.85", linestyle=":", zorder=0)
+    handles = [plt.scatter([], [], **{k: v for k, v in style.items()}) for style in KINDS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(KINDS), frameon=False)
+    fig.suptitle("Test accuracy at the best validation epoch, and its frontier\n(dotted: 10k, 100k and 1M parameters)")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    return _save(fig, path)
+
+
+def _frontier_panel(ax: plt.Axes, points: Sequence[Mapping], axis: str, floor: float, title: str) -> None:
+    shown = [p for p in points if p["accuracy"] >= floor]
+    best = []
+    for p in sorted(shown, key=lambda p: (p[axis], -p["accuracy"])):
+        if not best or p["accuracy"] > best[-1]["accuracy"]:
+            best.append(p)
+    for p in shown:  # every point drawn; named where it is measured here or on the frontier
+        style = {k: v for k, v in KINDS[p["kind"]].items() if k != "label"}
+        ax.scatter(p[axis], p["accuracy"], zorder=3, **style)
+        if p["kind"] != "paper" or p in best:
+            ax.annotate(p["label"], (p[axis], p["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if best:
+        ax.step([p[axis] for p in best], [p["accuracy"] for p in best], where="post", color="k", alpha=0.4, zorder=2)
+    hidden = len(points) - len(shown)
+    ax.set_title(title + (f" ({hidden} below {floor:.0f}% not shown)" if hidden else ""), fontsize=9)
+    ax.set_xlabel("training minutes (this machine)" if axis == "minutes" else "parameters")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_ylim(floor, 100)
+    ax.grid(alpha=0.3)
+
+
 # --- a run's figures -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,171 @@
+"""``seqmnist benchmark``: the field's protocol for any cell, one row per task (docs/protocol.md).
+
+Every cell is run the same way, as the Long Range Arena runs every model: each task has one fixed
+recipe and budget, the built-in presets' own (rows: rows-lstm's and rows-gru's; pixel and permuted:
+pixel-lru's and permuted-lru's), so a row stands beside theirs. The 50,000/10,000 split, the
+bit-reversal permutation, the test accuracy at the best validation epoch only (the test set read once,
+at the end), n seeds as mean ± sd. A quick look may change the budget (``--epochs``, ``--subset``,
+``--hidden``, ``--layers``); its rows then say they are outside the protocol. The trials are a sweep's:
+the runner trains them (local processes or Ray) and takes up where a stopped benchmark left off.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS
+from .errors import Log, SeqmnistError
+from .files import markdown_table, read_json, write_csv, write_text
+from .machine import available_cpus
+from .runner import Trial
+from .runs import Run
+from .sequence import TASKS
+from .sweep import mean_sd
+
+PROTOCOL_PRESETS = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
+OWN_MODEL = ("cell", "state")  # the preset's own cell's settings: not the protocol's
+QUICK_LOOK = ("epochs", "subset", "hidden", "layers")  # what may change the budget, taking a row outside
+
+
+def protocol_settings(task: str) -> dict:
+    """The task's recipe and budget: its preset's settings but its cell's own."""
+    return {k: v for k, v in PRESETS[PROTOCOL_PRESETS[task]].settings.items() if k not in OWN_MODEL}
+
+
+def check_tasks(tasks: list[str]) -> list[str]:
+    unknown = [task for task in tasks if task not in PROTOCOL_PRESETS]
+    if unknown or not tasks:
+        raise SeqmnistError(f"--tasks takes a comma-separated list of {', '.join(TASKS)} (got {','.join(tasks)!r})")
+    return list(dict.fromkeys(tasks))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One cell on the protocol's tasks, with n seeds and a quick look's changes (``overrides``)."""
+
+    cell: str
+    tasks: tuple[str, ...]
+    seeds: int
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    def trials(self, task: str | None = None) -> list[Trial]:
+        """Every (task, seed)'s trial (``task``'s alone where given): the task's settings, the cell, the
+        seed, the quick look's changes."""
+        overrides = dict(self.overrides)
+        return [
+            Trial.of({**protocol_settings(t), "cell": self.cell, "seed": seed, **overrides})
+            for t in ((task,) if task else self.tasks)
+            for seed in range(1, self.seeds + 1)
+        ]
+
+    @property
+    def outside(self) -> str:
+        """Empty within the protocol; else the flags that took it outside."""
+        return ", ".join(f"--{k} {v}" for k, v in self.overrides)
+
+    def command(self, task: str) -> str:
+        quick = "".join(f" --{k} {v}" for k, v in self.overrides)
+        return f"seqmnist benchmark --cell {self.cell} --tasks {task} --seeds {self.seeds}{quick}"
+
+
+def rows(benchmark: Benchmark, out: Path) -> list[dict]:
+    """A row per task, in the schema of docs/results.md, from its trials' summaries."""
+    found = []
+    for task in benchmark.tasks:
+        trials = benchmark.trials(task)
+        runs = [Run(out / "runs" / trial.name) for trial in trials]
+        summaries = [read_json(run.summary) for run in runs]
+        config, best = trials[0].config(), [s["best"]["test_acc"] for s in summaries]
+        found.append(
+            {
+                "task": task,
+                "cell": benchmark.cell,
+                "layers x size": f"{config.model.layers} x {config.model.hidden}",
+                "parameters": summaries[0]["parameters"],
+                "recipe": f"{PROTOCOL_PRESETS[task]}'s",
+                "epochs": config.recipe.epochs,
+                "test accuracy at best validation, %": mean_sd(best, percent=True),
+                "n": len(best),
+                "minutes": round(sum(s["minutes"] for s in summaries) / len(summaries), 1),
+                "protocol": "no: " + benchmark.outside if benchmark.outside else "yes",
+                "command": benchmark.command(task),
+                "test_acc_mean": sum(best) / len(best),
+                "runs": [str(run.dir) for run in runs],
+            }
+        )
+    return found
+
+
+def machine() -> dict:
+    """The machine the minutes were measured on."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": available_cpus(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+TABLE = ("task", "cell", "layers x size", "parameters", "recipe", "epochs", "test accuracy at best validation, %",
+         "n", "minutes", "protocol", "command")  # fmt: skip
+
+
+def write_outputs(found: list[dict], out: Path, log: Log = print) -> list[Path]:
+    """benchmark.md, benchmark.csv and benchmark.json in ``out``; the Markdown table is logged too."""
+    described = machine()
+    where = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
+    table = markdown_table(TABLE, [[row[k] for k in TABLE] for row in found], "lllrlrrrrll")
+    outside = [row for row in found if row["protocol"] != "yes"]
+    warning = (
+        "\n\n**Outside the protocol** (its budget was changed): not comparable with the protocol's rows or the "
+        "papers'.\n"
+        if outside
+        else ""
+    )
+    text = f"# seqmnist benchmark\n\nMeasured on {where} (docs/protocol.md says how).\n\n{table}\n{warning}"
+    write_text(out / "benchmark.md", text)
+    write_csv(out / "benchmark.csv", [{k: row[k] for k in TABLE} for row in found])
+    write_text(out / "benchmark.json", json.dumps({"machine": described, "rows": found}, indent=2) + "\n")
+    log(table + warning.rstrip())
+    log(f"measured on {where}")
+    return [out / "benchmark.md", out / "benchmark.csv", out / "benchmark.json"]
+
+
+def run_benchmark(
+    benchmark: Benchmark, out: Path, data, cluster, beside: Sequence[Path] = (), log: Log = print
+) -> list[Path]:
+    """Train what is not trained yet, then write the rows, what a sweep writes, and the frontier figure
+    (with the runs found under ``beside``: the built-in presets' results, say)."""
+    from .compare import frontier_points, literature_points
+    from .plots import frontier
+    from .runner import run_trials
+    from .sweep import result_rows, write_results
+
+    trials = benchmark.trials()
+    if benchmark.outside:
+        log(f"outside the protocol ({benchmark.outside}): every output says so")
+    run_trials(trials, out, data, cluster, log)
+    write_results(result_rows(trials, out), out)
+    found = rows(benchmark, out)
+    paths = write_outputs(found, out, log)
+    runs = [Path(run) for row in found for run in row["runs"]]
+    points = frontier_points([*runs, *beside], mark=benchmark.cell, note=lambda line: None)
+    paths.append(frontier(points + literature_points(), list(benchmark.tasks), out / "frontier.png"))
+    return paths

@@ -1,0 +1,56 @@
+"""seqmnist benchmark: a cell of one's own, from a module outside the package, on the protocol's tasks;
+its rows, CSV, JSON and figure; its runs read again by other commands; the protocol is the presets'."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error, call_main, run_cli
+from seqmnist.benchmark import Benchmark
+from seqmnist.config import Config
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.slow
+def test_a_cell_from_a_module_is_benchmarked_and_its_runs_read_again(mnist_dir, tmp_path):
+    code = re.search(r"<!-- cell-example.*?-->\s*```python\n(.*?)```", (DOCS / "cells.md").read_text(), re.S)
+    (tmp_path / "bench_cells.py").write_text(code.group(1).replace('@register_cell("mgu")\n', ""))
+    env, out = {"PYTHONPATH": str(tmp_path), "SEQMNIST_DATA": str(mnist_dir)}, tmp_path / "out"
+    done = run_cli("benchmark", "--cell", "bench_cells:MGU", "--tasks", "rows", "--seeds", "2", "--epochs", "1",
+                   "--subset", "2000", "--out", str(out), env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "outside the protocol" in done.stdout.lower()
+    assert "**Outside the protocol**" in (out / "benchmark.md").read_text()
+    written = json.loads((out / "benchmark.json").read_text())
+    (row,) = written["rows"]
+    assert row["protocol"] == "no: --epochs 1, --subset 2000" and row["n"] == 2 and row["task"] == "rows"
+    assert row["recipe"] == "rows-lstm's" and row["parameters"] > 0 and len(row["runs"]) == 2
+    assert {"cpu", "cores", "torch"} <= set(written["machine"])
+    assert (out / "benchmark.csv").read_text().count("\n") == 2  # the header and the row
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "results.csv").exists() and (out / "results.md").exists()  # what a sweep writes
+    run = row["runs"][0]
+    evaluated = run_cli("evaluate", run, "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    exported = run_cli("export", run, "--onnx", str(tmp_path / "mgu.onnx"), env=env)
+    assert exported.returncode == 0, exported.stderr
+
+
+def test_the_protocols_recipe_is_the_presets():
+    """A built-in cell on the protocol is trained exactly as its preset trains it: rows as rows-lstm,
+    pixel and permuted as the LRU's presets (but the preset's name)."""
+    for cell, task, preset in (("lstm", "rows", "rows-lstm"), ("lru", "pixel", "pixel-lru"),
+                               ("lru", "permuted", "permuted-lru")):  # fmt: skip
+        (trial,) = Benchmark(cell, (task,), 1).trials()
+        ours = {k: v for k, v in trial.config().to_flat().items() if k != "preset"}
+        theirs = {k: v for k, v in Config.from_settings(preset, seed=1).to_flat().items() if k != "preset"}
+        assert ours == {**theirs, "state": None} if cell == "lru" else ours == theirs
+
+
+def test_bad_benchmarks_are_one_line():
+    assert_one_line_error(call_main("benchmark", "--cell", "lstm", "--tasks", "rows,nope", "--out", "x"), "--tasks")
+    assert_one_line_error(call_main("benchmark", "--cell", "lstm", "--seeds", "0", "--out", "x"), "--seeds")
+    assert_one_line_error(call_main("benchmark", "--cell", "no_module:X", "--out", "x"), "cannot import no_module")
