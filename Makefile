@@ -12,7 +12,7 @@ SHARED_SEED_MODELS := $(abspath ../shared/seed/models)
 export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
 export SEQMNIST_SEED_MODELS ?= $(if $(wildcard $(SHARED_SEED_MODELS)),$(SHARED_SEED_MODELS),)
 
-.PHONY: seed test check lint bench setup
+.PHONY: seed test check lint bench setup notebook
 
 setup: .venv/.done
 
@@ -39,3 +39,8 @@ check: lint
 
 bench: setup
 	.venv/bin/seqmnist bench
+
+# The tutorial in JupyterLab (the notebook extra), from this venv.
+notebook: setup
+	$(PY) -m pip install -q -e '.[notebook]'
+	.venv/bin/jupyter lab tutorials/seqmnist_tutorial.ipynb

@@ -41,13 +41,14 @@ def test_a_cell_from_a_module_is_benchmarked_and_its_runs_read_again(mnist_dir, 
 
 def test_the_protocols_recipe_is_the_presets():
     """A built-in cell on the protocol is trained exactly as its preset trains it: rows as rows-lstm,
-    pixel and permuted as the LRU's presets (but the preset's name)."""
+    pixel and permuted as the LRU's presets; another cell takes the recipe, not the LRU's state size."""
     for cell, task, preset in (("lstm", "rows", "rows-lstm"), ("lru", "pixel", "pixel-lru"),
                                ("lru", "permuted", "permuted-lru")):  # fmt: skip
         (trial,) = Benchmark(cell, (task,), 1).trials()
-        ours = {k: v for k, v in trial.config().to_flat().items() if k != "preset"}
-        theirs = {k: v for k, v in Config.from_settings(preset, seed=1).to_flat().items() if k != "preset"}
-        assert ours == {**theirs, "state": None} if cell == "lru" else ours == theirs
+        assert trial.config().to_flat() == Config.from_settings(preset, seed=1).to_flat()
+    (vanilla,) = Benchmark("vanilla", ("pixel",), 1).trials()
+    lru = Config.from_settings("pixel-lru", seed=1).to_flat()
+    assert vanilla.config().to_flat() == {**lru, "cell": "vanilla", "state": None}
 
 
 def test_bad_benchmarks_are_one_line():

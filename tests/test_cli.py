@@ -19,7 +19,7 @@ from conftest import assert_one_line_error, call_main, run_cli
         (["frobnicate"], ["invalid choice"]),
         (["train", "--data-dir", "/no/such/dir", "--epochs", "1"], ["/no/such/dir: not a directory"]),
         (["evaluate", "/no/such/run"], ["/no/such/run: no such run directory"]),
-        (["train", "--cell", "transformer"], ["argument --cell: invalid choice: 'transformer'"]),
+        (["train", "--cell", "transformer"], ["--cell must be one of vanilla,", "(got 'transformer'"]),
         (["train", "--task", "pixel", "--pixels-per-step", "5"], ["--pixels-per-step must divide 784 (got 5"]),
         (["train", "--task", "pixel", "--rows", "14"], ["--rows is for the rows task; the pixel task reads all"]),
         (["train", "--pixels-per-step", "16"], ["--pixels-per-step is for the pixel and permuted tasks"]),

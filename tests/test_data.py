@@ -268,3 +268,23 @@ def test_downloads_are_verified_and_bad_ones_leave_nothing(
     assert "\n" not in str(info.value)
     assert time.monotonic() - started < 3
     assert list(target.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_files_in_mnists_format_that_are_not_mnists_are_said_to_be_so(mnist_dir, tmp_path, capsys):
+    """Digits in MNIST's format but not MNIST's own (here its test labels, two swapped): the data loads,
+    and one line says the accuracies are not MNIST's; MNIST's own bytes compressed anew are MNIST's."""
+    for path in Path(mnist_dir).glob("*.gz"):
+        shutil.copy(path, tmp_path / path.name)
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes()), compresslevel=1, mtime=0))
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    swapped = bytearray(gzip.decompress(labels.read_bytes()))
+    swapped[8], swapped[9] = swapped[9], swapped[8]  # the first two labels (7, 2)
+    labels.write_bytes(gzip.compress(bytes(swapped)))
+    data = MNIST.load(tmp_path)
+    assert data.test_y[:2].tolist() == [2, 7]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "t10k-labels-idx1-ubyte.gz do not hold MNIST's own images and labels" in line
+    assert "t10k-images" not in line
+    MNIST.load(mnist_dir)
+    assert capsys.readouterr().err == ""  # the real files: not a word

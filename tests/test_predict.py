@@ -21,10 +21,12 @@ from PIL import Image, ImageDraw
 from conftest import assert_one_line_error, run_cli
 from seqmnist import predict as P
 from seqmnist.cli import main
+from seqmnist.errors import SeqmnistError
 from seqmnist.images import MAX_BYTES, ImageRejected
 from seqmnist.mnistify import stroke_width
 from seqmnist.runs import load_run
 
+DIGITS = Path(__file__).resolve().parents[1] / "docs" / "predict" / "digits"  # photographed and drawn digits
 SAMPLE = 100  # MNIST test images checked against evaluate's predictions (the docs have 1,000)
 
 
@@ -379,3 +381,25 @@ def test_four_threads_reading_one_model_get_what_one_thread_gets(quick_run, mnis
     together = read_in_threads(trained, groups, at_once=True, repeats=5)
     for one, four in zip(alone, together, strict=True):
         assert all(torch.equal(one[key], four[key]) for key in one)
+
+
+def test_the_python_api_predicts_a_file_a_pil_image_and_an_array_of_any_size(quick_run):
+    """load_run(DIR).predict: what `seqmnist predict` makes of an image, from Python; a wrong shape or
+    type is a SeqmnistError saying what is taken."""
+    trained = load_run(quick_run)
+    photo = DIGITS / "7-written-1.jpg"
+    from_file = trained.predict(photo)
+    assert from_file["label"] == 7 and from_file["probabilities"].shape == (10,)
+    assert from_file["running"].shape == (28, 10)
+    assert torch.allclose(from_file["running"][-1], from_file["probabilities"])
+    assert trained.predict(Image.open(photo))["label"] == 7 == trained.predict(str(photo))["label"]
+    big = np.zeros((200, 200), np.float32)
+    big[40:160, 90:110] = 1.0  # a thick vertical stroke: a one
+    assert trained.predict(big)["label"] == 1
+    assert trained.predict(torch.from_numpy(big * 255))["label"] == 1
+    with pytest.raises(SeqmnistError, match=r"an array \(height, width\) .* got an array of shape \(2, 3, 28, 28\)"):
+        trained.predict(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(SeqmnistError, match="got list"):
+        trained.predict([[0, 1], [1, 0]])
+    with pytest.raises(SeqmnistError, match=r"read takes MNIST's images, a tensor \(N, 28, 28\) .*got \(200, 200\)"):
+        trained.read(torch.from_numpy(big))

@@ -38,8 +38,10 @@ def test_every_setting_has_its_flag_with_the_seeds_default_in_the_help():
             assert setting.shown_default == ("yes" if default else "no")
         elif setting.shown is None:  # the default's own value
             assert type(default)(setting.shown_default) == default, name
-        if setting.valid.choices is not None:
+        if setting.valid.choices is not None and setting.valid.closed:
             assert list(action.choices) == list(setting.valid.choices)
+        elif setting.valid.choices is not None:  # listed in the help, more taken (--cell module.path:ClassName)
+            assert action.choices is None and action.metavar == "{" + ",".join(setting.valid.choices) + "}"
     assert "(default: 200)" in help_text and "(default: 12345)" in help_text and "(default: 0.01)" in help_text
 
 

@@ -1,12 +1,12 @@
 """``seqmnist benchmark``: the field's protocol for any cell, one row per task (docs/protocol.md).
 
 Every cell is run the same way, as the Long Range Arena runs every model: each task has one fixed
-recipe and budget, the built-in presets' own (rows: rows-lstm's and rows-gru's; pixel and permuted:
-pixel-lru's and permuted-lru's), so a row stands beside theirs. The 50,000/10,000 split, the
-bit-reversal permutation, the test accuracy at the best validation epoch only (the test set read once,
-at the end), n seeds as mean ± sd. A quick look may change the budget (``--epochs``, ``--subset``,
-``--hidden``, ``--layers``); its rows then say they are outside the protocol. The trials are a sweep's:
-the runner trains them (local processes or Ray) and takes up where a stopped benchmark left off.
+recipe and budget, the built-in presets' own (config.TASK_RECIPES: rows as rows-lstm and rows-gru,
+pixel and permuted as pixel-lru and permuted-lru), so a row stands beside theirs. The 50,000/10,000
+split, the bit-reversal permutation, the test accuracy at the best validation epoch only (the test set
+read once, at the end), n seeds as mean ± sd. A quick look may change the budget (``--epochs``,
+``--subset``, ``--hidden``, ``--layers``); its rows then say they are outside the protocol. The trials
+are a sweep's: the runner trains them (local processes or Ray) and takes up a stopped benchmark.
 """
 
 from __future__ import annotations
@@ -19,27 +19,22 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS
+from .compare import frontier_points, literature_points
+from .config import TASK_RECIPES
 from .errors import Log, SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_text
 from .machine import available_cpus
-from .runner import Trial
+from .plots import frontier
+from .runner import Trial, run_trials
 from .runs import Run
 from .sequence import TASKS
-from .sweep import mean_sd
+from .sweep import mean_sd, result_rows, write_results
 
-PROTOCOL_PRESETS = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
-OWN_MODEL = ("cell", "state")  # the preset's own cell's settings: not the protocol's
 QUICK_LOOK = ("epochs", "subset", "hidden", "layers")  # what may change the budget, taking a row outside
 
 
-def protocol_settings(task: str) -> dict:
-    """The task's recipe and budget: its preset's settings but its cell's own."""
-    return {k: v for k, v in PRESETS[PROTOCOL_PRESETS[task]].settings.items() if k not in OWN_MODEL}
-
-
 def check_tasks(tasks: list[str]) -> list[str]:
-    unknown = [task for task in tasks if task not in PROTOCOL_PRESETS]
+    unknown = [task for task in tasks if task not in TASK_RECIPES]
     if unknown or not tasks:
         raise SeqmnistError(f"--tasks takes a comma-separated list of {', '.join(TASKS)} (got {','.join(tasks)!r})")
     return list(dict.fromkeys(tasks))
@@ -55,11 +50,11 @@ class Benchmark:
     overrides: tuple[tuple[str, object], ...] = ()
 
     def trials(self, task: str | None = None) -> list[Trial]:
-        """Every (task, seed)'s trial (``task``'s alone where given): the task's settings, the cell, the
-        seed, the quick look's changes."""
+        """Every (task, seed)'s trial (``task``'s alone where given): the task's recipe (its preset's, but
+        the preset's own cell's settings), the cell, the seed, the quick look's changes."""
         overrides = dict(self.overrides)
         return [
-            Trial.of({**protocol_settings(t), "cell": self.cell, "seed": seed, **overrides})
+            Trial.of({"preset": TASK_RECIPES[t], "cell": self.cell, "seed": seed, **overrides})
             for t in ((task,) if task else self.tasks)
             for seed in range(1, self.seeds + 1)
         ]
@@ -88,7 +83,7 @@ def rows(benchmark: Benchmark, out: Path) -> list[dict]:
                 "cell": benchmark.cell,
                 "layers x size": f"{config.model.layers} x {config.model.hidden}",
                 "parameters": summaries[0]["parameters"],
-                "recipe": f"{PROTOCOL_PRESETS[task]}'s",
+                "recipe": f"{TASK_RECIPES[task]}'s",
                 "epochs": config.recipe.epochs,
                 "test accuracy at best validation, %": mean_sd(best, percent=True),
                 "n": len(best),
@@ -153,11 +148,6 @@ def run_benchmark(
 ) -> list[Path]:
     """Train what is not trained yet, then write the rows, what a sweep writes, and the frontier figure
     (with the runs found under ``beside``: the built-in presets' results, say)."""
-    from .compare import frontier_points, literature_points
-    from .plots import frontier
-    from .runner import run_trials
-    from .sweep import result_rows, write_results
-
     trials = benchmark.trials()
     if benchmark.outside:
         log(f"outside the protocol ({benchmark.outside}): every output says so")

@@ -97,7 +97,12 @@ def add_training_flags(train: argparse.ArgumentParser) -> None:
     """One flag per setting of seqmnist.config, by group."""
     from .config import GROUPS, PRESETS, SETTINGS
 
-    train.add_argument("--preset", choices=PRESETS, help=preset_help() + " (default: seed)")
+    train.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help=preset_help() + " (default: seed; with --cell or --task, the preset for that cell on that task, "
+        "else the task's recipe for any cell, and the first line says which)",
+    )
     groups = {group: train.add_argument_group(kind.title) for group, kind in GROUPS.items()}
     for name, setting in SETTINGS.items():
         extra = RESUME_HELP.get(name)
@@ -313,7 +318,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import NEUTRAL, Config
+    from .config import NEUTRAL, Config, preset_for
     from .data import MNIST
     from .machine import use_threads
     from .runs import new_run, open_for_resume
@@ -334,7 +339,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         neutral = {name: given[name] for name in NEUTRAL if given[name] is not None}
         run, config = open_for_resume(Path(args.resume), args.epochs, **neutral)
     else:
-        config = Config.from_settings(args.preset or "seed", **given)
+        preset, why = (args.preset, None) if args.preset else preset_for(given["cell"], given["task"])
+        config = Config.from_settings(preset, **given)
+        if why and (given["cell"] or given["task"]):
+            print(f"settings: {why}; the flags given on top")
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
         if args.preset is None and all(value is None for value in given.values()):
             print(

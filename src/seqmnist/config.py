@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from .data import TRAIN_IMAGES
 from .errors import SeqmnistError
 from .files import read_json
-from .model import INIT_ABOUT, LAST_LAYER_INITS, NORMS, ModelSpec, check_spec
+from .model import CELL_OPTIONS, INIT_ABOUT, LAST_LAYER_INITS, NORMS, ModelSpec, check_spec
 from .readouts import readout_names
 from .recipes import CLIP_MODES, OPTIMIZERS, SCHEDULES
 from .registry import cell_names, get_cell, init_names
@@ -472,12 +472,17 @@ class Config:
 
     @classmethod
     def from_settings(cls, preset: str = "seed", **overrides: object) -> Config:
-        """The preset's settings, then every override that is not None (flat names). A task other than
-        rows reads no rows, unless rows are asked for (which is then an error)."""
+        """The preset's settings, then every override that is not None (flat names). Another cell than
+        the preset's leaves the preset's cell's own settings behind (CELLS_OWN: its state size, batch
+        norm...), keeping its recipe. A task other than rows reads no rows, unless rows are asked for
+        (which is then an error)."""
         if preset not in PRESETS:
             raise SeqmnistError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
         given = {k: v for k, v in overrides.items() if v is not None}
-        settings = {**PRESETS[preset].settings, **given}
+        settings = dict(PRESETS[preset].settings)
+        if given.get("cell", settings.get("cell", "vanilla")) != settings.get("cell", "vanilla"):
+            settings = {k: v for k, v in settings.items() if k not in CELLS_OWN}
+        settings.update(given)
         if settings.get("task", "rows") != "rows" and "rows" not in given:
             settings["rows"] = None
         return cls.from_flat({"preset": preset, **settings}).validate()
@@ -550,6 +555,28 @@ def _flat_settings(data: object) -> dict | None:
 
 
 # --- presets ----------------------------------------------------------------------------------------
+
+# The settings that belong to a preset's cell rather than to its recipe: another cell leaves them behind.
+CELLS_OWN = ("init", "state", *CELL_OPTIONS)
+# Each task's recipe and budget for any cell: the protocol of `seqmnist benchmark` (docs/protocol.md), and
+# what a cell with no preset of its own for a task trains with.
+TASK_RECIPES = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
+
+
+def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:
+    """The preset a training takes where none is named, and why, in words for its start line: with no
+    cell or task named, the seed's replay; else the preset made for that cell on that task (the first
+    in PRESETS), else the task's recipe for any cell (TASK_RECIPES)."""
+    if cell is None and task is None:
+        return "seed", "no preset named: the seed's replay"
+    cell, task = cell or "vanilla", task or "rows"
+    for name, preset in PRESETS.items():
+        own = preset.settings
+        if (own.get("cell", "vanilla"), own.get("task", "rows")) == (cell, task) and "pixels_per_step" not in own:
+            return name, f"{name}'s, the preset for {cell} on the {task} task"
+    name = TASK_RECIPES[task]
+    return name, f"{name}'s recipe, the {task} task's for any cell (docs/protocol.md), with {cell}"
+
 
 
 @dataclass(frozen=True)

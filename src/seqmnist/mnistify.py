@@ -40,6 +40,26 @@ STEP_WORK = 160  # thickness is measured and mended at this size, before the fin
 # --- grayscale --------------------------------------------------------------------------------------
 
 
+def as_image(picture: object) -> Image.Image:
+    """What the Python API is handed, as a PIL image: a PIL image as it is, an array (a NumPy array or
+    a tensor) of shape (height, width) in 0..1 or 0..255, or (height, width, 3 or 4) bytes; anything
+    else is one line saying what is taken."""
+    if isinstance(picture, Image.Image):
+        return picture
+    if hasattr(picture, "detach"):  # a torch tensor
+        picture = picture.detach().cpu().numpy()
+    array = np.asarray(picture) if isinstance(picture, np.ndarray) else None
+    taken = "a path, a PIL image, or an array (height, width) or (height, width, 3 or 4)"
+    if array is None or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise ImageRejected(f"an image must be {taken}; got {type(picture).__name__}")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    if array.ndim != 2:
+        raise ImageRejected(f"an image must be {taken}; got an array of shape {tuple(array.shape)}")
+    gray = array.astype(np.float32)
+    return Image.fromarray(gray / 255.0 if gray.max() > 1 else gray, mode="F")
+
+
 def to_gray(image: Image.Image) -> np.ndarray:
     """Gray levels in 0..1, (height, width) float32, at most WORK_SIDE on a side."""
     if image.getexif().get(0x0112, 1) != 1:  # a photo taken sideways

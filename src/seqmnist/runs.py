@@ -27,7 +27,9 @@ import torch
 from .config import Config
 from .errors import SeqmnistError
 from .files import check_tensors, read_json, read_tensors, save_tensors, write_csv, write_json
+from .images import decode_image, read_image_file
 from .measures import measure_columns
+from .mnistify import as_image, mnist_like, to_gray
 from .model import SequenceClassifier, build_model
 from .sequence import PIXELS, Sequencer
 
@@ -311,11 +313,27 @@ class TrainedModel:
     model: SequenceClassifier
     sequencer: Sequencer
 
+    def predict(self, image: str | Path | object) -> dict:
+        """What the model makes of one image of a digit, as ``seqmnist predict`` reads it: a file's path,
+        a PIL image or an array of any size (see mnistify.as_image), made to look like MNIST first. The
+        label, the probabilities (10,) and the belief after every step (steps, 10)."""
+        if isinstance(image, (str, Path)):
+            image = decode_image(read_image_file(Path(image)))
+        pixels = mnist_like(to_gray(as_image(image)))
+        out = self.read(torch.from_numpy(pixels)[None])
+        probabilities, running = out["probabilities"][0], out["running"][:, 0]
+        return {"label": int(out["labels"][0]), "probabilities": probabilities, "running": running}
+
     @torch.no_grad()
     def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the model makes of uint8 images (N, 28, 28), MNIST's format: per-step logits and
         softmaxes (steps, N, 10), the readout's probabilities had the sequence ended after each step
-        (steps, N, 10), and the final probabilities and labels (N, 10), (N,)."""
+        (steps, N, 10), and the final probabilities and labels (N, 10), (N,). Any other picture:
+        :meth:`predict`."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise SeqmnistError(f"read takes MNIST's images, a tensor (N, 28, 28) of bytes (got {shape}); "
+                                "any other picture of a digit: predict")
         x = self.sequencer.encode(images.to(torch.uint8))
         logits = self.model.logits(x).double()  # the readout in float64, as evaluation's (evaluation.predicted_digits)
         running = self.model.readout.running(logits)
