@@ -30,7 +30,7 @@ from .runs import Run
 from .sequence import TASKS
 from .sweep import mean_sd, result_rows, write_results
 
-QUICK_LOOK = ("epochs", "subset", "hidden", "layers")  # what may change the budget, taking a row outside
+SIZE_GROUPS = ((10_000, "10k"), (100_000, "100k"), (1_000_000, "1M"))
 
 
 def check_tasks(tasks: list[str]) -> list[str]:
@@ -83,6 +83,7 @@ def rows(benchmark: Benchmark, out: Path) -> list[dict]:
                 "cell": benchmark.cell,
                 "layers x size": f"{config.model.layers} x {config.model.hidden}",
                 "parameters": summaries[0]["parameters"],
+                "size group": size_group(summaries[0]["parameters"]),
                 "recipe": f"{TASK_RECIPES[task]}'s",
                 "epochs": config.recipe.epochs,
                 "test accuracy at best validation, %": mean_sd(best, percent=True),
@@ -95,6 +96,11 @@ def rows(benchmark: Benchmark, out: Path) -> list[dict]:
             }
         )
     return found
+
+
+def size_group(parameters: int) -> str:
+    """STREAM's groups by parameter count, which rows are compared within."""
+    return next((f"< {words}" for bound, words in SIZE_GROUPS if parameters < bound), "1M or more")
 
 
 def machine() -> dict:
@@ -118,15 +124,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-TABLE = ("task", "cell", "layers x size", "parameters", "recipe", "epochs", "test accuracy at best validation, %",
-         "n", "minutes", "protocol", "command")  # fmt: skip
+TABLE = ("task", "cell", "layers x size", "parameters", "size group", "recipe", "epochs",
+         "test accuracy at best validation, %", "n", "minutes", "protocol", "command")  # fmt: skip
 
 
 def write_outputs(found: list[dict], out: Path, log: Log = print) -> list[Path]:
     """benchmark.md, benchmark.csv and benchmark.json in ``out``; the Markdown table is logged too."""
     described = machine()
     where = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
-    table = markdown_table(TABLE, [[row[k] for k in TABLE] for row in found], "lllrlrrrrll")
+    table = markdown_table(TABLE, [[row[k] for k in TABLE] for row in found], "lllrllrrrrll")
     outside = [row for row in found if row["protocol"] != "yes"]
     warning = (
         "\n\n**Outside the protocol** (its budget was changed): not comparable with the protocol's rows or the "

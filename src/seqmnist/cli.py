@@ -131,7 +131,7 @@ BENCH_HELP = {
 
 
 def build_parser() -> Parser:
-    from .config import PRESETS
+    from .config import PRESETS, QUICK_LOOK
 
     parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
@@ -202,7 +202,7 @@ def build_parser() -> Parser:
         help="runs to draw beside yours in frontier.png (e.g. docs/results, the presets' evidence)",
     )
     quick = benchmark.add_argument_group("a quick look (its rows are then outside the protocol)")
-    for name in ("epochs", "subset", "hidden", "layers"):
+    for name in QUICK_LOOK:
         add_setting_flag(quick, name)
     benchmark.add_argument("--jobs", type=int, default=1, help="local processes training trials at once (1)")
     add_cluster_flags(benchmark)
@@ -455,12 +455,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import Benchmark, check_tasks, run_benchmark
+    from .config import QUICK_LOOK
     from .data import MNIST
 
     tasks = check_tasks(args.tasks.split(","))
     if args.seeds < 1:
         raise SeqmnistError(f"--seeds must be an integer >= 1 (got {args.seeds})")
-    overrides = tuple((k, getattr(args, k)) for k in ("epochs", "subset", "hidden", "layers") if getattr(args, k))
+    overrides = tuple((k, getattr(args, k)) for k in QUICK_LOOK if getattr(args, k))
     benchmark = Benchmark(args.cell, tuple(tasks), args.seeds, overrides)
     for trial in benchmark.trials():
         trial.config()  # the cell, and every setting it takes, checked before any data loads

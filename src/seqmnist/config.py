@@ -561,6 +561,7 @@ CELLS_OWN = ("init", "state", *CELL_OPTIONS)
 # Each task's recipe and budget for any cell: the protocol of `seqmnist benchmark` (docs/protocol.md), and
 # what a cell with no preset of its own for a task trains with.
 TASK_RECIPES = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
+QUICK_LOOK = ("epochs", "subset", "hidden", "layers")  # what may change the protocol's budget, taking a row outside
 
 
 def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:
