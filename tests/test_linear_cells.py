@@ -284,8 +284,8 @@ def test_on_the_pixel_task_the_recurrent_mode_predicts_as_the_parallel_form(cell
 def test_a_tiny_model_trains_evaluates_predicts_and_plots_on_the_pixel_task(cell, mnist, mnist_dir, tmp_path):
     """predict's trace and the row-by-row figures read every step's logits from the parallel form."""
     out = tmp_path / "run"
-    trained = call_main("train", "--task", "pixel", "--cell", cell, "--hidden", "8", "--state", "4",
-                        "--readout", "mean-logits", "--optimizer", "adam", "--lr", "0.01", "--epochs", "1",
+    trained = call_main("train", "--task", "pixel", "--cell", cell, "--hidden", "8", "--state", "4", "--layers", "1",
+                        "--no-bias", "--readout", "mean-logits", "--optimizer", "adam", "--lr", "0.01", "--epochs", "1",
                         "--subset", "200", "--no-eval-train", "--out", out, "--data-dir", mnist_dir)  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert f"{cell} 8 (no bias, state 4)" in trained.stdout

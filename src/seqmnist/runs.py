@@ -27,9 +27,7 @@ import torch
 from .config import Config
 from .errors import SeqmnistError
 from .files import check_tensors, read_json, read_tensors, save_tensors, write_csv, write_json
-from .images import decode_image, read_image_file
 from .measures import measure_columns
-from .mnistify import as_image, mnist_like, to_gray
 from .model import SequenceClassifier, build_model
 from .sequence import PIXELS, Sequencer
 
@@ -317,6 +315,10 @@ class TrainedModel:
         """What the model makes of one image of a digit, as ``seqmnist predict`` reads it: a file's path,
         a PIL image or an array of any size (see mnistify.as_image), made to look like MNIST first. The
         label, the probabilities (10,) and the belief after every step (steps, 10)."""
+        # Imported here: PIL is for pictures alone, and a process that only trains keeps its heap as it was.
+        from .images import decode_image, read_image_file
+        from .mnistify import as_image, mnist_like, to_gray
+
         if isinstance(image, (str, Path)):
             image = decode_image(read_image_file(Path(image)))
         pixels = mnist_like(to_gray(as_image(image)))
