@@ -198,11 +198,13 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 def test_a_training_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     """Twenty 40 MB tensors one after another: by default each is a fresh mapping, ~10,000 page faults
-    apiece; after keep_freed_memory (what train does on the CPU) the heap serves the same block again."""
+    apiece; after keep_freed_memory (what train does on the CPU) the heap serves the same block again,
+    faulted in once or twice as the heap happens to lie (19,500-19,620 faults measured: a bound of a
+    tenth of the default's 196,000 is on that edge)."""
     counts = {}
     for mode in ("default", "keep"):
         result = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
         kept, faults = result.stdout.split()
         counts[mode] = (kept, int(faults))
     assert counts["default"][0] == "None" and counts["default"][1] > 20 * 5_000
-    assert counts["keep"][0] == "True" and counts["keep"][1] < counts["default"][1] / 10
+    assert counts["keep"][0] == "True" and counts["keep"][1] < counts["default"][1] / 5
