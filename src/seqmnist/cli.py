@@ -131,7 +131,7 @@ BENCH_HELP = {
 
 
 def build_parser() -> Parser:
-    from .config import PRESETS, QUICK_LOOK
+    from .config import PRESETS, QUICK_LOOK, SETTINGS
 
     parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
@@ -203,7 +203,7 @@ def build_parser() -> Parser:
     )
     quick = benchmark.add_argument_group("a quick look (its rows are then outside the protocol)")
     for name in QUICK_LOOK:
-        add_setting_flag(quick, name)
+        add_setting_flag(quick, name, f"{SETTINGS[name].about} (default: the protocol's, per task)")
     benchmark.add_argument("--jobs", type=int, default=1, help="local processes training trials at once (1)")
     add_cluster_flags(benchmark)
     add_data_flag(benchmark)
