@@ -244,3 +244,15 @@ def test_golden_seed_run(mnist, tmp_path, one_thread):
     assert (row["train_acc_as_seed"], row["val_acc_as_seed"]) == as_seed
     assert summary["test_acc"] == test_acc
     assert hashlib.sha256((tmp_path / "g" / "model.safetensors").read_bytes()).hexdigest() == digest
+
+
+def test_a_quick_look_reads_part_of_validation_and_test_and_says_so(mnist, tmp_path):
+    """--eval-images N: validation and test read their first N images, and every line that reports
+    accuracies says they do not compare with a full run's."""
+    lines = []
+    config = Config.from_settings("quick", subset=500, epochs=1, eval_images=300, hidden=16)
+    summary = train(config, mnist, new_run(tmp_path / "run"), log=lines.append)
+    assert sum(map(sum, summary["confusion_matrix"])) == 300
+    caveat = "validation and test on their first 300 images: not comparable with a full run"
+    assert caveat in lines[0] and caveat in lines[-1]
+    assert Config.from_settings("quick").not_comparable == ""

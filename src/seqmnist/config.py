@@ -399,6 +399,15 @@ class RunSettings(Group):
     eval_train: bool = setting(
         True, BOOLEAN, "measure accuracy on the whole training set too (a forward pass over 50,000)"
     )
+    eval_images: int | None = setting(
+        None,
+        integer(1, 10_000),
+        "validation and test read only their first N images: a quick look (with --subset), whose accuracies "
+        "are then not comparable with a full run's",
+        "all 10000 each",
+        metavar="N",
+        added=True,
+    )
     tensorboard: str | None = setting(
         None,
         FOLDER,
@@ -466,7 +475,15 @@ class Config:
         return (
             f"{self.task.sequencer().describe()}; {m.cell} {m.hidden} ({', '.join(e for e in extras if e)}), "
             f"{self.model_spec().init_scheme} init, {m.readout}; {recipe}, batch {r.batch_size}, {r.epochs} epochs"
+            + (f"; {self.not_comparable}" if self.not_comparable else "")
         )
+
+    @property
+    def not_comparable(self) -> str:
+        """Why this run's accuracies do not compare with a full run's, in words; empty where they do."""
+        if self.run.eval_images is None:
+            return ""
+        return f"validation and test on their first {self.run.eval_images:,} images: not comparable with a full run"
 
     # --- making one, and its flat and nested forms -----------------------------------------------
 
@@ -561,7 +578,7 @@ CELLS_OWN = ("init", "state", *CELL_OPTIONS)
 # Each task's recipe and budget for any cell: the protocol of `seqmnist benchmark` (docs/protocol.md), and
 # what a cell with no preset of its own for a task trains with.
 TASK_RECIPES = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
-QUICK_LOOK = ("epochs", "subset", "hidden", "layers")  # what may change the protocol's budget, taking a row outside
+QUICK_LOOK = ("epochs", "subset", "eval_images", "hidden", "layers")  # changes to the protocol's budget: rows outside
 
 
 def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:

@@ -216,9 +216,12 @@ class MNIST:
         tensors = [t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)]
         return MNIST(*tensors, self.source)
 
-    def subset(self, n: int) -> MNIST:
-        """Keep only the first ``n`` training images (for quick runs); validation and test stay whole."""
-        return MNIST(self.train_x[:n], self.train_y[:n], self.val_x, self.val_y, self.test_x, self.test_y, self.source)
+    def subset(self, n: int | None, evaluated: int | None = None) -> MNIST:
+        """Only the first ``n`` training images (None: all), and of validation and test the first
+        ``evaluated`` (None: all): a quick look."""
+        train, held = slice(n), slice(evaluated)
+        sets = (self.train_x[train], self.train_y[train], self.val_x[held], self.val_y[held])
+        return MNIST(*sets, self.test_x[held], self.test_y[held], self.source)
 
 
 def _labels(a: np.ndarray) -> torch.Tensor:

@@ -219,7 +219,7 @@ class Trainer:
         if resume and run.checkpoint.exists():
             state = run.load_checkpoint(model, optimizer)
             log(f"resuming {run.dir} at epoch {state.position.epoch}, batch {state.position.batch}")
-        data = (data.subset(config.recipe.subset) if config.recipe.subset else data).to(device)
+        data = data.subset(config.recipe.subset, config.run.eval_images).to(device)
         sequencer = run.sequencer(config)
         order = sequencer.order_tensor()
         sets = {name: (sequencer.encode(x, order), y) for name, x, y in data.labelled_sets()}
@@ -383,7 +383,8 @@ class Trainer:
             listener.finished(summary)
         measured = "".join(f", {words}" for words in measured_words(summary))
         best = f"; best validation at epoch {state.best_epoch}" if "best" in summary else ""
-        self.log(f"test accuracy {summary['test_acc']:.4f}{measured}{best} ({run.dir})")
+        caveat = f"; {config.not_comparable}" if config.not_comparable else ""
+        self.log(f"test accuracy {summary['test_acc']:.4f}{measured}{best}{caveat} ({run.dir})")
         return summary
 
 
