@@ -11,7 +11,6 @@ are a sweep's: the runner trains them (local processes or Ray) and takes up a st
 
 from __future__ import annotations
 
-import json
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ import torch
 
 from .compare import frontier_points, literature_points
 from .config import TASK_RECIPES
+from .data import MNIST
 from .errors import Log, SeqmnistError
-from .files import markdown_table, read_json, write_csv, write_text
+from .files import markdown_table, read_json, write_csv, write_json, write_text
 from .machine import available_cpus
 from .plots import frontier
-from .runner import Trial, run_trials
+from .runner import Cluster, Trial, run_trials
 from .runs import Run
 from .sequence import TASKS
 from .sweep import mean_sd, result_rows, write_results
@@ -143,14 +143,14 @@ def write_outputs(found: list[dict], out: Path, log: Log = print) -> list[Path]:
     text = f"# seqmnist benchmark\n\nMeasured on {where} (docs/protocol.md says how).\n\n{table}\n{warning}"
     write_text(out / "benchmark.md", text)
     write_csv(out / "benchmark.csv", [{k: row[k] for k in TABLE} for row in found])
-    write_text(out / "benchmark.json", json.dumps({"machine": described, "rows": found}, indent=2) + "\n")
+    write_json(out / "benchmark.json", {"machine": described, "rows": found})
     log(table + warning.rstrip())
     log(f"measured on {where}")
     return [out / "benchmark.md", out / "benchmark.csv", out / "benchmark.json"]
 
 
 def run_benchmark(
-    benchmark: Benchmark, out: Path, data, cluster, beside: Sequence[Path] = (), log: Log = print
+    benchmark: Benchmark, out: Path, data: MNIST, cluster: Cluster, beside: Sequence[Path] = (), log: Log = print
 ) -> list[Path]:
     """Train what is not trained yet, then write the rows, what a sweep writes, and the frontier figure
     (with the runs found under ``beside``: the built-in presets' results, say)."""
