@@ -455,6 +455,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import Benchmark, check_tasks, run_benchmark
+    from .compare import find_run_dirs
     from .config import QUICK_LOOK
     from .data import MNIST
 
@@ -465,6 +466,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     benchmark = Benchmark(args.cell, tuple(tasks), args.seeds, overrides)
     for trial in benchmark.trials():
         trial.config()  # the cell, and every setting it takes, checked before any data loads
+    for path in args.beside:  # a wrong folder is said before hours of training, not after
+        find_run_dirs(Path(path))
     cluster = cluster_of(args)
     cluster.check()
     run_benchmark(benchmark, Path(args.out), MNIST.load(args.data_dir), cluster, [Path(p) for p in args.beside])
