@@ -8,6 +8,8 @@ beside the papers' figures.
 
     python scripts/results_table.py results/rows results/pixel16 results/pixel results/permuted [--tried RUN...]
 
+A run directory among them (the seed's replay, docs/reproduction/runs/rows-28) is one row, read where it is.
+
 A sweep whose own directory is gone is read from its evidence: pass docs/results/NAME instead.
 """
 
@@ -15,11 +17,12 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import seqmnist
-from seqmnist.config import IDENTITY, SETTINGS, Config
-from seqmnist.files import markdown_table
+from seqmnist.config import IDENTITY, MEASURED, PRESETS, SETTINGS, Config
+from seqmnist.files import markdown_table, write_csv
 from seqmnist.sweep import mean_sd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -36,7 +39,7 @@ def copy_evidence(sweep: Path) -> Path:
     """docs/results/NAME/: the sweep's tables and each run's small files (nothing to copy where the sweep
     is already docs/results/NAME: the page rebuilt from the evidence alone)."""
     target = DOCS / "results" / sweep.name
-    if sweep.resolve() == target.resolve():
+    if sweep.resolve() == target.resolve() or (sweep / "config.json").exists():
         return target
     target.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "results.md"):
@@ -57,6 +60,9 @@ def keep(run: Path, target: Path) -> None:
 
 
 def rows_of(sweep: Path) -> list[dict]:
+    if (sweep / "config.json").exists():  # one run where its evidence lives (the seed's replay, K = 28)
+        config, summary = Config.from_file(sweep / "config.json"), json.loads((sweep / "summary.json").read_text())
+        return [describe([{"config": config, "summary": summary}])]
     with open(sweep / "results.csv") as f:
         trials = list(csv.DictReader(f))
     groups: dict[str, list[dict]] = {}
@@ -73,9 +79,11 @@ def rows_of(sweep: Path) -> list[dict]:
 
 def command(config: Config) -> str:
     """The command that trains this run today: its preset, and a flag for each setting the preset has
-    changed since (an earlier preset's runs stay reproducible)."""
-    then, now = config.to_flat(), Config.from_settings(config.preset, seed=config.recipe.seed).to_flat()
-    flags = ["--preset", config.preset]
+    changed since (an earlier preset's runs stay reproducible; a preset since removed is written as the
+    seed's settings and flags)."""
+    preset = config.preset if config.preset in PRESETS else "seed"
+    then, now = config.to_flat(), Config.from_settings(preset, seed=config.recipe.seed).to_flat()
+    flags = ["--preset", preset]
     for name in (n for n in then if n in IDENTITY and n not in ("preset", "seed")):
         value = then[name]
         if now[name] == value:
@@ -115,6 +123,8 @@ def describe(members: list[dict]) -> dict:
         "best": best,
         "final": final,
         "minutes": ", ".join(minutes),
+        "first_minutes": members[0]["summary"]["minutes"],
+        "machine": machine_of(members[0]["summary"]),
         "seeds": [m["config"].recipe.seed for m in members],
         "command": command(config),
     }
@@ -124,6 +134,36 @@ def minutes_of(summary: dict) -> str:
     """A run's minutes, marked * where it trained on one thread (two trials side by side, --jobs 2)."""
     one_thread = all(session["threads"] == 1 for session in summary["sessions"])
     return f"{summary['minutes']:.1f}" + ("*" if one_thread else "")
+
+
+def machine_of(summary: dict) -> str:
+    """Where a run's minutes were measured: its processor, when the run recorded it, and its threads."""
+    session = summary["sessions"][0]
+    if session.get("cpu"):
+        cpu = session["cpu"]
+    elif session.get("cpu_capability"):
+        cpu = f"a CPU with {session['cpu_capability']} (model not recorded)"
+    else:
+        cpu = "a CPU (not recorded)"
+    threads = session["threads"]
+    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def measured(rows: list[dict]) -> list[dict]:
+    """The package's reference/measured.csv: each preset's result and first seed's minutes, which
+    `seqmnist presets` and the README show."""
+    return [
+        {
+            "preset": r["preset"],
+            "runs": len(r["best"]),
+            "test_acc": f"{100 * statistics.mean(r['best']):.2f}",
+            "sd": f"{100 * statistics.stdev(r['best']):.2f}" if len(r["best"]) > 1 else "",
+            "minutes": f"{r['first_minutes']:.1f}",
+            "measured_on": r["machine"],
+        }
+        for r in rows
+        if r["command"] == f"seqmnist train --preset {r['preset']}"  # the preset as it is today
+    ]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -191,6 +231,7 @@ def main() -> None:
     text = text.replace("{{OURS}}", markdown(rows)).replace("{{LITERATURE}}", literature())
     text = text.replace("{{TRIED}}", tried(args.tried))
     args.out.write_text(text)
+    write_csv(MEASURED, measured(rows))
     print(f"{args.out}: {len(rows)} rows")
 
 

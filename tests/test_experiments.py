@@ -130,6 +130,7 @@ def test_plot_a_single_run(quick, mnist_dir):
     paths = result.stdout.split()
     assert {p.rsplit("/", 1)[1] for p in paths} == {
         "epoch_curves.png",
+        "recurrence.png",
         "weights.png",
         "confusion.png",
         "row_by_row.png",

@@ -75,7 +75,8 @@ def test_plot_says_a_run_without_history_has_none(quick, tmp_path):
     shutil.copytree(quick, imported, ignore=shutil.ignore_patterns("metrics.csv", "figures"))
     result = call_main("plot", imported)
     assert result.returncode == 0, result.stderr
-    assert [Path(p).name for p in result.stdout.split()] == ["weights.png", "confusion.png", "row_by_row.png"]
+    names = [Path(p).name for p in result.stdout.split()]
+    assert names == ["recurrence.png", "weights.png", "confusion.png", "row_by_row.png"]
     assert result.stderr == (
         f"seqmnist: note: {imported} has no training history (no metrics.csv: an imported model?), "
         "so no epoch_curves.png\n"

@@ -202,8 +202,11 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_
 
 @pytest.mark.slow
 def test_help_version_and_module(tmp_path):
+    overview = call_main("--help").stdout
+    assert "examples:\n  seqmnist train --preset quick" in overview and "seqmnist predict runs/first" in overview
     help_text = call_main("train", "--help").stdout
-    assert "{seed,quick" in help_text and "quick: a first look" in help_text
+    everyday = help_text[help_text.index("everyday flags") : help_text.index("the task (how")]
+    assert all(flag in everyday for flag in ("--preset NAME", "--cell", "--task", "--epochs", "--out", "--resume"))
     assert "{" + ",".join(cell_names()) + "}" in help_text and "{rows,pixel,permuted}" in help_text
     assert "RUN_DIR         a run directory (from train" in call_main("evaluate", "--help").stdout
     version = run_cli("--version")

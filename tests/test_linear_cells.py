@@ -4,20 +4,22 @@ they run through the same commands as every cell."""
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from conftest import assert_one_line_error, call_main
-from seqmnist import kernels, native
+from seqmnist import kernels, load_run, native
 from seqmnist.cells import LRU, S4D
 from seqmnist.cells.linear import log_depth_scan
-from seqmnist.config import RecipeSettings
+from seqmnist.config import Config, RecipeSettings
 from seqmnist.kernels import complex_scan
 from seqmnist.model import Draws, ModelSpec, build_model
 from seqmnist.readouts import get_readout
 from seqmnist.recipes import make_optimizer, recurrent_names
 from seqmnist.sequence import Sequencer
+from seqmnist.train import initial_model
 
 CELLS = ("lru", "s4d")
 needs_engine = pytest.mark.skipif(native.native_loops() is None, reason="engine.cpp did not build")
@@ -207,8 +209,9 @@ def test_weights_are_drawn_from_the_generator(cell):
     for (name, a), b in zip(one.named_parameters(), two.parameters(), strict=True):
         assert torch.equal(a, b), name
     assert not all(torch.equal(a, c) for a, c in zip(one.parameters(), other.parameters(), strict=True))
-    U, decays, V = one.first_layer_weights()
-    assert U.shape == (3, 8) and V.shape == (8, 10) and 0 < decays.min() <= decays.max() < 1
+    poles = one.recurrence_eigenvalues()
+    assert len(poles) == one.spec.layers and all(0 < abs(p).min() <= abs(p).max() < 1 for p in poles)
+    assert all(np.iscomplexobj(p) and np.abs(p.imag).max() > 0 for p in poles)  # oscillating states
 
 
 def test_the_lrus_eigenvalues_start_on_the_papers_ring():
@@ -296,4 +299,8 @@ def test_a_tiny_model_trains_evaluates_predicts_and_plots_on_the_pixel_task(cell
     assert json.loads(predicted.stdout.splitlines()[0])["label"] in range(10)
     plotted = call_main("plot", out, "--data-dir", mnist_dir)
     assert plotted.returncode == 0, plotted.stderr
-    assert {"weights.png", "epoch_curves.png"} <= {p.name for p in (out / "figures").iterdir()}
+    drawn = {p.name for p in (out / "figures").iterdir()}
+    assert {"recurrence.png", "epoch_curves.png"} <= drawn and "weights.png" not in drawn  # no 1-pixel strips
+    start, end = (model.recurrence_eigenvalues() for model in (initial_model(Config.from_file(out / "config.json"))[0],
+                                                                 load_run(out).model))  # fmt: skip
+    assert len(start) == len(end) == 1 and not np.allclose(start[0], end[0])  # the figure's two sets: they moved

@@ -11,7 +11,6 @@ are a sweep's: the runner trains them (local processes or Ray) and takes up a st
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from .config import TASK_RECIPES
 from .data import MNIST
 from .errors import Log, SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_json, write_text
-from .machine import available_cpus
+from .machine import available_cpus, cpu_model
 from .plots import frontier
 from .runner import Cluster, Trial, run_trials
 from .runs import Run
@@ -106,22 +105,12 @@ def size_group(parameters: int) -> str:
 def machine() -> dict:
     """The machine the minutes were measured on."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": available_cpus(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 TABLE = ("task", "cell", "layers x size", "parameters", "size group", "recipe", "epochs",

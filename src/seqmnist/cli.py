@@ -61,13 +61,6 @@ def add_seed_models_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def preset_help() -> str:
-    from .config import PRESETS
-
-    presets = "; ".join(f"{n}: {p.about}" for n, p in PRESETS.items())
-    return "named settings that other flags override: " + presets.replace("%", "%%")
-
-
 # What the train command adds to a setting's help: how --resume uses it.
 RESUME_HELP = {
     "epochs": "with --resume: train the run on to this many epochs (see --resume for the learning rate)",
@@ -93,20 +86,46 @@ def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | 
     parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=metavar, help=text)
 
 
+def train_help(name: str) -> str:
+    """A setting's help, with what it does with --resume where it does something."""
+    from .config import SETTINGS
+
+    extra = RESUME_HELP.get(name)
+    return f"{SETTINGS[name].help}; {extra}" if extra else SETTINGS[name].help
+
+
+# The train flags a person reaches for every day, shown first; the rest follow by group.
+EVERYDAY = ("cell", "task", "epochs", "subset")
+
+
 def add_training_flags(train: argparse.ArgumentParser) -> None:
-    """One flag per setting of seqmnist.config, by group."""
+    """The everyday flags, then one flag per other setting of seqmnist.config, by group."""
     from .config import GROUPS, PRESETS, SETTINGS
 
-    train.add_argument(
+    everyday = train.add_argument_group("everyday flags (every other setting follows, by group)")
+    everyday.add_argument(
         "--preset",
         choices=PRESETS,
-        help=preset_help() + " (default: seed; with --cell or --task, the preset for that cell on that task, "
-        "else the task's recipe for any cell, and the first line says which)",
+        metavar="NAME",
+        help="named settings that other flags override; `seqmnist presets` lists them with their results "
+        "(default: seed, the 2016 replay; with --cell or --task, the preset for that cell on that task, else "
+        "the task's recipe for any cell, and the first line says which)",
     )
+    for name in EVERYDAY:
+        add_setting_flag(everyday, name, train_help(name))
+    everyday.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
+    everyday.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run with its saved settings; with --epochs N, extend a finished run to N epochs: the "
+        "learning rate is what a run planned for N epochs has at each step (constant and step schedules go on "
+        "as they were, a cosine is stretched to end at epoch N, so its rate rises again; no second warm-up)",
+    )
+    add_data_flag(everyday)
     groups = {group: train.add_argument_group(kind.title) for group, kind in GROUPS.items()}
     for name, setting in SETTINGS.items():
-        extra = RESUME_HELP.get(name)
-        add_setting_flag(groups[setting.group], name, f"{setting.help}; {extra}" if extra else None)
+        if name not in EVERYDAY:
+            add_setting_flag(groups[setting.group], name, train_help(name))
     groups["run"].add_argument(
         "--threads", type=int, help="CPU threads (default: every CPU this process may use); not a setting of the run"
     )
@@ -130,24 +149,29 @@ BENCH_HELP = {
 }
 
 
+EXAMPLES = """examples:
+  seqmnist train --preset quick --out runs/first   a first look, trained on all of MNIST
+  seqmnist predict runs/first my-digit.png         what it makes of your own digit, row by row
+  seqmnist train --cell gru --task rows            any cell on any task, with the settings that suit it
+
+`seqmnist presets` lists the named settings with their accuracy; `seqmnist COMMAND --help` says more."""
+
+
 def build_parser() -> Parser:
     from .config import PRESETS, QUICK_LOOK, SETTINGS
 
-    parser = Parser(prog="seqmnist", description="Classify MNIST digits with a recurrent network that reads rows.")
+    parser = Parser(
+        prog="seqmnist",
+        description="Classify MNIST digits with a recurrent network that reads them as a sequence.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('seqmnist')}")
     commands = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")  # none: the help
 
     train = commands.add_parser("train", help="train a model (the seed's recipe by default)")
     add_training_flags(train)
-    train.add_argument("--out", metavar="RUN_DIR", help="where the run's files go (default: runs/<preset>-<time>)")
-    train.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a run with its saved settings; with --epochs N, extend a finished run to N epochs: the "
-        "learning rate is what a run planned for N epochs has at each step (constant and step schedules go on "
-        "as they were, a cosine is stretched to end at epoch N, so its rate rises again; no second warm-up)",
-    )
-    add_data_flag(train)
+    commands.add_parser("presets", help="the named settings: what each is, its accuracy and minutes measured")
 
     evaluate = commands.add_parser("evaluate", help="test accuracy and confusion matrix of a trained run")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from train or import-theano)")
@@ -350,6 +374,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "for a first look: seqmnist train --preset quick (2 epochs)"
             )
     train(config, MNIST.load(args.data_dir), run, resume=bool(args.resume))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS, measured_presets
+    from .files import markdown_table
+
+    measured, machines = measured_presets(), {}
+    rows = []
+    for name, preset in PRESETS.items():
+        row = measured.get(name)
+        if row is None:
+            rows.append([name, preset.about, "not measured", "-"])
+            continue
+        spread = f" ± {row['sd']}" if row["sd"] else ""
+        runs = f"{row['runs']} seed{'s' if row['runs'] != '1' else ''}"
+        rows.append([name, preset.about, f"{row['test_acc']}{spread}% ({runs})", row["minutes"]])
+        machines.setdefault(row["measured_on"], []).append(name)
+    print(markdown_table(["preset", "what", "test accuracy", "minutes"], rows, "llrr", padded=True))
+    print("\nTest accuracy at the best validation epoch, mean ± sd over seeds; minutes of the first seed's run.")
+    for machine, names in machines.items():
+        print(f"Measured on {machine}: {', '.join(names)}.")
+    print("Each preset's evidence, curves and command: docs/results.md.")
     return 0
 
 
@@ -595,6 +642,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "presets": cmd_presets,
     "evaluate": cmd_evaluate,
     "import-theano": cmd_import_theano,
     "reproduce": cmd_reproduce,

@@ -78,12 +78,12 @@ def draw_figures(out: Path, results: dict[int, dict]) -> dict[str, Path]:
         ),
         "sweep": plots.rows_sweep(results, figures / "rows_sweep.png", seed=seed_sweep()),
         "confusion": plots.confusion_grid(
-            {k: np.array(results[k]["confusion_matrix"]) for k in CONFUSION_ROWS},
+            {f"{k} rows read": np.array(results[k]["confusion_matrix"]) for k in CONFUSION_ROWS},
             figures / "confusion_ours.png",
             title="Ours: confusion matrices on the MNIST test set",
         ),
         "confusion_seed": plots.confusion_grid(
-            {k: seed_confusion(k) for k in CONFUSION_ROWS},
+            {f"{k} rows read": seed_confusion(k) for k in CONFUSION_ROWS},
             figures / "confusion_seed.png",
             title="Seed (2016): confusion matrices on the MNIST test set",
         ),

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -83,6 +84,17 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt and mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def cpu_model() -> str:
+    """The processor's name, as a person would say which machine a number came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def multiply_fingerprint() -> str:

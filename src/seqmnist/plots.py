@@ -21,6 +21,7 @@ import torch
 from matplotlib.image import AxesImage
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from .config import Config
 from .data import MNIST
 from .errors import Log
 from .evaluation import step_logits
@@ -28,8 +29,12 @@ from .files import atomic_path, read_json
 from .measures import measures_for
 from .readouts import get_readout
 from .runs import Run
+from .train import initial_model
 
 SEED_STYLE = {"linestyle": "--", "alpha": 0.8}
+START_STYLE = {"color": "tab:gray", "alpha": 0.6, "label": "start of training"}
+END_STYLE = {"color": "tab:blue", "label": "end of training"}
+READABLE_INPUTS = 8  # fewer inputs a step (pixel tasks): the input weights are a strip, not a picture
 LOGIT_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
@@ -88,8 +93,10 @@ def epoch_figure(ours: Sequence[Mapping], seed: Sequence[Mapping] | None = None,
     for ax in axes[1:]:
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize=8)
-    axes[-1].set(xlabel="epoch")
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = [int(r["epoch"]) for r in ours]
+    last = max(epochs, default=1)
+    axes[-1].set(xlabel="epoch", xlim=(0.5, last + 0.5))  # one epoch: a point, not a zoom into it
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     fig.suptitle(textwrap.fill(title or "Accuracy vs epoch", 80), fontsize=10)
     fig.tight_layout()
     return fig
@@ -145,8 +152,9 @@ def validation_curves(runs: Mapping[str, Sequence[Mapping]], path: Path, title: 
     return _save(fig, path)
 
 
-def confusion_grid(matrices: Mapping[int, np.ndarray], path: Path, title: str = "") -> Path:
-    """Test-set confusion matrices, one panel per number of rows read, as on the seed's slides."""
+def confusion_grid(matrices: Mapping[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """Test-set confusion matrices, one panel each (the seed's slides: one per number of rows read),
+    titled by its key and its share right."""
     keys = list(matrices)
     cols = min(3, len(keys))
     rows = (len(keys) + cols - 1) // cols
@@ -167,7 +175,7 @@ def confusion_grid(matrices: Mapping[int, np.ndarray], path: Path, title: str = 
                 color="white" if count > m.max() / 2 else "black",
             )
         ax.set(
-            title=f"n_steps = {k} (acc {np.trace(m) / m.sum():.3f})",
+            title=f"{k}\n{np.trace(m) / m.sum():.2%} of the test set right",
             xlabel="predicted digit",
             ylabel="true digit",
             xticks=range(10),
@@ -235,6 +243,54 @@ def weights(U: np.ndarray, W: np.ndarray, V: np.ndarray, path: Path, units: int 
     return _save(fig, path)
 
 
+def recurrence(start: Sequence[np.ndarray] | None, end: Sequence[np.ndarray], path: Path, cell: str) -> Path:
+    """Each layer's recurrence at the start (grey) and end (colour) of training, by its eigenvalues, in
+    the view that separates them: real weights alone (IndRNN's w) sorted, beside 1; eigenvalues all just
+    inside the unit circle (the linear recurrences, stable by construction) unrolled, as the steps a state
+    remembers, 1 / (1 - |lambda|), against the angle it turns by each step; any others on the complex
+    plane, with the unit circle, where a state neither fades nor grows."""
+    moduli = np.concatenate([np.abs(e) for e in end])
+    view = "real" if all(np.abs(np.imag(e)).max(initial=0) == 0 for e in end) else "plane"
+    view = "memory" if view == "plane" and moduli.min() >= 0.5 and moduli.max() < 1 else view
+    cols = min(3, len(end))
+    rows = (len(end) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(end) :]:
+        ax.axis("off")
+    for layer, ax in enumerate(axes.flat[: len(end)]):
+        for values, style in ((start[layer] if start else None, START_STYLE), (end[layer], END_STYLE)):
+            if values is None:
+                continue
+            if view == "real":
+                ax.plot(np.sort(values.real), **style)
+            else:
+                x, y = (np.angle(values), 1 / (1 - np.abs(values))) if view == "memory" else (values.real, values.imag)
+                ax.plot(x, y, linestyle="none", marker=".", ms=3, **style)
+        _recurrence_axes(ax, view)
+        ax.set_title(f"layer {layer + 1}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    what = {
+        "real": "recurrent weights w, sorted",
+        "memory": "eigenvalues: the steps a state remembers against the angle it turns each step",
+        "plane": "eigenvalues on the complex plane (on the unit circle, a state neither fades nor grows)",
+    }[view]
+    fig.suptitle(textwrap.fill(f"{cell}: each layer's {what}, at the start and end of training", 100), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _recurrence_axes(ax: plt.Axes, view: str) -> None:
+    if view == "real":
+        ax.axhline(1.0, color="black", lw=0.6)
+        ax.set(xlabel="unit (sorted by w)", ylabel="w")
+    elif view == "memory":
+        ax.set(xlabel="angle per step (radians)", ylabel="steps remembered, 1 / (1 - |eigenvalue|)", yscale="log")
+    else:
+        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="black", lw=0.6))
+        ax.set(xlabel="real part", ylabel="imaginary part", aspect="equal")
+
+
 def step_by_step(
     images: np.ndarray,
     step_probs: np.ndarray,
@@ -258,7 +314,7 @@ def step_by_step(
     unit = "rows" if rows_read else "steps"
     for i in range(n):
         axes[i, 0].imshow(images[i], cmap="gray_r")
-        if rows_read:
+        if rows_read and rows_read < len(images[i]):  # where reading stops, when it stops before the end
             axes[i, 0].axhline(rows_read - 0.5, color="tab:red", lw=1)
         axes[i, 0].set(xticks=[], yticks=[], title=f"label {labels[i]}")
         guess = int(running[-1, i].argmax())
@@ -393,7 +449,24 @@ def _frontier_panel(ax: plt.Axes, points: Sequence[Mapping], axis: str, floor: f
     ax.grid(alpha=0.3)
 
 
-# --- a run's figures -------------------------------------------------------------------------------
+# --- a run's figures ---
+
+
+def cell_figures(run: Run, config: Config, model: torch.nn.Module, note: Log) -> list[Path]:
+    """The figures of a model in its cell's terms: its recurrence's eigenvalues at the start and end of
+    training (the start redrawn from the run's seed), and its input, recurrent and output weights where
+    they are matrices a person can read (not a pixel task's one-pixel-wide input)."""
+    figures, paths = run.dir / "figures", []
+    if hasattr(model, "recurrence_eigenvalues"):
+        start = initial_model(config)[0].recurrence_eigenvalues() if run.metrics.exists() else None
+        paths.append(recurrence(start, model.recurrence_eigenvalues(), figures / "recurrence.png", model.name))
+    if hasattr(model, "first_layer_weights") and model.spec.inputs >= READABLE_INPUTS:
+        paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
+    elif hasattr(model, "first_layer_weights"):
+        note(f"each step reads {model.spec.inputs} pixel(s), so the input weights make no figure: no weights.png")
+    elif not paths:
+        note(f"the {model.name} cell's weights have no figure of their own, so no weights.png")
+    return paths
 
 
 def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note: Log = print) -> list[Path]:
@@ -419,13 +492,10 @@ def plot_run(run_dir: Path, data_dir: str | None = None, examples: int = 4, note
         )
     else:
         note(f"{run.dir} has no training history (no metrics.csv: an imported model?), so no epoch_curves.png")
-    if hasattr(model, "first_layer_weights"):  # the built-in families; a cell of the contract has its own layout
-        paths.append(weights(*model.first_layer_weights(), figures / "weights.png"))
-    else:
-        note(f"the {model.name} cell's weights have no figure of their own, so no weights.png")
+    paths += cell_figures(run, config, model, note)
     if summary:
         matrix = np.array(summary["confusion_matrix"])
-        paths.append(confusion_grid({config.task.rows or 0: matrix}, figures / "confusion.png"))
+        paths.append(confusion_grid({config.task.sequencer().describe(): matrix}, figures / "confusion.png"))
     data = MNIST.load(data_dir)
     x = run.sequencer(config).encode(data.test_x[:examples])
     logits = torch.cat(list(step_logits(model, x)), dim=1)

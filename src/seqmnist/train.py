@@ -27,7 +27,7 @@ from .data import MNIST
 from .errors import Log, SeqmnistError
 from .evaluation import accuracy, evaluate
 from .interrupt import Interrupt, TrainingInterrupted
-from .machine import keep_freed_memory, multiply_fingerprint, pick_device
+from .machine import cpu_model, keep_freed_memory, multiply_fingerprint, pick_device
 from .measures import measure_columns, measured_words, measures_for
 from .model import Draws, SequenceClassifier, build_model
 from .recipes import EngineSGD, clip_gradients, learning_rate, make_optimizer, plateau_cuts
@@ -108,6 +108,7 @@ def step_seed(seed: int, step: int) -> int:
 def session(device: torch.device, path: str) -> dict:
     """The conditions this process trains under: results are byte-identical only when they agree."""
     return {
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernel variant (evaluation's softmax)
         "device": str(device),

@@ -76,6 +76,12 @@ class ElementwiseRNN(SequenceClassifier):
             for layer in range(1, self.spec.layers + 1)
         ]
 
+    def recurrence_eigenvalues(self) -> list[np.ndarray]:
+        """Each layer's eigenvalues of W (indrnn: its w, real): near the unit circle, a state neither
+        fades nor explodes over the steps."""
+        weights = [W.detach().cpu().double().numpy() for _, W, _ in self.layer_weights()]
+        return [W.astype(complex) if self.diagonal else np.linalg.eigvals(W) for W in weights]
+
     def engine_weights(self) -> engine.Weights:
         """What the engine's passes take: every layer's (U, W, b), V and c."""
         return self.layer_weights(), self.V, self.c

@@ -113,9 +113,9 @@ class LRULayer(Mixer):
         modulus, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)
         return torch.stack((modulus * torch.cos(phase), modulus * torch.sin(phase)))
 
-    def decays(self) -> torch.Tensor:
-        """|lambda|, (N,): what each state is multiplied by per step."""
-        return torch.exp(-torch.exp(self.nu_log))
+    def poles(self) -> torch.Tensor:
+        """lambda, complex (N,): what each state is multiplied by per step."""
+        return torch.complex(*self.eigenvalues())
 
     def input_weights(self) -> torch.Tensor:
         """gamma B as [re; im] rows (2N, H): u_t (gamma B)^T is one real multiply."""
@@ -195,9 +195,9 @@ class S4DLayer(Mixer):
         dt = torch.exp(self.log_dt)[:, None]
         return -torch.exp(self.log_A_real) * dt, self.A_imag * dt
 
-    def decays(self) -> torch.Tensor:
-        """|exp(dt A)|, (H, N/2): what each state is multiplied by per step."""
-        return torch.exp(self.dt_a()[0])
+    def poles(self) -> torch.Tensor:
+        """exp(dt A), complex (H N/2,): what each state is multiplied by per step."""
+        return torch.exp(torch.complex(*self.dt_a())).flatten()
 
     def discretised(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Zero-order hold in real arithmetic: exp(dt A), and C (exp(dt A) - 1) / A (C B-bar, B = 1), as
@@ -375,10 +375,9 @@ class LinearRecurrentClassifier(SequenceClassifier):
         bound = 1 / math.sqrt(shape[1])  # nn.Linear's default bound, 1/sqrt(fan_in)
         return draws.uniform(-bound, bound, shape)
 
-    def first_layer_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The encoder (inputs x H), the first layer's state decays per step, the decoder (H x classes)."""
-        weights = (self.encoder.weight.T, self.blocks[0].mixer.decays(), self.decoder.weight.T)
-        return tuple(t.detach().cpu().numpy() for t in weights)
+    def recurrence_eigenvalues(self) -> list[np.ndarray]:
+        """Each layer's poles: how long its states remember (|pole| near 1) and how they oscillate."""
+        return [block.mixer.poles().detach().cpu().numpy() for block in self.blocks]
 
     def eval_chunk(self) -> int:
         """Images per evaluation pass: ~128 MB of float32 buffers, 1 to 1,000 images."""
