@@ -15,6 +15,7 @@ A sweep whose own directory is gone is read from its evidence: pass docs/results
 
 import argparse
 import csv
+import itertools
 import json
 import shutil
 import statistics
@@ -23,6 +24,7 @@ from pathlib import Path
 import seqmnist
 from seqmnist.config import IDENTITY, MEASURED, PRESETS, SETTINGS, Config
 from seqmnist.files import markdown_table, write_csv
+from seqmnist.plots import minutes_curves
 from seqmnist.sweep import mean_sd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -62,7 +64,7 @@ def keep(run: Path, target: Path) -> None:
 def rows_of(sweep: Path) -> list[dict]:
     if (sweep / "config.json").exists():  # one run where its evidence lives (the seed's replay, K = 28)
         config, summary = Config.from_file(sweep / "config.json"), json.loads((sweep / "summary.json").read_text())
-        return [describe([{"config": config, "summary": summary}])]
+        return [describe([{"config": config, "summary": summary, "run": sweep}])]
     with open(sweep / "results.csv") as f:
         trials = list(csv.DictReader(f))
     groups: dict[str, list[dict]] = {}
@@ -73,7 +75,7 @@ def rows_of(sweep: Path) -> list[dict]:
         config = Config.from_file(run / "config.json")
         summary = json.loads((run / "summary.json").read_text())
         same_but_seed = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
-        groups.setdefault(same_but_seed, []).append({"config": config, "summary": summary})
+        groups.setdefault(same_but_seed, []).append({"config": config, "summary": summary, "run": run})
     return [describe(members) for members in groups.values()]
 
 
@@ -124,6 +126,7 @@ def describe(members: list[dict]) -> dict:
         "final": final,
         "minutes": ", ".join(minutes),
         "first_minutes": members[0]["summary"]["minutes"],
+        "first_run": members[0]["run"],
         "machine": machine_of(members[0]["summary"]),
         "seeds": [m["config"].recipe.seed for m in members],
         "command": command(config),
@@ -151,7 +154,7 @@ def machine_of(summary: dict) -> str:
 
 def measured(rows: list[dict]) -> list[dict]:
     """The package's reference/measured.csv: each preset's result and first seed's minutes, which
-    `seqmnist presets` and the README show."""
+    `seqmnist presets` and the README show; ``rows``: the presets as they are today."""
     return [
         {
             "preset": r["preset"],
@@ -162,8 +165,39 @@ def measured(rows: list[dict]) -> list[dict]:
             "measured_on": r["machine"],
         }
         for r in rows
-        if r["command"] == f"seqmnist train --preset {r['preset']}"  # the preset as it is today
     ]
+
+
+BUDGETS = (10, 30, 60, 120)  # minutes
+
+
+def curve(row: dict) -> dict:
+    """The first seed's run of a row as minutes_curves draws it."""
+    with open(row["first_run"] / "metrics.csv") as f:
+        epochs = list(csv.DictReader(f))
+    minutes = list(itertools.accumulate(float(e["seconds"]) / 60 for e in epochs))
+    task = row["task"].split(" ")[0]
+    return {"task": task, "label": row["preset"] or row["cell"], "minutes": minutes,
+            "val": [100 * float(e["val_acc"]) for e in epochs], "test": 100 * row["best"][0]}  # fmt: skip
+
+
+def budgets(rows: list[dict]) -> str:
+    """Per task, the best preset (mean over its seeds) whose first run finished within each budget;
+    ``rows``: the presets as they are today."""
+    tasks = ("rows", "pixel", "permuted")
+    lines = []
+    for budget in BUDGETS:
+        cells = []
+        for task in tasks:
+            fits = [r for r in rows if r["task"].startswith(task) and r["first_minutes"] <= budget]
+            best = max(fits, key=lambda r: statistics.mean(r["best"]), default=None)
+            cells.append(
+                f"{100 * statistics.mean(best['best']):.2f}% `{best['preset']}` ({best['first_minutes']:.0f} min)"
+                if best
+                else "-"
+            )
+        lines.append([f"{budget} minutes", *cells])
+    return markdown_table(["budget", "rows", "pixel", "permuted"], lines, "lrrr")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -192,7 +226,7 @@ def tried(runs: list[Path]) -> str:
     for run in runs:
         keep(run, DOCS / "results" / "tried" / run.name)
         config = Config.from_file(run / "config.json")
-        r = describe([{"config": config, "summary": json.loads((run / "summary.json").read_text())}])
+        r = describe([{"config": config, "summary": json.loads((run / "summary.json").read_text()), "run": run}])
         lines.append(
             f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.recipe.seed} "
             f"| {mean_sd(r['best'], percent=True)} | {r['minutes']} | `docs/results/tried/{run.name}` |"
@@ -229,9 +263,11 @@ def main() -> None:
         rows += rows_of(sweep)
     text = (DOCS / "results.template.md").read_text()
     text = text.replace("{{OURS}}", markdown(rows)).replace("{{LITERATURE}}", literature())
-    text = text.replace("{{TRIED}}", tried(args.tried))
+    presets = [r for r in rows if r["command"] == f"seqmnist train --preset {r['preset']}"]  # as they are today
+    text = text.replace("{{TRIED}}", tried(args.tried)).replace("{{BUDGETS}}", budgets(presets))
     args.out.write_text(text)
-    write_csv(MEASURED, measured(rows))
+    write_csv(MEASURED, measured(presets))
+    minutes_curves([curve(r) for r in presets], ("rows", "pixel", "permuted"), DOCS / "results" / "minutes.png")
     print(f"{args.out}: {len(rows)} rows")
 
 

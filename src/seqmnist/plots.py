@@ -428,6 +428,31 @@ def frontier(points: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Pat
     return _save(fig, path)
 
 
+def minutes_curves(curves: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Path:
+    """What each minute of training buys, a panel per task: each run's validation accuracy after every
+    epoch against the minutes trained so far (a line), and its test accuracy at the best validation
+    epoch where it ended (a star). ``curves``: dicts of task, label, minutes (cumulative, per epoch),
+    val (%, per epoch), test (%). A point inside a run is not what a run planned to stop there reaches
+    (its learning rate has not come down yet): the stars are the finished budgets."""
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks, strict=True):
+        here = [c for c in curves if c["task"] == task]
+        for i, curve in enumerate(here):
+            color = colors[i % len(colors)]
+            ax.plot(curve["minutes"], curve["val"], marker=".", color=color, alpha=0.6)
+            ax.plot(curve["minutes"][-1], curve["test"], marker="*", ms=12, color=color, label=curve["label"])
+        accuracies = [a for c in here for a in [*c["val"], c["test"]]]
+        low = max(min(accuracies, default=90.0), np.percentile(accuracies, 10) if accuracies else 90.0)
+        ax.set(xlabel="training minutes", ylabel="accuracy, %", title=task, ylim=(np.floor(low) - 0.5, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Validation accuracy after each epoch against minutes trained (lines), and test accuracy at the best "
+                 "validation epoch (stars)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _frontier_panel(ax: plt.Axes, points: Sequence[Mapping], axis: str, floor: float, title: str) -> None:
     shown = [p for p in points if p["accuracy"] >= floor]
     best = []
