@@ -109,6 +109,7 @@ def assert_matches_pytorch(trained: TrainedModel, path, images: torch.Tensor, na
         onnx.checker.check_model(saved, full_check=True)
         interface = json.loads({p.key: p.value for p in saved.metadata_props}["seqmnist"])
         assert interface["input_scale"] == trained.sequencer.input_scale
+        assert interface["image"]["side"] == 28 and interface["image"]["centre_of_mass"] == [14.0, 14.0]
         assert sum(interface["state"]["cell"]) + interface["state"]["readout_total"] + 1 == exported.state_width
     return differences
 

@@ -14,7 +14,9 @@ and its probabilities after step t are the readout's running belief (:meth:`Read
 exporter would unroll a Python loop over the steps (minutes for 784 steps, a file as long).
 
 Each file's metadata (``seqmnist``, JSON) says how an image becomes the sequence (pixel = byte /
-input_scale, the task, a permuted task's pixel order) and lays out the state.
+input_scale, the task, a permuted task's pixel order), what the image must look like first (MNIST's
+form: 28x28, light ink on dark, in a 20x20 box centred by mass; how a photo is made so) and lays out
+the state.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from torch import nn
 
 from .errors import SeqmnistError
 from .files import atomic_path
+from .mnistify import BOX, CENTRE
 from .model import SequenceClassifier
 from .runs import TrainedModel
+from .sequence import SIDE
 
 OPSET = 18  # onnxruntime 1.16 (2023) and later run it
 
@@ -115,6 +119,14 @@ def describe_interface(trained: TrainedModel, parts: list[int]) -> dict:
         "pixel_order": None if order is None else order.tolist(),
         "readout": trained.config.model.readout,
         "state": {"cell": parts[:-2], "readout_total": parts[-2], "steps_read": parts[-1]},
+        "image": {  # what an image must look like before the encoding above: MNIST's own form
+            "side": SIDE,
+            "ink": "light on dark: background 0, ink up to 255",
+            "box": f"the digit scaled to fit {BOX}x{BOX}, its aspect kept",
+            "centre_of_mass": [CENTRE, CENTRE],
+            "a photo": "seqmnist.mnistify.to_gray, then mnist_like, do all of it (paper and lighting "
+            "subtracted, polarity, contrast, crop, box, centring), as predict and the page do",
+        },
     }
 
 
