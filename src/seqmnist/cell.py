@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import SeqmnistError
-from .model import AUTOGRAD_PATH, CELL_OPTIONS, ModelSpec, SequenceClassifier
+from .model import AUTOGRAD_PATH, CELL_OPTIONS, ModelSpec, SequenceClassifier, refuse_options
 from .readouts import readout_names
 
 
@@ -67,10 +67,7 @@ class Cell(nn.Module):
         """Refuse, naming the flag, settings this cell does not take."""
         if spec.init is not None:
             raise SeqmnistError(f"--init is not for the {cls.name} cell (its modules initialise themselves)")
-        defaults = ModelSpec()
-        for option in (*CELL_OPTIONS, "state"):
-            if option not in cls.takes and getattr(spec, option) != getattr(defaults, option):
-                raise SeqmnistError(f"--{option.replace('_', '-')} is not for the {cls.name} cell")
+        refuse_options(cls.name, cls.takes, spec, (*CELL_OPTIONS, "state"))
 
 
 def steps_of(cell: Cell, x: torch.Tensor) -> torch.Tensor:

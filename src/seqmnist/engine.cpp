@@ -38,7 +38,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/extension.h>
 
-#include "checks.h"
+#include "library.h"
 
 #include <algorithm>
 #include <cmath>
@@ -184,7 +184,7 @@ const float* rows_read(const float* s, const std::vector<int64_t>& rows, bool al
 
 // --- argument checks: each entry point runs them once, before it reads or writes any buffer -------------
 
-// (checks.h has those every source shares)
+// (library.h has those every source shares)
 
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "engine: ", name, " must be shaped ", shape, ", not ", t.sizes());
@@ -698,8 +698,6 @@ std::vector<at::Tensor> backward_layer(const std::optional<at::Tensor>& grad, co
 // Each entry point checks every argument, and every combination of them, before it reads or writes
 // a buffer: a wrong call from Python raises (tests/test_engine_checks.py) rather than reading or
 // writing out of bounds.
-void register_scan(pybind11::module_& m);  // scan.cpp
-void register_gate(pybind11::module_& m);  // gate.cpp
 
 // The codes and factors are written here alone: engine.py reads the activations' from `activations`, and
 // native.py checks `readout_codes` against seqmnist.readouts when it loads the library.
@@ -719,6 +717,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     activations[name] = pybind11::make_tuple(static_cast<int64_t>(code), f.sigma, f.kappa);
   }
   m.attr("activations") = activations;
-  register_scan(m);
-  register_gate(m);
+  m.def("scan_forward", &seqmnist::scan_forward);
+  m.def("scan_backward", &seqmnist::scan_backward);
+  m.def("relu_scan_forward", &seqmnist::relu_scan_forward);
+  m.def("relu_scan_backward", &seqmnist::relu_scan_backward);
+  m.def("gate_forward", &seqmnist::gate_forward);
+  m.def("gate_backward", &seqmnist::gate_backward);
+  m.def("skip_forward", &seqmnist::skip_forward);
+  m.def("skip_backward", &seqmnist::skip_backward);
 }

@@ -41,9 +41,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/cpu/Gelu.h>
-#include <torch/extension.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 
-#include "checks.h"
+#include "library.h"
 
 #include <algorithm>
 #include <cmath>
@@ -51,7 +53,7 @@
 #include <utility>
 #include <vector>
 
-namespace {
+namespace seqmnist {
 
 using at::vec::Vectorized;
 
@@ -242,11 +244,4 @@ std::vector<at::Tensor> skip_backward(const at::Tensor& g, const at::Tensor& m, 
   return {dm, dv, dD};
 }
 
-}  // namespace
-
-void register_gate(pybind11::module_& m) {
-  m.def("gate_forward", &gate_forward);
-  m.def("gate_backward", &gate_backward);
-  m.def("skip_forward", &skip_forward);
-  m.def("skip_backward", &skip_backward);
-}
+}  // namespace seqmnist

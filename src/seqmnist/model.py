@@ -14,7 +14,8 @@ layer's are named U, W, b, the l-th layer's U{l}, W{l}, b{l}, the readout's V an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -147,10 +148,7 @@ class SequenceClassifier(nn.Module):
             raise SeqmnistError(f"--layers {spec.layers}: the {cls.name} cell stacks at most {cls.max_layers}")
         if spec.bias and not cls.takes_bias:
             raise SeqmnistError(f"--bias is not for the {cls.name} cell (it has no biases)")
-        defaults = {f.name: f.default for f in fields(ModelSpec)}
-        for option in CELL_OPTIONS:
-            if option not in cls.takes and getattr(spec, option) != defaults[option]:
-                raise SeqmnistError(f"--{option.replace('_', '-')} is not for the {cls.name} cell")
+        refuse_options(cls.name, cls.takes, spec, CELL_OPTIONS)
         if spec.state is not None and cls.default_state is None:
             raise SeqmnistError(f"--state is not for the {cls.name} cell (its state is --hidden)")
 
@@ -231,6 +229,14 @@ class SequenceClassifier(nn.Module):
 
 def uniform_bound(fan_in: int) -> float:
     return float(np.sqrt(1.0 / fan_in))  # as the seed's np.sqrt(1./input_dim)
+
+
+def refuse_options(cell: str, takes: Collection[str], spec: ModelSpec, options: Iterable[str]) -> None:
+    """Refuse, naming the flag, any of ``options`` set away from its default that the cell does not take."""
+    defaults = ModelSpec()
+    for option in options:
+        if option not in takes and getattr(spec, option) != getattr(defaults, option):
+            raise SeqmnistError(f"--{option.replace('_', '-')} is not for the {cell} cell")
 
 
 def check_spec(spec: ModelSpec) -> None:

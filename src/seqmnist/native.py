@@ -2,7 +2,9 @@
 the user's cache under a name that pins its sources, flags, machine, Python and PyTorch, and loaded
 only if it brings no second OpenMP runtime. Its parts: the elementwise cells' loops (engine.cpp, driven
 by :mod:`seqmnist.engine`), the diagonal recurrences and the linear cells' gate (scan.cpp, gate.cpp,
-wrapped by :mod:`seqmnist.kernels`), and the argument checks they share (checks.h).
+wrapped by :mod:`seqmnist.kernels`), and what they share (library.h: the argument checks, and the
+entry points of scan.cpp and gate.cpp, which engine.cpp alone binds to Python: only it includes
+torch/extension.h, most of a build's time).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .readouts import engine_readout_codes
 # One library: the elementwise cells' loops, the diagonal recurrences (the LRU's, the IndRNN's) and the
 # linear cells' gate.
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("engine.cpp", "scan.cpp", "gate.cpp"))
-HEADERS = (Path(__file__).with_name("checks.h"),)
+HEADERS = (Path(__file__).with_name("library.h"),)
 
 
 @functools.cache

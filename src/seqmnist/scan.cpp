@@ -19,9 +19,10 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
-#include "checks.h"
+#include "library.h"
 
 #include <algorithm>
 #include <cmath>
@@ -29,7 +30,7 @@
 #include <type_traits>
 #include <vector>
 
-namespace {
+namespace seqmnist {
 
 // States per task: 16 real and 16 imaginary floats are one cache line each.
 constexpr int64_t kBlock = 16;
@@ -257,11 +258,4 @@ std::vector<at::Tensor> relu_scan_backward(const at::Tensor& g, const at::Tensor
   return {da, sums.slice(0, 0, H), sums.slice(0, H)};
 }
 
-}  // namespace
-
-void register_scan(pybind11::module_& m) {
-  m.def("scan_forward", &scan_forward);
-  m.def("scan_backward", &scan_backward);
-  m.def("relu_scan_forward", &relu_scan_forward);
-  m.def("relu_scan_backward", &relu_scan_backward);
-}
+}  // namespace seqmnist

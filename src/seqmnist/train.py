@@ -234,6 +234,8 @@ class Trainer:
             f"on {device} ({why}), {path}, {threads} thread{'s' if threads > 1 else ''}; "
             f"{_minutes(trainer.estimate_minutes())} for epochs {state.position.epoch}-{config.recipe.epochs}"
         )
+        if config.recipe.subset and config.run.eval_images is None:
+            log("validation and test read all 10,000 images each: --eval-images N makes a quick look quicker")
         return trainer
 
     def estimate_minutes(self) -> float:

@@ -1,0 +1,45 @@
+"""What each preset measured is stated once, in the package's reference/measured.csv (written from the
+evidence in docs/results/ by scripts/results_table.py); `seqmnist presets` and the README show it."""
+
+import re
+from pathlib import Path
+
+from conftest import call_main
+from seqmnist.config import PRESETS, measured_presets
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def shown(row: dict) -> str:
+    return f"{row['test_acc']}{' ± ' + row['sd'] if row['sd'] else ''}%"
+
+
+def test_every_measured_row_is_a_preset_of_today():
+    measured = measured_presets()
+    assert set(measured) <= set(PRESETS)
+    for row in measured.values():
+        assert 0 < float(row["test_acc"]) <= 100 and float(row["minutes"]) > 0 and int(row["runs"]) >= 1
+        assert row["measured_on"].strip()
+
+
+def test_the_presets_command_shows_each_preset_with_what_it_measured():
+    printed = call_main("presets")
+    assert printed.returncode == 0, printed.stderr
+    lines = {line.split("|")[1].strip(): line for line in printed.stdout.splitlines() if line.startswith("| ")}
+    measured = measured_presets()
+    for name in PRESETS:
+        row = measured.get(name)
+        assert (shown(row) in lines[name] and row["minutes"] in lines[name]) if row else "not measured" in lines[name]
+    for machine in {row["measured_on"] for row in measured.values()}:
+        assert f"Measured on {machine}:" in printed.stdout
+
+
+def test_the_readmes_preset_table_is_what_was_measured():
+    row = r"^\| `([a-z0-9-]+)`(?: \(default\))? \| [^|]+ \| ([^|]+) \| ([^|]+) \|$"
+    table = re.findall(row, README.read_text(), re.M)
+    assert [name for name, _, _ in table] == list(PRESETS)
+    measured = measured_presets()
+    for name, accuracy, minutes in table:
+        row = measured.get(name)
+        assert row is not None, f"{name}: no measurement in reference/measured.csv"
+        assert accuracy.strip().startswith(shown(row)) and minutes.strip() == row["minutes"], name
