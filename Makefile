@@ -1,7 +1,7 @@
 # Two entry points on a fresh clone; each sets up .venv first if needed.
 #   make seed   train the seed model (100 epochs) and print its test accuracy
-#   make test   lint and run every test (real processes, Ray, Chromium included; ~6 minutes on 2 cores)
-#   make check  lint and run the fast tier, for the edit-test loop (under 2 minutes on 2 cores)
+#   make test   lint and run every test (real processes, Ray, Chromium included)
+#   make check  lint and run the fast tier, for the edit-test loop
 # The data: $SEQMNIST_DATA, else ../shared/data/mnist beside the checkout, else the download cache;
 # the seed's models likewise: $SEQMNIST_SEED_MODELS, else ../shared/seed/models, else the cache.
 # Tests whose files are nowhere (a fresh clone offline) are skipped; the summary says why and how to provide them.

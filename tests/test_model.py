@@ -108,7 +108,7 @@ def test_without_the_compiled_loops_pytorchs_modules_run(tmp_path, monkeypatch, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert native.native_loops.__wrapped__() is None
     notice, warning = capsys.readouterr().err.splitlines()
-    assert notice == "seqmnist: compiling the CPU engine (once, about a minute)"
+    assert notice == f"seqmnist: compiling the CPU engine (once, kept in {tmp_path / 'cache' / 'seqmnist' / 'engine'})"
     assert warning.startswith("seqmnist: warning: the CPU engine did not build (")
     assert "error" in warning and warning.endswith("to retry); using PyTorch's own modules (slower)")
     # The failure is remembered: the next process says so in one line instead of building again.

@@ -32,7 +32,7 @@ from .seed import (
 
 CURVE_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 50, 75, 100)
 ACCURACIES = ("train_acc", "val_acc", "test_acc", "train_acc_as_seed", "val_acc_as_seed", "test_acc_as_seed")
-QUICK = {"epochs": 2, "subset": 2000, "lr": 0.1}  # the whole pipeline in about a minute
+QUICK = {"epochs": 2, "subset": 2000, "lr": 0.1}  # the whole pipeline on a subset: a first look
 AGREEMENT = 0.001  # the replay "stays on" the seed's curve while within 0.1 points of it
 
 

@@ -34,7 +34,7 @@ HEADERS = (Path(__file__).with_name("library.h"),)
 
 @functools.cache
 def native_loops():
-    """The compiled loops of engine.cpp: built on first use (about a minute), then loaded from disk.
+    """The compiled loops of engine.cpp: built on first use, then loaded from disk.
 
     None with SEQMNIST_NATIVE=0, or where they cannot be built (no C++ compiler), with one line
     on stderr: the models then use PyTorch's own modules, more slowly.
@@ -125,7 +125,7 @@ def _load_or_build_unchecked():
     if failed.exists():
         raise _did_not_build(failed.read_text().strip(), build)
     build.mkdir(parents=True, exist_ok=True)
-    print("seqmnist: compiling the CPU engine (once, about a minute)", file=sys.stderr, flush=True)
+    print(f"seqmnist: compiling the CPU engine (once, kept in {build.parent})", file=sys.stderr, flush=True)
     from torch.utils import cpp_extension  # imports setuptools: only when building
 
     scratch = Path(tempfile.mkdtemp(prefix="build-", dir=build))
