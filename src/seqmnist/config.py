@@ -599,8 +599,8 @@ def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Preset:
-    """Named partial settings (flat names: only what differs from the seed), what it is for, and what to
-    expect from it."""
+    """Named partial settings (flat names: only what differs from the seed) and what it is; what it
+    measured is in reference/measured.csv (:func:`measured_presets`)."""
 
     settings: dict
     about: str
