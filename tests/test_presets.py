@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from conftest import call_main
-from seqmnist.config import PRESETS, measured_presets
+from seqmnist.config import PRESETS, measured_presets, preset_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -43,3 +43,19 @@ def test_the_readmes_preset_table_is_what_was_measured():
         row = measured.get(name)
         assert row is not None, f"{name}: no measurement in reference/measured.csv"
         assert accuracy.strip().startswith(shown(row)) and minutes.strip() == row["minutes"], name
+
+
+def test_a_cell_or_task_without_a_preset_takes_the_one_made_for_it():
+    assert preset_for(None, None)[0] == "seed"  # no flags: the 2016 replay
+    assert preset_for("vanilla", "rows")[0] == "rows-vanilla"  # not the replay nor the first look
+    assert preset_for("s4d", "permuted")[0] == "permuted-s4d" and preset_for("lstm", None)[0] == "rows-lstm"
+    assert preset_for("gru", "pixel")[0] == "pixel-lru"  # no preset for it: the task's recipe
+    assert preset_for("relu", "rows") == ("rows-lstm", "rows-lstm's recipe, the rows task's for any cell "
+                                          "(docs/protocol.md), with relu")  # fmt: skip
+
+
+def test_the_first_line_says_whose_settings_a_run_took(mnist_dir, tmp_path):
+    trained = call_main("train", "--cell", "gru", "--hidden", "16", "--epochs", "1", "--subset", "300",
+                        "--eval-images", "100", "--out", tmp_path / "run", "--data-dir", mnist_dir)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.startswith("settings: rows-gru's, the preset for gru on the rows task")

@@ -579,18 +579,21 @@ CELLS_OWN = ("init", "state", *CELL_OPTIONS)
 # Each task's recipe and budget for any cell: the protocol of `seqmnist benchmark` (docs/protocol.md), and
 # what a cell with no preset of its own for a task trains with.
 TASK_RECIPES = {"rows": "rows-lstm", "pixel": "pixel-lru", "permuted": "permuted-lru"}
+FIRST_LOOKS = ("seed", "quick")  # the 2016 replay and the first run: no cell's recipe, though vanilla on rows
 QUICK_LOOK = ("epochs", "subset", "eval_images", "hidden", "layers")  # changes to the protocol's budget: rows outside
 
 
 def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:
     """The preset a training takes where none is named, and why, in words for its start line: with no
     cell or task named, the seed's replay; else the preset made for that cell on that task (the first
-    in PRESETS), else the task's recipe for any cell (TASK_RECIPES)."""
+    in PRESETS but the first looks, FIRST_LOOKS), else the task's recipe for any cell (TASK_RECIPES)."""
     if cell is None and task is None:
         return "seed", "no preset named: the seed's replay"
     cell, task = cell or "vanilla", task or "rows"
     for name, preset in PRESETS.items():
         own = preset.settings
+        if name in FIRST_LOOKS:
+            continue
         if (own.get("cell", "vanilla"), own.get("task", "rows")) == (cell, task) and "pixels_per_step" not in own:
             return name, f"{name}'s, the preset for {cell} on the {task} task"
     name = TASK_RECIPES[task]
