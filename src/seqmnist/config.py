@@ -687,6 +687,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "pixel-lru": Preset(_LRU, "pixel by pixel: 4 LRU layers of 64, state 64 (Orvieto et al. 2023), 7 epochs"),
     "pixel-s4d": Preset(_S4D, "pixel by pixel: 4 S4D layers of 64, state 64 (Gu et al. 2022), 3 epochs"),
+    "pixel-s4d-long": Preset({**_S4D, "epochs": 12}, "pixel by pixel: pixel-s4d trained for 12 epochs"),
     "permuted-lru": Preset(
         {**_LRU, "task": "permuted", "permutation": "bitrev"}, "pixels in bit-reversal order: as pixel-lru"
     ),
