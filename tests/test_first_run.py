@@ -32,7 +32,7 @@ def test_the_readme_first_run_block_works_as_written(mnist_dir, tmp_path):
         assert result.returncode == 0, (args, result.stderr)
         outputs[args[0]] = result.stdout
     assert re.search(r"test accuracy 0\.9\d", outputs["evaluate"])
-    assert len(list((tmp_path / "runs/first/figures").glob("*.png"))) == 4
+    assert len(list((tmp_path / "runs/first/figures").glob("*.png"))) == 5  # "five PNGs", the block says
     assert outputs["predict"].startswith("docs/predict/digits/7-written-1.jpg: 7 ")
     serve = subprocess.Popen(cli_command(*commands[-1], "--port", "0"), cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

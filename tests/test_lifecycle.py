@@ -176,8 +176,8 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_otherwise(mnist_
     piped = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert piped.returncode == 0
     assert "\r" not in piped.stdout + piped.stderr
-    start, where, *epochs = piped.stdout.splitlines()
-    assert start.startswith("rows: 28 steps") and where.startswith("on cpu")
+    start, where, hint, *epochs = piped.stdout.splitlines()
+    assert start.startswith("rows: 28 steps") and where.startswith("on cpu") and "--eval-images N" in hint
     assert [line.split()[:2] for line in epochs[:2]] == [["epoch", "1/2"], ["epoch", "2/2"]]
 
     args[-1] = str(tmp_path / "b")
