@@ -53,6 +53,28 @@ def test_the_parallel_forms_equal_the_definition_in_values_and_gradients(cell, b
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_with_dropout_every_form_draws_the_same_masks_and_evaluation_draws_none(cell):
+    """S4's tied dropout after each layer's GELU: in training the compiled and plain forms are the definition
+    under the same draws, one mask per sequence; in evaluation the model is the one without dropout."""
+    model, plain = small_model(cell, dropout=0.3).train(), small_model(cell)
+    x, y = torch.randn(5, 37, 3, dtype=torch.float64), torch.randint(0, 10, (5,))
+
+    def drawn(logits):
+        return lambda x: torch.default_generator.manual_seed(7) and logits(x)
+
+    reference = gradients(model, x, y, drawn(model.definition))
+    for logits in (model.logits, model.plain_forms()["plain parallel"]):
+        torch.testing.assert_close(drawn(logits)(x), drawn(model.definition)(x), rtol=0, atol=1e-12)
+        got = gradients(model, x, y, drawn(logits))
+        for name in reference:
+            torch.testing.assert_close(got[name], reference[name], rtol=0, atol=1e-11, msg=name)
+    assert not torch.allclose(drawn(model.logits)(x), plain.logits(x))
+    model.eval()
+    torch.testing.assert_close(model.logits(x), plain.logits(x), rtol=0, atol=0)
+    torch.testing.assert_close(model.stepped_logits(x), model.logits(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_the_recurrent_mode_equals_the_parallel_form(cell):
     model = small_model(cell, layers=3, seed=1)
     x = torch.randn(4, 37, 3, dtype=torch.float64)

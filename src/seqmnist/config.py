@@ -264,7 +264,7 @@ class ModelSettings(Group):
     dropout: float = setting(
         0.0,
         number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-        "indrnn: dropout after every layer, one mask for all steps of a sequence",
+        "indrnn, lru, s4d: dropout in training after every layer, one mask for all steps of a sequence",
         added=True,
     )
     recurrent_max: float = setting(
@@ -688,6 +688,9 @@ PRESETS: dict[str, Preset] = {
     "pixel-lru": Preset(_LRU, "pixel by pixel: 4 LRU layers of 64, state 64 (Orvieto et al. 2023), 7 epochs"),
     "pixel-s4d": Preset(_S4D, "pixel by pixel: 4 S4D layers of 64, state 64 (Gu et al. 2022), 3 epochs"),
     "pixel-s4d-long": Preset({**_S4D, "epochs": 12}, "pixel by pixel: pixel-s4d trained for 12 epochs"),
+    "pixel-s4d-dropout": Preset(
+        {**_S4D, "epochs": 12, "dropout": 0.1}, "pixel by pixel: pixel-s4d-long with S4's dropout 0.1, 12 epochs"
+    ),
     "permuted-lru": Preset(
         {**_LRU, "task": "permuted", "permutation": "bitrev"}, "pixels in bit-reversal order: as pixel-lru"
     ),

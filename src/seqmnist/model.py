@@ -44,6 +44,14 @@ INIT_ABOUT = {
 }
 
 
+def sequence_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x (batch, steps, features) with a share p of each sequence's features zeroed at every step (one mask
+    per sequence, as Li et al. and S4's tied dropout draw it: a feature dropped at one step is dropped at all,
+    so the recurrence cannot route around it), the rest scaled by 1 / (1 - p)."""
+    keep = 1.0 - p
+    return x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep) / keep
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The settings a model is built from."""
@@ -59,7 +67,7 @@ class ModelSpec:
     classes: int = NUM_CLASSES
     # The IndRNN recipe's parts (Li et al. 2018), each for the cells that name it in ``takes``.
     norm: str = "none"  # "batch": batch normalisation over (batch, steps) after every layer
-    dropout: float = 0.0  # between layers and before the readout, one mask for all steps of a sequence
+    dropout: float = 0.0  # in training, after every layer (sequence_dropout)
     recurrent_max: float = 2.0  # |w| <= recurrent_max^(1/steps)
     last_layer_init: str = "same"  # "near-one": the top layer's w in [recurrent_max^(-1/T), recurrent_max^(1/T)]
     state: int | None = None  # the state size N of a cell that has one apart from hidden; None: its default

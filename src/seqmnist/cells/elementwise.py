@@ -31,6 +31,7 @@ from ..model import (
     Draws,
     ModelSpec,
     SequenceClassifier,
+    sequence_dropout,
     uniform_bound,
 )
 from ..registry import register_cell
@@ -328,9 +329,7 @@ class IndRNN(ElementwiseRNN):
             rows = states.reshape(-1, states.shape[-1])
             states = nn.functional.batch_norm(rows, mean, var, gamma, beta, self.training).view_as(states)
         if self.training and self.spec.dropout:
-            keep = 1.0 - self.spec.dropout
-            mask = states.new_empty(states.shape[0], 1, states.shape[2]).bernoulli_(keep)
-            states = states * mask / keep
+            states = sequence_dropout(states, self.spec.dropout)
         return states
 
     # --- the paths ----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import kernels
 from ..errors import SeqmnistError
-from ..model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier
+from ..model import AUTOGRAD_PATH, Draws, ModelSpec, SequenceClassifier, sequence_dropout
 from ..registry import register_cell
 
 State = list[torch.Tensor]  # one (batch, width) tensor per layer: what advance() carries from input to input
@@ -281,13 +281,15 @@ class S4DLayer(Mixer):
 
 
 class Block(nn.Module):
-    """One layer: u + GLU(GELU(mix(LayerNorm(u)))), the position-wise part shared by every form."""
+    """One layer: u + GLU(dropout(GELU(mix(LayerNorm(u))))), the position-wise part shared by every form;
+    the dropout (training only) is S4's, one mask per sequence."""
 
-    def __init__(self, mixer: nn.Module, hidden: int, bias: bool):
+    def __init__(self, mixer: nn.Module, hidden: int, bias: bool, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.mixer = mixer
         self.glu = nn.Linear(hidden, 2 * hidden, bias=bias)
+        self.dropout = dropout
 
     def forward(self, u: torch.Tensor, form: str) -> torch.Tensor:
         """u after this layer, its recurrence computed by the mixer's method ``form`` (parallel,
@@ -295,19 +297,23 @@ class Block(nn.Module):
         multiplies by gate.cpp."""
         v = self.norm(u)
         if form == "parallel" and kernels.available(u.device):
-            gelu = kernels.skip(self.mixer.mixed(v), v, self.mixer.D)
+            gelu = self.dropped(kernels.skip(self.mixer.mixed(v), v, self.mixer.D))
             return kernels.gate(u, gelu @ self.glu.weight.T, self.glu.bias)
         return u + self.after(getattr(self.mixer, form)(v))
 
     def after(self, y: torch.Tensor) -> torch.Tensor:
         """What follows the recurrence, one position at a time."""
-        return nn.functional.glu(self.glu(nn.functional.gelu(y)), dim=-1)
+        return nn.functional.glu(self.glu(self.dropped(nn.functional.gelu(y))), dim=-1)
+
+    def dropped(self, y: torch.Tensor) -> torch.Tensor:
+        return sequence_dropout(y, self.dropout) if self.training and self.dropout else y
 
 
 class LinearRecurrentClassifier(SequenceClassifier):
     """A stack of :class:`Block`'s between an encoder and a decoder; subclasses name the recurrence."""
 
     readouts = ("last", "mean-logits")
+    takes = ("dropout",)
     default_state = 64
     layer_type: ClassVar[type[nn.Module]]
 
@@ -317,7 +323,7 @@ class LinearRecurrentClassifier(SequenceClassifier):
         H = spec.hidden
         self.encoder = nn.Linear(spec.inputs, H, bias=spec.bias)
         self.blocks = nn.ModuleList(
-            Block(self.layer_type(H, self.state_size), H, spec.bias) for _ in range(spec.layers)
+            Block(self.layer_type(H, self.state_size), H, spec.bias, spec.dropout) for _ in range(spec.layers)
         )
         self.decoder = nn.Linear(H, spec.classes, bias=spec.bias)
 
