@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import assert_one_line_error, call_main, run_cli
 from seqmnist import plots
-from seqmnist.config import RecipeSettings
+from seqmnist.config import Config, RecipeSettings
 from seqmnist.recipes import learning_rate
 from seqmnist.runs import Run, load_run
 
@@ -183,6 +183,17 @@ def test_evaluate_json_rounds_accuracy_to_the_test_sets_resolution(quick):
 
 
 # --- 8. extending a finished run ---------------------------------------------------------------------------
+
+
+def test_a_warm_up_takes_at_most_a_quarter_of_the_run():
+    """rows-lstm warms up for one epoch of its 20; a one-epoch look at it warms up for a quarter epoch and
+    then follows its cosine, rather than ending at the top of its warm-up."""
+    recipe = Config.from_settings("rows-lstm", subset=2000, epochs=1).recipe
+    rates = [learning_rate(recipe, step) for step in range(recipe.batches)]
+    assert rates[4] == pytest.approx(recipe.lr) and rates.index(max(rates)) == 4  # 20 steps: 5 warm up
+    assert rates[-1] < 0.02 * recipe.lr  # the last step: near the end of its cosine
+    full = Config.from_settings("rows-lstm").recipe
+    assert learning_rate(full, full.batches - 1) == pytest.approx(full.lr)  # 20 epochs: the whole first warms up
 
 
 def test_extending_a_cosine_run_stretches_its_schedule(mnist_dir, tmp_path):

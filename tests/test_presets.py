@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from conftest import call_main
-from seqmnist.config import PRESETS, measured_presets, preset_for
+from seqmnist.config import FIRST_LOOKS, PRESETS, Config, measured_presets, preset_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -59,3 +59,14 @@ def test_the_first_line_says_whose_settings_a_run_took(mnist_dir, tmp_path):
                         "--eval-images", "100", "--out", tmp_path / "run", "--data-dir", mnist_dir)  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.startswith("settings: rows-gru's, the preset for gru on the rows task")
+    assert trained.stdout.splitlines()[1] == "a look at 300 images: batches of 10, 30 steps an epoch (--batch-size sets it)"
+
+
+def test_a_look_at_a_subset_takes_batches_small_enough_for_a_hundred_steps():
+    assert Config.from_settings("rows-lstm", subset=2000).recipe.batch_size == 20
+    assert Config.from_settings("rows-lstm", subset=2000, batch_size=50).recipe.batch_size == 50  # asked for
+    assert Config.from_settings("rows-lstm", subset=20000).recipe.batch_size == 100  # 200 steps already
+    assert Config.from_settings("pixel-indrnn", subset=2000).recipe.batch_size == 20
+    assert Config.from_settings("rows-lstm").recipe.batch_size == 100
+    for first_look in FIRST_LOOKS:  # the seed's replay reads a subset as its code did
+        assert Config.from_settings(first_look, subset=2000).recipe.batch_size == 100

@@ -342,7 +342,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import NEUTRAL, Config, preset_for
+    from .config import NEUTRAL, Config, look_batch, preset_for
     from .data import MNIST
     from .machine import use_threads
     from .runs import new_run, open_for_resume
@@ -367,6 +367,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = Config.from_settings(preset, **given)
         if why and (given["cell"] or given["task"]):
             print(f"settings: {why}; the flags given on top")
+        if look_batch(preset, {k: v for k, v in given.items() if v is not None}):
+            print(
+                f"a look at {config.recipe.subset:,} images: batches of {config.recipe.batch_size}, "
+                f"{config.recipe.batches} steps an epoch (--batch-size sets it)"
+            )
         run = new_run(Path(args.out or f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"))
         if args.preset is None and all(value is None for value in given.values()):
             print(
