@@ -59,7 +59,8 @@ def test_the_first_line_says_whose_settings_a_run_took(mnist_dir, tmp_path):
                         "--eval-images", "100", "--out", tmp_path / "run", "--data-dir", mnist_dir)  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.startswith("settings: rows-gru's, the preset for gru on the rows task")
-    assert trained.stdout.splitlines()[1] == "a look at 300 images: batches of 10, 30 steps an epoch (--batch-size sets it)"
+    look = "a look at 300 images: batches of 10, 30 steps an epoch (--batch-size sets it)"
+    assert trained.stdout.splitlines()[1] == look
 
 
 def test_a_look_at_a_subset_takes_batches_small_enough_for_a_hundred_steps():

@@ -328,7 +328,9 @@ class RecipeSettings(Group):
         True, BOOLEAN, "weight decay on biases and batch norm's weights too (IndRNN's recipe: no)", added=True
     )
     warmup: float = setting(
-        0.0, number(lambda v: 0 <= v < math.inf, "a number of epochs >= 0"), "epochs of linear warm-up, at most a quarter of --epochs"
+        0.0,
+        number(lambda v: 0 <= v < math.inf, "a number of epochs >= 0"),
+        "epochs of linear warm-up, at most a quarter of --epochs",
     )
     decay_every: int = setting(10, integer(1), "step schedule: epochs between decays")
     decay: float = setting(
