@@ -22,10 +22,10 @@ import statistics
 from pathlib import Path
 
 import seqmnist
+from seqmnist.benchmark import described
 from seqmnist.config import IDENTITY, MEASURED, PRESETS, SETTINGS, Config
 from seqmnist.files import markdown_table, write_csv
 from seqmnist.plots import minutes_curves
-from seqmnist.sweep import mean_sd
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EVIDENCE = ("config.json", "metrics.csv", "summary.json", "permutation.json")
@@ -63,20 +63,24 @@ def keep(run: Path, target: Path) -> None:
 
 def rows_of(sweep: Path) -> list[dict]:
     if (sweep / "config.json").exists():  # one run where its evidence lives (the seed's replay, K = 28)
-        config, summary = Config.from_file(sweep / "config.json"), json.loads((sweep / "summary.json").read_text())
-        return [describe([{"config": config, "summary": summary, "run": sweep}])]
+        return [describe([sweep])]
     with open(sweep / "results.csv") as f:
         trials = list(csv.DictReader(f))
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Path]] = {}
     for trial in trials:
         run = Path(trial["run_dir"])
         if not run.exists():  # the sweep's own directory is gone: its evidence in docs/results/NAME/runs/
             run = DOCS / "results" / sweep.name / "runs" / run.name
         config = Config.from_file(run / "config.json")
-        summary = json.loads((run / "summary.json").read_text())
         same_but_seed = json.dumps({k: v for k, v in config.identity().items() if k != "seed"}, sort_keys=True)
-        groups.setdefault(same_but_seed, []).append({"config": config, "summary": summary, "run": run})
-    return [describe(members) for members in groups.values()]
+        groups.setdefault(same_but_seed, []).append(run)
+    return [describe(runs) for runs in groups.values()]
+
+
+def describe(runs: list[Path]) -> dict:
+    """benchmark's row of these runs (the method a user's cell is measured by), and the command that
+    trains them today."""
+    return {**described(runs), "command": command(Config.from_file(runs[0] / "config.json"))}
 
 
 def command(config: Config) -> str:
@@ -96,60 +100,6 @@ def command(config: Config) -> str:
         elif value is not None:  # a setting the preset has since set and the run left unset: no flag unsets it
             flags += [flag, str(value)]
     return "seqmnist train " + " ".join(flags)
-
-
-def describe(members: list[dict]) -> dict:
-    members = sorted(members, key=lambda m: m["config"].recipe.seed)
-    config = members[0]["config"]
-    best = [m["summary"]["best"]["test_acc"] for m in members]
-    final = [m["summary"]["test_acc"] for m in members]
-    minutes = [minutes_of(m["summary"]) for m in members]
-    steps, per_step = config.task.steps_inputs
-    task = {"rows": f"rows ({steps} x {per_step})", "pixel": f"pixel ({steps} x {per_step})"}.get(
-        config.task.task, f"permuted ({steps} x {per_step}, {config.task.sequencer().permutation})"
-    )
-    recipe = [f"{config.recipe.optimizer} {config.recipe.lr:g}", config.recipe.schedule]
-    recipe += [f"warm-up {config.recipe.warmup:g}"] if config.recipe.warmup else []
-    recipe += [f"clip {config.recipe.clip:g}"] if config.recipe.clip else []
-    recipe += [f"wd {config.recipe.weight_decay:g}"] if config.recipe.weight_decay else []
-    recipe += [f"batch {config.recipe.batch_size}", config.model.readout]
-    return {
-        "preset": config.preset,
-        "task": task,
-        "cell": config.model.cell,
-        "size": f"{config.model.layers} x {config.model.hidden}"
-        + (f", state {config.model.state}" if config.model.state else ""),
-        "parameters": members[0]["summary"]["parameters"],
-        "recipe": ", ".join(recipe),
-        "epochs": config.recipe.epochs,
-        "best": best,
-        "final": final,
-        "minutes": ", ".join(minutes),
-        "first_minutes": members[0]["summary"]["minutes"],
-        "first_run": members[0]["run"],
-        "machine": machine_of(members[0]["summary"]),
-        "seeds": [m["config"].recipe.seed for m in members],
-        "command": command(config),
-    }
-
-
-def minutes_of(summary: dict) -> str:
-    """A run's minutes, marked * where it trained on one thread (two trials side by side, --jobs 2)."""
-    one_thread = all(session["threads"] == 1 for session in summary["sessions"])
-    return f"{summary['minutes']:.1f}" + ("*" if one_thread else "")
-
-
-def machine_of(summary: dict) -> str:
-    """Where a run's minutes were measured: its processor, when the run recorded it, and its threads."""
-    session = summary["sessions"][0]
-    if session.get("cpu"):
-        cpu = session["cpu"]
-    elif session.get("cpu_capability"):
-        cpu = f"a CPU with {session['cpu_capability']} (model not recorded)"
-    else:
-        cpu = "a CPU (not recorded)"
-    threads = session["threads"]
-    return f"{cpu}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def measured(rows: list[dict]) -> list[dict]:
@@ -173,7 +123,7 @@ BUDGETS = (10, 30, 60, 120)  # minutes
 
 def curve(row: dict) -> dict:
     """The first seed's run of a row as minutes_curves draws it."""
-    with open(row["first_run"] / "metrics.csv") as f:
+    with open(Path(row["runs"][0]) / "metrics.csv") as f:
         epochs = list(csv.DictReader(f))
     minutes = list(itertools.accumulate(float(e["seconds"]) / 60 for e in epochs))
     task = row["task"].split(" ")[0]
@@ -201,37 +151,36 @@ def budgets(rows: list[dict]) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
+    header = ["task", "cell", "layers x hidden", "parameters", "recipe", "epochs", "test acc at best val, % (n)",
+              "test acc after the last epoch, %", "minutes per run (seed order)", "command"]  # fmt: skip
     lines = [
-        "| task | cell | layers x hidden | parameters | recipe | epochs | test acc at best val, % (n) "
-        "| test acc after the last epoch, % | minutes per run (seed order) | command |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        [
+            *(r[k] for k in ("task", "cell", "layers x size")),
+            f"{r['parameters']:,}",
+            r["recipe"],
+            r["epochs"],
+            f"**{r['test accuracy at best validation, %']}** ({r['n']})",
+            r["test accuracy after the last epoch, %"],
+            r["minutes"],
+            f"`{r['command']} --seed S` (S = {','.join(str(s) for s in r['seeds'])})",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        seeds = ",".join(str(s) for s in r["seeds"])
-        lines.append(
-            f"| {r['task']} | {r['cell']} | {r['size']} | {r['parameters']:,} | {r['recipe']} | {r['epochs']} "
-            f"| **{mean_sd(r['best'], percent=True)}** ({len(r['best'])}) | {mean_sd(r['final'], percent=True)} "
-            f"| {r['minutes']} "
-            f"| `{r['command']} --seed S` (S = {seeds}) |"
-        )
-    return "\n".join(lines)
+    return markdown_table(header, lines, "lllrlrrrrl")
 
 
 def tried(runs: list[Path]) -> str:
     """Single runs tried on the way to the presets (copied to docs/results/tried/): what did not make it."""
-    lines = [
-        "| task | cell | layers x hidden | recipe | epochs | seed | test acc at best val, % | minutes | files |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
+    header = ["task", "cell", "layers x hidden", "recipe", "epochs", "seed", "test acc at best val, %", "minutes",
+              "files"]  # fmt: skip
+    lines = []
     for run in runs:
         keep(run, DOCS / "results" / "tried" / run.name)
-        config = Config.from_file(run / "config.json")
-        r = describe([{"config": config, "summary": json.loads((run / "summary.json").read_text()), "run": run}])
-        lines.append(
-            f"| {r['task']} | {r['cell']} | {r['size']} | {r['recipe']} | {r['epochs']} | {config.recipe.seed} "
-            f"| {mean_sd(r['best'], percent=True)} | {r['minutes']} | `docs/results/tried/{run.name}` |"
-        )
-    return "\n".join(lines)
+        r = described([run])
+        shown = [r[k] for k in ("task", "cell", "layers x size", "recipe", "epochs")]
+        best = r["test accuracy at best validation, %"]
+        lines.append([*shown, r["seeds"][0], best, r["minutes"], f"`docs/results/tried/{run.name}`"])
+    return markdown_table(header, lines, "llllrrrrl")
 
 
 def literature() -> str:

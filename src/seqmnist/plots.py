@@ -405,11 +405,12 @@ SIZE_GROUPS = (1e4, 1e5, 1e6)  # STREAM's parameter-count groups: under 10k, 100
 FLOOR = 90.0  # accuracy (%) below which only your own cell's points are drawn
 
 
-def frontier(points: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Path:
+def frontier(points: Sequence[Mapping], tasks: Sequence[str], path: Path, note: str = "") -> Path:
     """Per task, test accuracy against training minutes on this machine (top; the papers' minutes are
     unknown) and against parameters (bottom, with the papers' points where they state a count), each
     with its frontier: the points no other beats with fewer minutes or parameters. ``points``: dicts
-    of task, label, kind (yours, ours, paper), accuracy (%), minutes, parameters."""
+    of task, label, kind (yours, ours, paper), accuracy (%), minutes, parameters; ``note``: a line under
+    the title (a quick look says there that it is outside the protocol)."""
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 9), squeeze=False)
     for column, task in enumerate(tasks):
         here = [p for p in points if p["task"] == task]
@@ -423,7 +424,10 @@ def frontier(points: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Pat
             axes[1][column].axvline(bound, color="0.85", linestyle=":", zorder=0)
     handles = [plt.scatter([], [], **{k: v for k, v in style.items()}) for style in KINDS.values()]
     fig.legend(handles=handles, loc="lower center", ncol=len(KINDS), frameon=False)
-    fig.suptitle("Test accuracy at the best validation epoch, and its frontier\n(dotted: 10k, 100k and 1M parameters)")
+    fig.suptitle(
+        "Test accuracy at the best validation epoch, and its frontier\n(dotted: 10k, 100k and 1M parameters)"
+        + (f"\n{note}" if note else "")
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     return _save(fig, path)
 
