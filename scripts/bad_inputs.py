@@ -96,7 +96,7 @@ def cases(root: Path) -> list[tuple[str, list[str]]]:
         ("flag: --rows 0", ["train", "--rows", "0"]),
         ("flag: --rows 29", ["train", "--rows", "29"]),
         ("flag: --preset huge", ["train", "--preset", "huge"]),
-        ("flag: --engine turbo", ["train", "--engine", "turbo"]),
+        ("flag: --compute turbo", ["train", "--compute", "turbo"]),
         ("flag: --device tpu", ["train", "--device", "tpu"]),
         ("flag: --eval-every 0", ["train", "--eval-every", "0"]),
         ("flag: --epochs ten", ["train", "--epochs", "ten"]),

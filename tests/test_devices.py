@@ -60,7 +60,7 @@ def test_a_training_says_where_and_how_it_runs(mnist_dir, tmp_path, keep_threads
 @pytest.mark.parametrize(
     ("settings", "path"),
     [
-        ({"engine": "autograd"}, "PyTorch autograd through the step-by-step definition"),
+        ({"compute": "definition"}, "PyTorch autograd through the step-by-step definition"),
         ({"cell": "lstm"}, "PyTorch's fused LSTM"),
         ({"cell": "gru"}, "PyTorch's fused GRU"),
         ({"cell": "indrnn", "optimizer": "adam"}, "the compiled engine"),

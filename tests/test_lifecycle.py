@@ -164,7 +164,7 @@ def test_the_autograd_engine_never_uses_the_fast_one(mnist, tmp_path, monkeypatc
     monkeypatch.setattr(engine, "layers_loss", refuse)
     monkeypatch.setattr(engine, "layers_logits", refuse)
     monkeypatch.setattr(engine, "layers_gradients", refuse)  # the seed's plain SGD would take it when fast
-    config = Config.from_settings("seed", epochs=1, subset=300, rows=6, engine="autograd", eval_every=1)
+    config = Config.from_settings("seed", epochs=1, subset=300, rows=6, compute="definition", eval_every=1)
     summary = train(config, mnist, new_run(tmp_path / "run"), log=lambda line: None)
     assert 0 <= summary["test_acc"] <= 1
 

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -236,12 +237,27 @@ def test_reproduce_takes_the_seed_models_there_are(no_seed_models, tmp_path):
 
 
 def test_settings_that_do_not_change_what_is_learnt_keep_the_seeds_logs_as_yardstick():
-    """config.NEUTRAL (engine, device, tensorboard) is read by the seed comparison as by resume and the
-    trial name: a TensorBoard folder or the autograd path leave the seed's recipe as it is."""
+    """config.NEUTRAL (compute, device, tensorboard) is read by the seed comparison as by resume and the
+    trial name: a TensorBoard folder or the definition path leave the seed's recipe as it is."""
     from seqmnist.config import IDENTITY, NEUTRAL
 
-    assert {"engine", "device", "tensorboard"} <= set(NEUTRAL) and "tensorboard" not in IDENTITY
-    for neutral in ({"tensorboard": "tb"}, {"engine": "autograd"}, {"device": "cpu"}, {"rows": 6, "epochs": 2}):
+    assert {"compute", "device", "tensorboard"} <= set(NEUTRAL) and "tensorboard" not in IDENTITY
+    for neutral in ({"tensorboard": "tb"}, {"compute": "definition"}, {"device": "cpu"}, {"rows": 6, "epochs": 2}):
         assert seed.is_seed_recipe(Config.from_settings("seed", **neutral)), neutral
     assert seed_log(Config.from_settings("seed", tensorboard="tb", epochs=1))[1]["train_acc"] == 0.27594
     assert not seed.is_seed_recipe(Config.from_settings("seed", lr=0.02))
+
+
+@pytest.mark.slow
+def test_a_tensorboard_folder_keeps_the_seeds_log_beside_the_epoch_line(mnist_dir, tmp_path):
+    """--tensorboard only says where records go: the replay still prints the seed's logged accuracies
+    beside its own (equal to the digit where the golden bits hold; near them on any machine)."""
+    trained = call_main("train", "--preset", "seed", "--epochs", "1", "--rows", "6", "--tensorboard", tmp_path / "tb",
+                        "--out", tmp_path / "run", "--data-dir", mnist_dir)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    line = next(line for line in trained.stdout.splitlines() if line.startswith("epoch   1/1"))
+    found = re.search(r"train (\S+)  val (\S+) as the seed's code measured \(seed's log: (\S+)  (\S+)\)", line)
+    assert found, line
+    ours, logged = map(float, found.group(1, 2)), map(float, found.group(3, 4))
+    assert all(abs(a - b) < 0.005 for a, b in zip(ours, logged, strict=True))
+    assert any((tmp_path / "tb").iterdir())

@@ -11,10 +11,11 @@ import torch
 
 from conftest import assert_one_line_error, call_main
 from seqmnist.cli import BENCH_SHAPE, build_parser
-from seqmnist.config import GROUPS, NAMES, PRESETS, SETTINGS, Config
+from seqmnist.config import GROUPS, NAMES, PRESETS, RENAMED, SETTINGS, Config, current_names
 from seqmnist.errors import SeqmnistError
 from seqmnist.runner import trial_name
 from seqmnist.runs import load_run
+from seqmnist.sweep import load_grid
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -39,7 +40,8 @@ def test_every_setting_has_its_flag_with_the_seeds_default_in_the_help():
         elif setting.shown is None:  # the default's own value
             assert type(default)(setting.shown_default) == default, name
         if setting.valid.choices is not None and setting.valid.closed:
-            assert list(action.choices) == list(setting.valid.choices)
+            assert list(action.choices) == list(setting.valid.choices)  # a renamed one's old values parse too
+            assert all(old in action.choices for old in (RENAMED[name].values.values() if name in RENAMED else []))
         elif setting.valid.choices is not None:  # listed in the help, more taken (--cell module.path:ClassName)
             assert action.choices is None and action.metavar == "{" + ",".join(setting.valid.choices) + "}"
     assert "(default: 200)" in help_text and "(default: 12345)" in help_text and "(default: 0.01)" in help_text
@@ -105,12 +107,38 @@ def test_the_flat_config_json_of_runs_before_the_groups_loads_as_it_was():
     flat_runs = [path for path in runs if "recipe" not in json.loads(path.read_text())]  # not today's nested form
     assert len(flat_runs) > 20
     for path in flat_runs:
-        flat = json.loads(path.read_text())
+        flat = current_names(json.loads(path.read_text()))  # as it was, in today's names (RENAMED)
         loaded = Config.from_file(path).to_flat()
         assert {k: loaded[k] for k in flat} == flat, path
         assert all(loaded[k] == SETTINGS[k].default for k in set(loaded) - set(flat)), path  # added since: defaults
     for path in DOCS.glob("results/*/runs/*/config.json"):  # a sweep finds its finished trials by name
         assert trial_name(Config.from_file(path).to_flat()) == path.parent.name
+
+
+def test_renamed_settings_read_in_their_old_names_and_keep_the_names_runs_hash(mnist_dir, tmp_path):
+    """--engine fast|autograd is --compute fast|definition and --rng seed is --rng numpy: an old
+    config.json, grid file or flag still works (a flag says its new name once), the files written say the
+    new names, and a run's name hashes the old spelling, so every finished trial is found (above)."""
+    old = {"preset": "seed", "engine": "autograd", "rng": "seed", "epochs": 1}
+    config = Config.from_flat(old)
+    assert (config.run.compute, config.recipe.rng) == ("definition", "numpy")
+    assert {"engine": "autograd", "rng": "seed"}.items() <= config.identity().items()
+    assert trial_name(old) == trial_name({"preset": "seed", "compute": "definition", "rng": "numpy", "epochs": 1})
+    (tmp_path / "old.toml").write_text('[settings]\nengine = "autograd"\n[grid]\nrng = ["seed", "torch"]\n')
+    trials = load_grid(tmp_path / "old.toml")
+    assert [(t.config().run.compute, t.config().recipe.rng) for t in trials] == [("definition", "numpy"),
+                                                                                 ("definition", "torch")]  # fmt: skip
+    trained = call_main("train", "--engine", "autograd", "--rng", "seed", "--rows", "4", "--epochs", "1",
+                        "--subset", "200", "--eval-images", "100", "--no-eval-train", "--out", tmp_path / "run",
+                        "--data-dir", mnist_dir)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stderr.splitlines() == [
+        "seqmnist: --compute definition is the new name of --engine autograd",
+        "seqmnist: --rng numpy is the new name of --rng seed",
+    ]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["run"]["compute"], saved["recipe"]["rng"]) == ("definition", "numpy")
+    assert "--engine" not in call_main("train", "--help").stdout
 
 
 def test_a_run_with_a_flat_config_json_evaluates_and_reads_as_the_nested_one(quick_run, mnist, tmp_path):

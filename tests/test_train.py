@@ -87,7 +87,8 @@ def test_same_seed_same_metrics(mnist, tmp_path):
 def test_fast_engine_trains_like_autograd(mnist, tmp_path):
     settings = {"epochs": 1, "subset": 2000, "lr": 0.1, "rows": 14}
     fast = train(Config.from_settings("seed", **settings), mnist, new_run(tmp_path / "f"), log=quiet)
-    slow = train(Config.from_settings("seed", engine="autograd", **settings), mnist, new_run(tmp_path / "s"), log=quiet)
+    definition = Config.from_settings("seed", compute="definition", **settings)
+    slow = train(definition, mnist, new_run(tmp_path / "s"), log=quiet)
     assert fast["train_acc"] == pytest.approx(slow["train_acc"], abs=2e-3)
     fw = load_file(tmp_path / "f" / "model.safetensors")
     sw = load_file(tmp_path / "s" / "model.safetensors")
@@ -115,7 +116,7 @@ def test_existing_run_is_never_overwritten(quick_run):
         ({"rows": 29}, "--rows must be an integer in 1..28 (got 29)"),
         ({"rows": 0}, "--rows must be an integer in 1..28"),
         ({"subset": 0}, "--subset must be an integer in 1..50000"),
-        ({"engine": "turbo"}, "--engine must be one of fast, autograd"),
+        ({"compute": "turbo"}, "--compute must be one of fast, definition"),
         ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
         ({"eval_every": 0}, "--eval-every must be an integer >= 1 (got 0)"),
     ],

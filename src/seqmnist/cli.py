@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -70,7 +71,7 @@ RESUME_HELP = {
 
 def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | None = None) -> None:
     """The flag of a setting of seqmnist.config, as its declaration says; unset, it leaves the preset's value."""
-    from .config import SETTINGS
+    from .config import RENAMED, SETTINGS
 
     setting = SETTINGS[name]
     valid = setting.valid
@@ -83,7 +84,25 @@ def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | 
         choices, metavar = None, "{" + ",".join(choices) + "}"
     else:
         metavar = setting.metavar
+    renamed = RENAMED.get(name)
+    if renamed and choices:
+        choices = AlsoFormer(choices, renamed.values.values())
     parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=metavar, help=text)
+    if renamed and renamed.old != name:
+        old = "--" + renamed.old.replace("_", "-")
+        parser.add_argument(old, dest=f"former_{name}", choices=choices, help=argparse.SUPPRESS)
+
+
+class AlsoFormer(list):
+    """A renamed setting's choices: today's, which the help and errors list, and its old values, which
+    still parse."""
+
+    def __init__(self, choices: list, former: Iterable[str]):
+        super().__init__(choices)
+        self.former = set(former)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.former or super().__contains__(value)
 
 
 def train_help(name: str) -> str:
@@ -335,10 +354,20 @@ def build_parser() -> Parser:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """The settings the command line gave, by flat name (None where a flag was not given)."""
-    from .config import SETTINGS
+    """The settings the command line gave, by flat name (None where a flag was not given); a renamed
+    flag or value is taken in today's name, which a line on stderr gives."""
+    from .config import RENAMED, SETTINGS, current_names
 
-    return {name: getattr(args, name) for name in SETTINGS}
+    given = {name: getattr(args, name, None) for name in SETTINGS}
+    for name, renamed in RENAMED.items():
+        former = getattr(args, f"former_{name}", None)
+        value = given[name] if former is None else former
+        now = current_names({name: value})[name]
+        if former is not None or now != value:
+            print(f"seqmnist: {SETTINGS[name].flag} {now} is the new name of --{renamed.old.replace('_', '-')} "
+                  f"{value}", file=sys.stderr)  # fmt: skip
+            given[name] = now
+    return given
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -23,9 +23,9 @@ from .recipes import CLIP_MODES, OPTIMIZERS, SCHEDULES
 from .registry import cell_names, get_cell, init_names
 from .sequence import PIXELS, SIDE, TASKS, Sequencer, permutation_order
 
-ENGINES = ("fast", "autograd")
+COMPUTES = ("fast", "definition")
 DEVICES = ("auto", "cpu", "cuda")
-RNGS = ("seed", "torch")
+RNGS = ("numpy", "torch")
 
 
 # --- what a setting takes ----------------------------------------------------------------------------
@@ -345,14 +345,14 @@ class RecipeSettings(Group):
     seed: int = setting(
         12345, integer(0, 2**32 - 1, "an integer in 0..2^32-1"), "seed of the initial weights and the shuffles"
     )
-    # "seed": NumPy's legacy stream as the seed's code used it: np.random.seed(seed), the weights drawn
+    # "numpy": NumPy's legacy stream as the 2016 code used it: np.random.seed(seed), the weights drawn
     # U, V, W in that order, then every epoch a permutation applied to the previous epoch's order.
     # "torch": the weights from torch.Generator(seed), and epoch e's order a permutation of the original
     # order drawn from (seed, e) alone.
     rng: str = setting(
-        "seed",
+        "numpy",
         one_of(RNGS),
-        "seed: NumPy's stream as the seed's code drew from it; "
+        "numpy: NumPy's legacy stream, drawn as the 2016 code drew it (the replay's bits); "
         "torch: a torch.Generator, and each epoch's order from (seed, epoch)",
     )
     subset: int | None = setting(
@@ -383,11 +383,12 @@ class RunSettings(Group):
     """How a run is computed: none of these changes what it learns, beyond float rounding."""
 
     title: ClassVar[str] = "running"
-    engine: str = setting(
+    compute: str = setting(
         "fast",
-        one_of(ENGINES),
-        "fast (the compiled engine or PyTorch's fused modules) or autograd (the plain definition, for "
-        "training and evaluation)",
+        one_of(COMPUTES),
+        "fast: the compiled engine, a parallel form or PyTorch's fused modules; definition: the cell's "
+        "equations step by step with autograd, the reference the fast paths are tested against (training "
+        "and evaluation)",
         effect="computes",
     )
     device: str = setting(
@@ -433,6 +434,42 @@ NAMES = ("preset", *SETTINGS)  # what from_settings, grid files and sweeps take
 IDENTITY = tuple(name for name in NAMES if name == "preset" or SETTINGS[name].effect != "records")
 # The settings that leave what a run learns as it is: a resumed run and the seed's yardstick take them.
 NEUTRAL = tuple(name for name, s in SETTINGS.items() if s.effect != "learns")
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """A setting's name, or some of its values, before a rename."""
+
+    old: str
+    values: dict[str, str]  # today's value -> its old spelling
+
+
+# Settings renamed since runs were first named ("engine" also named the compiled library, and "seed" the
+# 2016 work and the random seed). Old config.json files, grid files and flags still say the old names and
+# are read in today's; a run's name hashes the old spelling, so a finished trial keeps its name.
+RENAMED = {"compute": Renamed("engine", {"definition": "autograd"}), "rng": Renamed("rng", {"numpy": "seed"})}
+FORMER_NAMES = {renamed.old: name for name, renamed in RENAMED.items()}
+
+
+def current_names(settings: dict) -> dict:
+    """Flat settings with any old name or value (RENAMED) in today's."""
+    current = {}
+    for name, value in settings.items():
+        name = FORMER_NAMES.get(name, name)
+        if name in RENAMED and isinstance(value, str):
+            value = {old: new for new, old in RENAMED[name].values.items()}.get(value, value)
+        current[name] = value
+    return current
+
+
+def former_names(settings: dict) -> dict:
+    """Flat settings in the spelling runs were first named by (RENAMED), for their names' hashes."""
+    former = {}
+    for name, value in settings.items():
+        if name in RENAMED:
+            name, value = RENAMED[name].old, RENAMED[name].values.get(value, value)
+        former[name] = value
+    return former
 
 
 # --- a run's settings -------------------------------------------------------------------------------
@@ -513,6 +550,7 @@ class Config:
     @classmethod
     def from_flat(cls, settings: dict) -> Config:
         """Settings by flat name, the preset among them; the defaults for the rest. Not validated."""
+        settings = current_names(settings)
         unknown = set(settings) - set(NAMES)
         if unknown:
             raise SeqmnistError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -552,7 +590,8 @@ class Config:
         go (tensorboard), and but a setting added later while it keeps its default. Trial names hash these,
         so neither a TensorBoard folder in a sweep's grid nor a new setting renames a trial, and a finished
         trial is still found."""
-        return {k: v for k, v in self.to_flat().items() if k in IDENTITY and not _unchanged_addition(k, v)}
+        identity = {k: v for k, v in self.to_flat().items() if k in IDENTITY and not _unchanged_addition(k, v)}
+        return former_names(identity)
 
 
 def _unchanged_addition(name: str, value: object) -> bool:
@@ -564,14 +603,17 @@ def _flat_settings(data: object) -> dict | None:
     if not isinstance(data, dict):
         return None
     if not any(isinstance(data.get(group), dict) for group in GROUPS):
-        return data if set(data) <= set(NAMES) else None
+        return current_names(data) if set(current_names(data)) <= set(NAMES) else None
     if not set(data) <= {"preset", *GROUPS}:
         return None
     flat = {"preset": data["preset"]} if "preset" in data else {}
     for group, values in data.items():
         if group == "preset":
             continue
-        if not isinstance(values, dict) or not all(k in SETTINGS and SETTINGS[k].group == group for k in values):
+        if not isinstance(values, dict):
+            return None
+        values = current_names(values)
+        if not all(k in SETTINGS and SETTINGS[k].group == group for k in values):
             return None
         flat.update(values)
     return flat

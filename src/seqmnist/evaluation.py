@@ -77,7 +77,7 @@ def evaluate(
 ) -> dict:
     """Accuracy (the model's own, and every registered measure's: None where one does not apply) and
     the confusion matrix on sequences x with labels y."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
+    ours, measured = predicted_digits(model, x, measures_for(config), config.run.compute == "definition", progress)
     return {
         "test_acc": share_correct(ours, y),
         **measured_shares(measured, y, "test", None),
@@ -97,5 +97,5 @@ def accuracy(
 ) -> dict[str, float]:
     """One set's accuracies in a metrics row (``split``: "train" or "val"): the model's own, and every
     registered measure's (NaN where one does not apply)."""
-    ours, measured = predicted_digits(model, x, measures_for(config), config.run.engine == "autograd", progress)
+    ours, measured = predicted_digits(model, x, measures_for(config), config.run.compute == "definition", progress)
     return {f"{split}_acc": share_correct(ours, y), **measured_shares(measured, y, split, math.nan)}

@@ -2,7 +2,7 @@
 how the C library hands out memory on the CPU.
 
 ``--device auto`` means CUDA where one is present, except for a run drawn from the seed's NumPy
-stream (``rng = "seed"``, the seed preset): its claim, the seed's logs replayed digit for digit, holds
+stream (``rng = "numpy"``, the seed preset): its claim, the seed's logs replayed digit for digit, holds
 on the CPU's compiled engine only, so auto keeps it there. Every training prints the device and the
 path it takes, and records both per session in its summary.
 """

@@ -26,7 +26,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
-from .config import IDENTITY, NAMES
+from .config import FORMER_NAMES, IDENTITY, NAMES
 from .errors import SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_text
 from .runner import Trial
@@ -101,7 +101,7 @@ def load_grid(path: Path) -> list[Trial]:
 def _settings(grid: GridFile, table: dict, name: str, lists: bool | None) -> dict:
     """A table's keys checked against the settings; values scalars, or lists (lists=True), or either."""
     for key, value in table.items():
-        if key not in SETTINGS:
+        if FORMER_NAMES.get(key, key) not in SETTINGS:
             raise grid.error(key, name, f"not a setting (settings: {', '.join(sorted(SETTINGS))})")
         is_list = isinstance(value, list)
         if lists is not None and is_list != lists:

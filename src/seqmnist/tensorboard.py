@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import IDENTITY, Config
 from .errors import SeqmnistError
 from .measures import measure_columns
 from .runs import Run
@@ -68,7 +68,7 @@ class EventWriter:
         hparams dashboard's row of this run. Written into the run's own folder (run_name "."), not a
         subfolder, so each run stays one run in TensorBoard."""
         writer = self.open(summary["epochs"] + 1)
-        hparams = {k: v for k, v in self.config.identity().items() if v is not None}
+        hparams = {k: v for k, v in self.config.to_flat().items() if k in IDENTITY and v is not None}
         writer.add_hparams(hparams, final_results(summary), run_name=".", global_step=summary["epochs"])
         writer.close()
 

@@ -47,7 +47,7 @@ def initial_model(config: Config) -> tuple[SequenceClassifier, Iterator[np.ndarr
     (config.recipe.rng)."""
     model = build_model(config.model_spec())
     n = config.recipe.train_images
-    if config.recipe.rng == "seed":
+    if config.recipe.rng == "numpy":
         stream = np.random.RandomState(config.recipe.seed)  # np.random.seed(seed), as layer.py
         return model.init_weights(Draws(stream)), _cumulative_orders(stream, n)
     model.init_weights(Draws(torch.Generator().manual_seed(config.recipe.seed)))
@@ -196,7 +196,7 @@ class Trainer:
         self.orders, self.sets, self.log = orders, sets, log
         self.after_save = after_save or (lambda run, row: None)
         self.device = next(model.parameters()).device
-        self.fast = config.run.engine == "fast"
+        self.fast = config.run.compute == "fast"
         self.measures = measures_for(config)
         self.logged = {m.name: m.reference(config) for m in self.measures}
         # What hears of the training besides its caller: each epoch's row, and the summary at the end.
@@ -208,7 +208,7 @@ class Trainer:
     ) -> Trainer:
         """The run's trainer on the device its settings pick, from its checkpoint where resumed; says what
         it will do, and how long this machine will take, before any epoch."""
-        device, why = pick_device(config.run.device, replay=config.recipe.rng == "seed")
+        device, why = pick_device(config.run.device, replay=config.recipe.rng == "numpy")
         if device.type == "cpu":
             keep_freed_memory()
         # Built, moved, then given an optimiser and the checkpoint: the optimiser's state is made (and
@@ -406,7 +406,7 @@ def train(
 def new_optimizer(model: SequenceClassifier, config: Config) -> torch.optim.Optimizer:
     """The recipe's optimiser; plain SGD takes the model's own fused step where nothing (autograd's
     path, clipping) is to come between the gradient and the update."""
-    own_step = config.run.engine == "fast" and not config.recipe.clip
+    own_step = config.run.compute == "fast" and not config.recipe.clip
     return make_optimizer(model, config.recipe, own_step=own_step)
 
 

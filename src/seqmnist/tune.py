@@ -21,6 +21,7 @@ import functools
 import math
 from pathlib import Path
 
+from .config import FORMER_NAMES
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_json, write_text
@@ -40,11 +41,11 @@ def load_space(path: Path) -> tuple[dict, dict, dict]:
             raise space.error(table, table, "not a table of a search (use settings, search, tune)")
     settings = space.data.get("settings", {})
     for key in settings:
-        if key not in SETTINGS:
+        if FORMER_NAMES.get(key, key) not in SETTINGS:
             raise space.error(key, "settings", "not a setting")
     search = {}
     for key, spec in space.data.get("search", {}).items():
-        if key not in SETTINGS:
+        if FORMER_NAMES.get(key, key) not in SETTINGS:
             raise space.error(key, "search", "not a setting")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
             raise space.error(
