@@ -188,7 +188,7 @@ def test_evaluate_json_rounds_accuracy_to_the_test_sets_resolution(quick):
 def test_a_warm_up_takes_at_most_a_quarter_of_the_run():
     """rows-lstm warms up for one epoch of its 20; a one-epoch look at it warms up for a quarter epoch and
     then follows its cosine, rather than ending at the top of its warm-up."""
-    recipe = Config.from_settings("rows-lstm", subset=2000, epochs=1).recipe
+    recipe = Config.from_settings("rows-lstm", subset=2000, epochs=1, batch_size=100).recipe
     rates = [learning_rate(recipe, step) for step in range(recipe.batches)]
     assert rates[4] == pytest.approx(recipe.lr) and rates.index(max(rates)) == 4  # 20 steps: 5 warm up
     assert rates[-1] < 0.02 * recipe.lr  # the last step: near the end of its cosine
