@@ -704,8 +704,8 @@ _INDRNN = {
 }
 # The linear recurrences as S4's example.py trains them: 4 pre-norm residual layers, AdamW with weight decay
 # 0.01 but none on A and dt (lambda's for the LRU), which learn at a tenth of the rate, a warm-up into a
-# cosine; the mean of the steps' logits (S4's mean pooling). Its 4 layers of 64, no dropout and the
-# epochs fit a run into well under an hour of a 2-core CPU (docs/results.md has the minutes measured).
+# cosine; the mean of the steps' logits (S4's mean pooling). Its 4 layers of 64 and its few epochs keep a
+# run to a CPU's hour or less (docs/results.md has the minutes measured, and where).
 _LINEAR = {
     **_MODERN,
     "task": "pixel",

@@ -197,8 +197,8 @@ void check_blas_sizes(std::initializer_list<int64_t> sizes) {
 }
 
 // Each image's first step with any nonzero input (the number of steps where none): until then a
-// cell without a bias keeps a state of exactly zero (ActiveRows). A scan that stops at the first ink:
-// ~1 us a batch, where PyTorch's reductions over the rows took ~300.
+// cell without a bias keeps a state of exactly zero (ActiveRows). A scan that stops at the first ink
+// reads a few rows of each image, where PyTorch's reductions would read them all.
 at::Tensor first_inked_steps(const at::Tensor& x) {
   seqmnist::check_tensor("engine", x, "x", at::kFloat, 3);
   TORCH_CHECK(x.stride(2) == 1, "engine: x's rows must be contiguous (stride(2) == 1)");
@@ -333,8 +333,7 @@ void fill_backward_weights(const Layer& L, const at::Tensor& Bt, int64_t padded,
 
 // The seed's: -log of the mean softmax at the label.
 // dloss_b/dz_t[c] = -p_t[y] ([c == y] - p_t[c]) / (T m_y), with p_t = softmax(z_t), m = mean_t p_t.
-// In PyTorch this was nine small operations (~0.5 ms a batch); the first pass leaves p_t in grad for
-// the second.
+// One pass where PyTorch takes nine small operations; the first pass leaves p_t in grad for the second.
 void mean_softmax_losses(const at::Tensor& z, const int64_t* y, const at::Tensor& grad, float* loss, int64_t begin,
                          int64_t end) {
   const int64_t rows = z.size(0) - 1, batch = z.size(1), classes = z.size(2);

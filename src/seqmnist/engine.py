@@ -93,8 +93,8 @@ class Workspace:
                 self.states.append(state)
                 # [[rho sigma W | sigma V | 0], [rho U | 0 | 0], [rho b | c | 0]], filled by engine.cpp.
                 self.step_weights.append(torch.zeros(reads, width, **opts))
-                # kappa [W | V]^T, contiguous rather than a transposed view (MKL runs the step multiply
-                # ~10% faster so), zero columns up to a multiple of 16; a layer above the first has
+                # kappa [W | V]^T, contiguous rather than a transposed view (MKL's step multiply is faster
+                # on it), zero columns up to a multiple of 16; a layer above the first has
                 # kappa U^T in further columns: the gradient it hands the layer below.
                 self.back_weights.append(torch.zeros(width, _padded(hidden) + (inputs if depth else 0), **opts))
             # z[k]: the top layer's logits of step k, compact (the loss pass reads them in cache).

@@ -73,8 +73,8 @@ M_MMAP_MAX, M_TRIM_THRESHOLD = -4, -1
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next batch rather than give it back. A pixel-task
     batch's activations are tensors of tens of MB, above malloc's mmap threshold: each would be a fresh
-    mapping whose pages the kernel zeroes at first touch, every batch: 71,000 page faults a pixel-lru
-    step here, 7% of its time (bench/freed_memory.py). Served from the heap, the process's memory stays at
+    mapping whose pages the kernel zeroes at first touch, every batch: tens of thousands of page faults a
+    pixel-lru step (bench/freed_memory.py counts them). Served from the heap, the process's memory stays at
     its peak instead, for the rest of the process (a notebook or test session that trains keeps it too):
     the setting is the C library's, process-wide. True where it applied (glibc); elsewhere nothing changes."""
     name = ctypes.util.find_library("c")

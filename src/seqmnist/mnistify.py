@@ -136,7 +136,7 @@ def paper(gray: np.ndarray) -> np.ndarray:
 
 
 def _least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The normal equations, a few terms by a few (np.linalg.lstsq's SVD costs 100x more here)."""
+    """The normal equations, a few terms by a few (np.linalg.lstsq's SVD is far costlier for so small a system)."""
     gram = a.T @ a + 1e-9 * np.eye(a.shape[1])
     return np.linalg.solve(gram, a.T @ b)
 

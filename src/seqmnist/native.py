@@ -120,7 +120,7 @@ def _load_or_build_unchecked():
     ldflags = _link_flags()
     built = built_library(ldflags)
     build, failed = built.parent, built.parent / "failed.txt"
-    if built.exists():  # the directory's name pins what it was built from: no need to ask ninja (~0.5 s)
+    if built.exists():  # the directory's name pins what it was built from: no need to start ninja
         return _import_module(built)
     if failed.exists():
         raise _did_not_build(failed.read_text().strip(), build)

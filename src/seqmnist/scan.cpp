@@ -145,15 +145,15 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& g, const at::Tensor& h, 
 // The backward pass, with g_t = dL/dh_t the gradient the layers above hand in:
 //   d_t = (g_t + w d_{t+1}) [h_t > 0]      (d_L = 0)     dL/da_t = d_t
 //   dL/dw = sum over images and t of d_t h_{t-1},   dL/db = sum of d_t
-// The bias is added here rather than by the multiply (addmm would first copy it into every row of a:
-// ~10% of a pixel step), and its gradient summed on the way.
+// The bias is added here rather than by the multiply (addmm would first copy it into every row of a,
+// another pass over the largest tensor of a pixel step), and its gradient summed on the way.
 // [h_t > 0] is the mask torch.relu's backward uses. Each image is a task: step t reads and writes
 // one contiguous row of H values, right after the row of step t - 1 (in cache), and the loop over the
 // row vectorises. Float and double (the float64 tests).
 //
 // A state decays by w < 1 at every blank pixel, d by w at every step back: over hundreds of steps
-// both reach float's subnormal numbers, on which the multiplies around the scan crawl (with a tenth
-// of da subnormal, the weight gradient's da^T h took 1.4 s instead of 0.05 at batch 100, hidden 128),
+// both reach float's subnormal numbers, on which the multiplies around the scan crawl (a tenth of da
+// subnormal makes the weight gradient's da^T h many times slower; docs/speed.md),
 // and so do their products with the next layer's weights. Both are flushed to zero below 1e-30 in
 // float (a term that small changes no sum of terms above 1e-23, and a gradient that counts is many
 // orders above), so no multiply meets a subnormal; double keeps every value down to its own.

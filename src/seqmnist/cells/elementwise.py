@@ -355,7 +355,7 @@ class IndRNN(ElementwiseRNN):
     def loss(self, x: torch.Tensor, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
         if fast and not self.uses_engine(x):
             states = self.parallel_states(x)
-            last = states[:, -1:] if self.readout.scores_last_step else states  # the rest would cost ~15%
+            last = states[:, -1:] if self.readout.scores_last_step else states  # the readout of one step only
             return self.readout.loss(self.readout_logits(last), y)
         return super().loss(x, y, fast)
 

@@ -213,8 +213,8 @@ class S4DLayer(Mixer):
 
     def kernel(self, steps: int) -> torch.Tensor:
         """K_l = 2 Re(C B-bar exp(dt A)^l), (H, steps): the layer's response to a unit impulse. The
-        Vandermonde product of s4d.py, in real arithmetic: PyTorch's complex exp (and its backward)
-        took 2.7x as long as the real exp, cos and sin with two batched multiplies."""
+        Vandermonde product of s4d.py, in real arithmetic: PyTorch's complex exp and its backward are
+        slower than the real exp, cos and sin with two batched multiplies (docs/speed.md)."""
         _, _, cb_re, cb_im = self.discretised()
         dta_re, dta_im = self.dt_a()
         t = torch.arange(steps, dtype=cb_re.dtype, device=cb_re.device)
@@ -225,7 +225,7 @@ class S4DLayer(Mixer):
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """The causal convolution with the kernel (the parallel form without its skip term D u_t), by FFT
         with n = 2 steps (so the circular convolution wraps nothing around), over each channel's contiguous
-        row: the FFTs along the steps of (batch, steps, H) took 1.45x as long as the two transposes."""
+        row: FFTs along a strided axis of (batch, steps, H) cost more than the two transposes."""
         steps = u.shape[1]
         n = 2 * steps
         rows = u.transpose(1, 2).contiguous()
