@@ -1,6 +1,6 @@
 """The fast path of the elementwise cells on the CPU: hand-written backpropagation through time.
 
-Same math as :class:`seqmnist.model.ElementwiseRNN`'s definition with its readouts (tests hold the
+Same math as :class:`seqmnist.cells.elementwise.ElementwiseRNN`'s definition with its readouts (tests hold the
 two to 1e-5 for every cell, readout, bias, depth and task), laid out for the multiply library: one
 multiply per step and direction, each yielding everything that step needs; the weight gradients are
 sums over all steps and the whole batch. ``engine.cpp`` runs the loops, one call per layer; this file
