@@ -116,35 +116,36 @@ class ElementwiseRNN(SequenceClassifier):
 
     # --- the paths ----------------------------------------------------------------------------
 
-    def training_path(self, device: torch.device, fast: bool = True) -> str:
-        if fast and device.type == "cpu" and self.engine_covers():
+    def training_path(self, device: torch.device, fast: bool = True, dtype: torch.dtype = torch.float32) -> str:
+        """The one decision of what computes the logits and gradient, for inputs of ``dtype`` on
+        ``device``: the start-of-training line prints it and :meth:`logits` and :meth:`loss` take it."""
+        if fast and device.type == "cpu" and dtype == torch.float32 and self.engine_covers():
             return ENGINE_PATH
         if fast and self.has_torch_module():
             return "PyTorch's fused nn.RNN" + (" (cuDNN)" if device.type == "cuda" else "")
         return AUTOGRAD_PATH
 
+    def path_for(self, x: torch.Tensor, fast: bool = True) -> str:
+        return self.training_path(x.device, fast, x.dtype)
+
     def engine_covers(self) -> bool:
         """Whether the compiled engine is here and runs this cell with its readout."""
         return engine.covers(self.activation) and self.readout.engine_code is not None
 
-    def uses_engine(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype == torch.float32 and self.engine_covers()
-
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        if not fast:
-            return self.definition(x)
-        if self.uses_engine(x):
+        path = self.path_for(x, fast)
+        if path == ENGINE_PATH:
             return engine.layers_logits(self.workspaces.get(), x, self.engine_weights(), self.activation)
-        return self.torch_logits(x)
+        return self.definition(x) if path == AUTOGRAD_PATH else self.torch_logits(x)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        if fast and self.uses_engine(x):
+        if self.path_for(x, fast) == ENGINE_PATH:
             weights = self.engine_weights()
             return engine.layers_loss(self.workspaces.get(), x, y, weights, self.activation, self.spec.readout)
         return super().loss(x, y, fast)
 
     def has_fused_pass(self) -> bool:
-        return self.uses_engine(self.V)  # the weights are where, and as what, the batches will be
+        return self.path_for(self.V) == ENGINE_PATH  # the weights are where, and as what, the batches will be
 
     def fused_gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         weights = self.engine_weights()
@@ -189,9 +190,7 @@ class ElementwiseRNN(SequenceClassifier):
         return z if self.c is None else z + self.c
 
     def torch_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """PyTorch's own nn.RNN (cuDNN on a GPU) with this model's weights; without one, the definition."""
-        if not self.has_torch_module():
-            return self.definition(x)
+        """PyTorch's own nn.RNN (cuDNN on a GPU) with this model's weights."""
         rnn, _ = self.torch_modules()
         rnn.to(x.device)
         states, _ = functional_call(rnn, self.torch_weights(), (x,))
@@ -335,25 +334,25 @@ class IndRNN(ElementwiseRNN):
     # --- the paths ----------------------------------------------------------------------------
 
     def layer_parallel(self) -> bool:
-        """Whether the fast path is the layer-parallel one: with batch norm or dropout, which the per-step
-        engine has not."""
+        """Whether the layers must run one after another, each over all steps: with batch norm or
+        dropout, which the per-step engine has not."""
         return self.spec.norm != "none" or self.spec.dropout > 0
 
-    def uses_engine(self, x: torch.Tensor) -> bool:
-        return super().uses_engine(x) and not self.layer_parallel()
-
-    def training_path(self, device: torch.device, fast: bool = True) -> str:
-        if fast and self.layer_parallel():
+    def training_path(self, device: torch.device, fast: bool = True, dtype: torch.dtype = torch.float32) -> str:
+        """The engine where it runs the model; else, fast, layer by layer: the compiled scan where the
+        library is built, a PyTorch step loop elsewhere."""
+        path = super().training_path(device, fast, dtype)
+        if fast and (self.layer_parallel() or path != ENGINE_PATH):
             return PARALLEL_PATH if kernels.available(device) else PARALLEL_LOOP_PATH
-        return super().training_path(device, fast)
+        return path
 
     def logits(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        if fast and not self.uses_engine(x):
+        if self.path_for(x, fast) in (PARALLEL_PATH, PARALLEL_LOOP_PATH):
             return self.parallel_logits(x)
         return super().logits(x, fast)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, fast: bool = True) -> torch.Tensor:
-        if fast and not self.uses_engine(x):
+        if self.path_for(x, fast) in (PARALLEL_PATH, PARALLEL_LOOP_PATH):
             states = self.parallel_states(x)
             last = states[:, -1:] if self.readout.scores_last_step else states  # the readout of one step only
             return self.readout.loss(self.readout_logits(last), y)
