@@ -111,7 +111,9 @@ def tune(path: Path, out: Path, data: MNIST, cluster: Cluster = IN_PROCESS) -> d
     settings = anchored(settings)  # its trials are defined on the workers, in other folders
     epochs = Trial.of(settings).config().recipe.epochs
     cpus, gpus = cluster.cpus_per_trial or 1, cluster.gpus_per_trial
-    ray = connect(cluster.address, cell_modules([Trial.of(settings).config()]))
+    _, cells = search.get("cell", (None, []))  # a cell of one's own among the searched ones: its module too
+    configs = [Trial.of({**settings, **({"cell": cell} if cell else {})}).config() for cell in [None, *cells]]
+    ray = connect(cluster.address, cell_modules(configs))
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
