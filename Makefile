@@ -12,7 +12,7 @@ SHARED_SEED_MODELS := $(abspath ../shared/seed/models)
 export SEQMNIST_DATA ?= $(if $(wildcard $(SHARED_MNIST)),$(SHARED_MNIST),)
 export SEQMNIST_SEED_MODELS ?= $(if $(wildcard $(SHARED_SEED_MODELS)),$(SHARED_SEED_MODELS),)
 
-.PHONY: seed test check lint bench setup notebook
+.PHONY: seed test check lint bench bench-scripts setup notebook
 
 setup: .venv/.done
 
@@ -39,6 +39,18 @@ check: lint
 
 bench: setup
 	.venv/bin/seqmnist bench
+
+# Each script of bench/ at its smallest run (bench/README.md's last column): that it still works; its
+# numbers then mean nothing.
+bench-scripts: setup
+	$(PY) bench/ab.py HEAD --rounds 1 --seconds 2
+	$(PY) bench/ours.py --seconds 1
+	$(PY) bench/epoch.py --epochs 1 --repeats 1
+	$(PY) bench/plain_pytorch.py --epochs 1
+	$(PY) bench/blank_rows.py --rows 28 --rounds 1 --batches 5 --images 500
+	$(PY) bench/freed_memory.py --preset quick --steps 2 --rounds 1
+	$(PY) bench/indrnn.py --task rows --layers 1 --rounds 1
+	$(PY) bench/scale.py --trials 2 --epochs 1 --subset 1000
 
 # The tutorial in JupyterLab (the notebook extra), from this venv.
 notebook: setup

@@ -1,6 +1,8 @@
 """`seqmnist bench`: a short real run, its JSON and its table."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +130,15 @@ def test_bench_rejects_a_bad_budget():
     assert_one_line_error(
         call_main("bench", "--all", "--preset", "pixel-lru"), "--all runs its own configurations; drop --preset"
     )
+
+
+def test_every_bench_script_is_indexed_and_run_by_the_bench_scripts_target():
+    """bench/README.md lists each script of bench/ with its smallest run, and `make bench-scripts` runs
+    exactly those: no script there that nothing documents or runs."""
+    root = Path(__file__).resolve().parents[1]
+    index = re.findall(
+        r"^\| `([a-z_]+\.py)` \| .* \| `python (bench/[^`]+)` \|$", (root / "bench/README.md").read_text(), re.M
+    )
+    assert sorted(name for name, _ in index) == sorted(path.name for path in (root / "bench").glob("*.py"))
+    target = (root / "Makefile").read_text().split("bench-scripts: setup\n")[1].split("\n\n")[0]
+    assert [line.strip().removeprefix("$(PY) ") for line in target.splitlines()] == [run for _, run in index]
