@@ -76,7 +76,7 @@ def test_every_member_is_the_seed_recipe_evaluated_every_epoch():
             and config.recipe.lr == 0.01
             and config.recipe.epochs == 100
         )
-        assert config.recipe.rng == "seed" and config.task.input_scale == 256
+        assert config.recipe.rng == "numpy" and config.task.input_scale == 256
     assert member_config(12, quick=True).recipe.epochs == 2
 
 

@@ -63,10 +63,10 @@ class Benchmark:
     @property
     def outside(self) -> str:
         """Empty within the protocol; else the flags that took it outside."""
-        return ", ".join(f"--{k} {v}" for k, v in self.overrides)
+        return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in self.overrides)
 
     def command(self, task: str) -> str:
-        quick = "".join(f" --{k} {v}" for k, v in self.overrides)
+        quick = "".join(f" --{k.replace('_', '-')} {v}" for k, v in self.overrides)
         return f"seqmnist benchmark --cell {self.cell} --tasks {task} --seeds {self.seeds}{quick}"
 
 
@@ -120,7 +120,7 @@ def task_words(config: Config) -> str:
 def recipe_words(config: Config) -> str:
     r = config.recipe
     recipe = [f"{r.optimizer} {r.lr:g}", r.schedule]
-    recipe += [f"warm-up {r.warmup:g}"] if r.warmup else []
+    recipe += [f"warm-up {r.warmup_epochs:g}"] if r.warmup_epochs else []
     recipe += [f"clip {r.clip:g}"] if r.clip else []
     recipe += [f"wd {r.weight_decay:g}"] if r.weight_decay else []
     recipe += [f"dropout {config.model.dropout:g}"] if config.model.dropout else []

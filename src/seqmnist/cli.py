@@ -97,7 +97,7 @@ class AlsoFormer(list):
     """A renamed setting's choices: today's, which the help and errors list, and its old values, which
     still parse."""
 
-    def __init__(self, choices: list, former: Iterable[str]):
+    def __init__(self, choices: list, former: Iterable[str]) -> None:
         super().__init__(choices)
         self.former = set(former)
 
@@ -361,11 +361,15 @@ def settings(args: argparse.Namespace) -> dict:
     given = {name: getattr(args, name, None) for name in SETTINGS}
     for name, renamed in RENAMED.items():
         former = getattr(args, f"former_{name}", None)
+        old = "--" + renamed.old.replace("_", "-")
+        if former is not None and given[name] is not None:
+            raise SeqmnistError(
+                f"{SETTINGS[name].flag} and {old} are one setting, under its new and old names: give one"
+            )
         value = given[name] if former is None else former
         now = current_names({name: value})[name]
         if former is not None or now != value:
-            print(f"seqmnist: {SETTINGS[name].flag} {now} is the new name of --{renamed.old.replace('_', '-')} "
-                  f"{value}", file=sys.stderr)  # fmt: skip
+            print(f"seqmnist: {SETTINGS[name].flag} {now} is the new name of {old} {value}", file=sys.stderr)
             given[name] = now
     return given
 

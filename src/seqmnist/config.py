@@ -373,6 +373,12 @@ class RecipeSettings(Group):
         return self.subset or TRAIN_IMAGES
 
     @property
+    def warmup_epochs(self) -> float:
+        """The warm-up a run takes: at most a quarter of its epochs, so that a short look at a recipe made
+        for many epochs trains at its rate rather than warming up to its end."""
+        return min(self.warmup, self.epochs / 4)
+
+    @property
     def batches(self) -> int:
         """Batches per epoch: whole batches only, as the seed (a last partial batch is left out)."""
         return self.train_images // self.batch_size
@@ -454,8 +460,10 @@ FORMER_NAMES = {renamed.old: name for name, renamed in RENAMED.items()}
 def current_names(settings: dict) -> dict:
     """Flat settings with any old name or value (RENAMED) in today's."""
     current = {}
-    for name, value in settings.items():
-        name = FORMER_NAMES.get(name, name)
+    for given, value in settings.items():
+        name = FORMER_NAMES.get(given, given)
+        if name in current:
+            raise SeqmnistError(f"{name} and {given} are one setting, under its new and old names: give one")
         if name in RENAMED and isinstance(value, str):
             value = {old: new for new, old in RENAMED[name].values.items()}.get(value, value)
         current[name] = value
@@ -511,6 +519,7 @@ class Config:
         extras += ["batch norm" if m.norm == "batch" else "", f"dropout {m.dropout:g}" if m.dropout else ""]
         extras += [f"state {m.state}"] if m.state else []
         recipe = f"{r.optimizer} lr {r.lr:g}" + (f", {r.schedule}" if r.schedule != "constant" else "")
+        recipe += f", warm-up {r.warmup_epochs:g} epochs" if r.warmup_epochs else ""
         return (
             f"{self.task.sequencer().describe()}; {m.cell} {m.hidden} ({', '.join(e for e in extras if e)}), "
             f"{self.model_spec().init_scheme} init, {m.readout}; {recipe}, batch {r.batch_size}, {r.epochs} epochs"
@@ -642,7 +651,7 @@ def look_batch(preset: str, given: dict) -> int | None:
     if subset is None or "batch_size" in given or preset in FIRST_LOOKS:
         return None
     batch = (PRESETS.get(preset) or RETIRED[preset]).settings.get("batch_size", SETTINGS["batch_size"].default)
-    return max(10, subset // LOOK_STEPS) if subset // batch < LOOK_STEPS and subset // LOOK_STEPS < batch else None
+    return max(10, subset // LOOK_STEPS) if subset // batch < LOOK_STEPS else None
 
 
 def preset_for(cell: str | None, task: str | None) -> tuple[str, str]:

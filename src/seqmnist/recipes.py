@@ -142,12 +142,11 @@ def plateau_cuts(val_accs: Sequence[float], patience: int) -> int:
 
 def learning_rate(recipe: RecipeSettings, step: int, cuts: int = 0) -> float:
     """The rate for optimiser step ``step`` (0-based) of a run of ``recipe.batches`` steps an epoch: a linear
-    warm-up over ``warmup`` epochs (at most a quarter of the run, so that a short look at a recipe made for
-    many epochs trains at its rate rather than warming up to its end), then constant, divided by
+    warm-up over ``warmup_epochs`` (``warmup``, at most a quarter of the run), then constant, divided by
     1/``decay`` every ``decay_every`` epochs (step), a cosine to zero at the last step (cosine), or times
     ``decay`` for each of the plateau's ``cuts`` (:func:`plateau_cuts`)."""
     r, per_epoch = recipe, recipe.batches
-    warm = min(r.warmup, r.epochs / 4) * per_epoch
+    warm = r.warmup_epochs * per_epoch
     if step < warm:
         return r.lr * (step + 1) / warm
     if r.schedule == "constant":

@@ -26,7 +26,7 @@ import statistics
 import tomllib
 from pathlib import Path
 
-from .config import FORMER_NAMES, IDENTITY, NAMES
+from .config import FORMER_NAMES, IDENTITY, NAMES, current_names
 from .errors import SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_text
 from .runner import Trial
@@ -84,7 +84,12 @@ def load_grid(path: Path) -> list[Trial]:
             raise grid.error(key, "grid", "an empty list: the grid would have no trials")
     excludes = [_settings(grid, t, "exclude", lists=None) for t in grid.data.get("exclude", [])]
     includes = [_settings(grid, t, "include", lists=False) for t in grid.data.get("include", [])]
-    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    combos = [current_names(dict(zip(axes, values, strict=True))) for values in itertools.product(*axes.values())]
+    settings, excludes, includes = (
+        current_names(settings),
+        list(map(current_names, excludes)),
+        list(map(current_names, includes)),
+    )
     combos = [c for c in combos if not any(_matches({**settings, **c}, e) for e in excludes)]
     wanted = [{**settings, **c} for c in combos] + [{**settings, **i} for i in includes]
     if not wanted:

@@ -21,7 +21,7 @@ import functools
 import math
 from pathlib import Path
 
-from .config import FORMER_NAMES
+from .config import FORMER_NAMES, current_names
 from .data import MNIST
 from .errors import SeqmnistError
 from .files import markdown_table, read_json, write_csv, write_json, write_text
@@ -43,6 +43,7 @@ def load_space(path: Path) -> tuple[dict, dict, dict]:
     for key in settings:
         if FORMER_NAMES.get(key, key) not in SETTINGS:
             raise space.error(key, "settings", "not a setting")
+    settings = current_names(settings)
     search = {}
     for key, spec in space.data.get("search", {}).items():
         if FORMER_NAMES.get(key, key) not in SETTINGS:
@@ -62,7 +63,8 @@ def load_space(path: Path) -> tuple[dict, dict, dict]:
             )
         if kind == "loguniform" and not all(isinstance(v, (int, float)) and v > 0 for v in values):
             raise space.error(key, "search", "loguniform needs positive bounds")
-        search[key] = (kind, values)
+        name = FORMER_NAMES.get(key, key)  # an old name and its old values, in today's
+        search[name] = (kind, [current_names({key: value})[name] for value in values])
     if not search:
         raise space.error("search", "search", "nothing to search: add a [search] table")
     options = {

@@ -126,6 +126,7 @@ class ElementwiseRNN(SequenceClassifier):
         return AUTOGRAD_PATH
 
     def path_for(self, x: torch.Tensor, fast: bool = True) -> str:
+        """The path these inputs take (:meth:`training_path` for their device and dtype)."""
         return self.training_path(x.device, fast, x.dtype)
 
     def engine_covers(self) -> bool:

@@ -284,7 +284,7 @@ class Block(nn.Module):
     """One layer: u + GLU(dropout(GELU(mix(LayerNorm(u))))), the position-wise part shared by every form;
     the dropout (training only) is S4's, one mask per sequence."""
 
-    def __init__(self, mixer: nn.Module, hidden: int, bias: bool, dropout: float):
+    def __init__(self, mixer: nn.Module, hidden: int, bias: bool, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.mixer = mixer
