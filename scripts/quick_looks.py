@@ -25,6 +25,7 @@ from seqmnist.registry import cell_names
 from seqmnist.sequence import TASKS
 
 LOOK = ("--epochs", "1", "--subset", "2000")
+CHANCE = 10.0  # %, ten digits
 
 
 def look(cell: str, task: str, out: Path) -> tuple[float, float]:
@@ -52,12 +53,19 @@ def main() -> None:
             print(f"{cell} {task}: {accuracy:.1f}% in {seconds:.0f} s", flush=True)
     machine = f"{cpu_model()}, {available_cpus()} cores, torch {torch.__version__}"
     table = markdown_table(["cell", "task", "test accuracy, %", "seconds"], rows, "llrr")
+    at_chance = [f"{cell} on {task}" for cell, task, accuracy, _ in rows if float(accuracy) < CHANCE + 5]
     args.table.write_text(
         "# A quick look at every cell\n\n"
         f"`seqmnist train --cell CELL --task TASK {' '.join(LOOK)}` for each registered cell and task, one "
         f"process each, timed around the whole command on {machine} (`python scripts/quick_looks.py`). "
         "One epoch over 2,000 images says whether a cell trains, not how good it is: chance is 10%.\n\n"
         f"{table}\n"
+        + (
+            f"\nWithin 5 points of chance: {', '.join(at_chance)}. A hundred optimiser steps do not carry "
+            "these cells' gradients through 784 steps; they need the full recipe's epochs (docs/results.md).\n"
+            if at_chance
+            else ""
+        )
     )
     print(f"{args.table}: {len(rows)} looks on {machine}")
 
