@@ -89,8 +89,7 @@ def add_setting_flag(parser: argparse._ActionsContainer, name: str, text: str | 
         choices = AlsoFormer(choices, renamed.values.values())
     parser.add_argument(setting.flag, type=valid.parse, choices=choices, metavar=metavar, help=text)
     if renamed and renamed.old != name:
-        old = "--" + renamed.old.replace("_", "-")
-        parser.add_argument(old, dest=f"former_{name}", choices=choices, help=argparse.SUPPRESS)
+        parser.add_argument(renamed.flag, dest=f"former_{name}", choices=choices, help=argparse.SUPPRESS)
 
 
 class AlsoFormer(list):
@@ -361,15 +360,14 @@ def settings(args: argparse.Namespace) -> dict:
     given = {name: getattr(args, name, None) for name in SETTINGS}
     for name, renamed in RENAMED.items():
         former = getattr(args, f"former_{name}", None)
-        old = "--" + renamed.old.replace("_", "-")
         if former is not None and given[name] is not None:
             raise SeqmnistError(
-                f"{SETTINGS[name].flag} and {old} are one setting, under its new and old names: give one"
+                f"{SETTINGS[name].flag} and {renamed.flag} are one setting, under its new and old names: give one"
             )
         value = given[name] if former is None else former
         now = current_names({name: value})[name]
         if former is not None or now != value:
-            print(f"seqmnist: {SETTINGS[name].flag} {now} is the new name of {old} {value}", file=sys.stderr)
+            print(f"seqmnist: {SETTINGS[name].flag} {now} is the new name of {renamed.flag} {value}", file=sys.stderr)
             given[name] = now
     return given
 

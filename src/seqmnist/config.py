@@ -449,6 +449,10 @@ class Renamed:
     old: str
     values: dict[str, str]  # today's value -> its old spelling
 
+    @property
+    def flag(self) -> str:
+        return "--" + self.old.replace("_", "-")
+
 
 # Settings renamed since runs were first named ("engine" also named the compiled library, and "seed" the
 # 2016 work and the random seed). Old config.json files, grid files and flags still say the old names and
